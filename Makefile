@@ -1,0 +1,29 @@
+# Entry points. Every target that runs code first makes sure the venv is current.
+PYTHON_SYS ?= python3
+VENV       := .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+DEVICE     ?= cpu
+WORK       ?= work
+CONFIG     ?= configs/synthetic/teacher.yaml
+
+.PHONY: setup test demo teacher-cache clean-work
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade -r requirements.txt
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) cli.py demo --work $(WORK) --device $(DEVICE)
+
+teacher-cache: $(STAMP)
+	$(PY) cli.py build-cache --config $(CONFIG) --train-missing
+
+clean-work:
+	rm -rf $(WORK)

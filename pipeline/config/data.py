@@ -1,0 +1,14 @@
+"""Config section naming the dataset an experiment reads."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "prw"              # "prw" or "cuhk-sysu"
+    root: str = "work/data/prw"       # dataset root as released (PRW/ or CUHK-SYSU/)
+    min_size: int = 900               # shorter image side after resize
+    max_size: int = 1500              # cap on the longer side
+    flip: bool = True                 # random horizontal flip in training
+    workers: int = 2                  # DataLoader worker processes

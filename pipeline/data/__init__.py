@@ -1,0 +1,1 @@
+"""Datasets: readers for PRW and CUHK-SYSU, the synthetic world, transforms."""
