@@ -4,7 +4,6 @@ VENV       := .venv
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 DEVICE     ?= cpu
-WORK       ?= work
 CONFIG     ?= configs/synthetic/teacher.yaml
 
 .PHONY: setup test demo teacher-cache clean-work
@@ -20,10 +19,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(PY) cli.py demo --work $(WORK) --device $(DEVICE)
+	$(PY) cli.py demo --device $(DEVICE)
 
 teacher-cache: $(STAMP)
 	$(PY) cli.py build-cache --config $(CONFIG) --train-missing
 
 clean-work:
-	rm -rf $(WORK)
+	rm -rf work

@@ -37,11 +37,51 @@ def cli():
 
 # ---------------------------------------------------------------- student (stage two)
 
+@cli.command("train-student")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="student YAML (configs/student/*.yaml, configs/synthetic/student-*.yaml)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a config value, e.g. --set train.epochs=2 (repeatable)")
+@click.option("--resume", is_flag=True,
+              help="continue from run_dir/checkpoint_last.pt (same weights as an uninterrupted run)")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N (overrides train.device)")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+@friendly_errors
+def train_student_cmd(config_path, overrides, resume, device, no_progress):
+    """Train an end-to-end student from the teacher cache; prints the run directory last."""
+    import json
+    from pathlib import Path
+
+    from pipeline.engine.checkpoint import CheckpointError
+    from pipeline.engine.student import CacheContractError, train_student
+    from pipeline.engine.trainer import NonFiniteLossError
+    try:
+        run_dir = train_student(config_path, overrides, resume=resume, device=device,
+                                progress=not no_progress)
+    except (CacheContractError, NonFiniteLossError, CheckpointError) as e:
+        raise click.ClickException(str(e)) from None
+    stats_path = Path(run_dir) / "train_stats.json"
+    if stats_path.is_file():
+        stats = json.loads(stats_path.read_text())
+        if stats.get("images_per_s"):
+            click.echo(f"training speed: {stats['images_per_s']:.2f} images/s "
+                       f"({stats['steps']} steps on {stats['device']})")
+    click.echo(str(run_dir))
+
 
 # ---------------------------------------------------------------- evaluation
 
 
 # ---------------------------------------------------------------- demo
+
+@cli.command()
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, or cuda for the larger GPU version")
+@friendly_errors
+def demo(device):
+    """The whole pipeline on synthetic data: data, teachers, cache, two students, evaluation."""
+    from pipeline.demo import run_demo
+    run_demo(device)
 
 
 if __name__ == "__main__":

@@ -131,17 +131,54 @@ def from_dict(cls: type[T], data: dict, overrides: typing.Sequence[str] = ()) ->
     return _build(cls, data)
 
 
-def load_config(path: str | Path, cls: type[T], overrides: typing.Sequence[str] = ()) -> T:
-    """Read ``path`` (YAML) into ``cls``; apply ``overrides`` (``a.b=c`` strings)."""
+BASE_KEY = "_base_"
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml_tree(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """A YAML mapping with its ``_base_`` includes resolved.
+
+    ``_base_: other.yaml`` (or a list of files, merged in order) names files relative to this
+    one; this file's keys are deep-merged over theirs. Include cycles are refused.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    key = path.resolve()
+    if key in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, key))
+        raise ConfigError(f"{path}: {BASE_KEY} include cycle: {cycle}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: {BASE_KEY} must be a file name or a list of file names")
+    merged: dict = {}
+    for b in bases:
+        merged = deep_merge(merged, read_yaml_tree(path.parent / b, (*_chain, key)))
+    return deep_merge(merged, data)
+
+
+def load_config(path: str | Path, cls: type[T], overrides: typing.Sequence[str] = ()) -> T:
+    """Read ``path`` (YAML, ``_base_`` includes resolved) into ``cls``; apply ``overrides``
+    (``a.b=c`` strings)."""
+    path = Path(path)
+    data = read_yaml_tree(path)
     try:
         return from_dict(cls, data, overrides)
     except ConfigError as e:

@@ -1,0 +1,158 @@
+"""Distillation: the pure loss functions, the matching, and each term wired into the student
+(off -> absent; on -> a few optimizer steps on that term reduce it)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.distill import losses as L
+from pipeline.distill.matching import match_to_gt, paired_iou, teacher_better_mask
+from pipeline.models.roi_heads import MissingTargetError
+from pipeline.models.student import build_student
+
+from student_helpers import (EMB_DIM, PIDS, TEACHER_DIM, distill_cfg, images, target, targets,
+                             teacher_table, tiny_model_cfg)
+
+
+# ------------------------------------------------------------------ pure functions
+
+def test_feature_loss_kinds_and_empty():
+    a = F.normalize(torch.randn(5, 8), dim=1)
+    for kind in L.FEATURE_KINDS:
+        assert L.feature_distill_loss(a, a.clone(), kind).abs() < 1e-6
+        assert L.feature_distill_loss(a, -a, kind) > 1.9
+        assert L.feature_distill_loss(a[:0], a[:0], kind).item() == 0.0
+    with pytest.raises(ValueError, match="project"):
+        L.feature_distill_loss(a, torch.randn(5, 4))
+
+
+def test_relation_loss_zero_for_same_relations_any_sizes():
+    table_s, x = F.normalize(torch.randn(6, 8), dim=1), F.normalize(torch.randn(3, 8), dim=1)
+    q = torch.linalg.qr(torch.randn(12, 12))[0][:, :8]  # isometry 8 -> 12 keeps cosines
+    assert L.relation_distill_loss(x, table_s, x @ q.t(), table_s @ q.t(), 0.1).abs() < 1e-5
+    assert L.relation_distill_loss(x, table_s, -x @ q.t(), table_s @ q.t(), 0.1) > 0.1
+    assert L.relation_distill_loss(x[:0], table_s, x[:0], table_s, 0.1).item() == 0.0
+
+
+def test_soft_logits_and_bounded_regression():
+    s = torch.randn(4, 2)
+    assert L.soft_logits_loss(s, s.clone(), 2.0, "bce") < L.soft_logits_loss(s, -s, 2.0, "bce")
+    assert L.soft_logits_loss(s, s.clone(), 2.0, "kl").abs() < 1e-6
+    assert L.soft_logits_loss(s, -s, 2.0, "kl") > 0
+    d, t = torch.zeros(3, 4), torch.tensor([[0.0, 0, 0, 0], [10, 0, 0, 0], [0.1, 0, 0, 0]])
+    mask = torch.tensor([True, True, False])
+    got = L.bounded_regression_loss(d, t, mask, beta=1 / 9, clip=1.0)
+    assert torch.isclose(got, torch.tensor(1.0 / 3))   # row 1 clipped at 1, row 2 masked out
+    assert L.bounded_regression_loss(d, t, torch.zeros(3, dtype=torch.bool)).item() == 0.0
+
+
+def test_matching_and_teacher_better_mask():
+    gt = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]])
+    props = torch.tensor([[0.0, 0, 10, 12], [21, 21, 30, 30], [50, 50, 60, 60]])
+    idx, iou = match_to_gt(props, gt)
+    assert idx[:2].tolist() == [0, 1] and iou[2] == 0
+    assert torch.allclose(paired_iou(gt, gt), torch.ones(2))
+    student = props.clone()
+    teacher = torch.tensor([[0.0, 0, 10, 10], [25, 25, 30, 30], [50, 50, 60, 60]])
+    assert teacher_better_mask(props, student, teacher, gt).tolist() == [True, False, False]
+    assert not teacher_better_mask(props, student, teacher, gt[:0]).any()
+
+
+# ------------------------------------------------------------------ wired into the student
+
+def _net(*terms, seed=0, **kw):
+    torch.manual_seed(seed)
+    return build_student(tiny_model_cfg(**kw.pop("model", {})), distill_cfg(*terms, **kw), PIDS,
+                         teacher_table(EMB_DIM if "lut" in terms else TEACHER_DIM))
+
+
+def test_terms_off_contribute_nothing_and_on_add_their_keys():
+    net = _net().train()
+    assert set(net(images(), targets())) == {"loss_objectness", "loss_rpn_box_reg",
+                                             "loss_classifier", "loss_box_reg", "loss_oim"}
+    net = _net("feature", "relation", "detector", "jitter").train()
+    keys = set(net(images(), targets()))
+    assert {"loss_distill_feature", "loss_distill_relation", "loss_distill_det_cls",
+            "loss_distill_det_reg", "loss_distill_jitter"} <= keys
+    net = _net("detector", detector={"reg_weight": 0.0}).train()
+    keys = set(net(images(), targets()))
+    assert "loss_distill_det_cls" in keys and "loss_distill_det_reg" not in keys
+
+
+def test_missing_cached_key_is_a_clear_error():
+    net = _net("jitter").train()
+    tg = targets()
+    del tg[1]["jitter_features"]
+    with pytest.raises(MissingTargetError, match="jitter_features"):
+        net(images(), tg)
+    with pytest.raises(ValueError, match="identity table"):
+        build_student(tiny_model_cfg(), distill_cfg("relation"), PIDS, None)
+
+
+def test_lut_from_teacher_fixed_or_blended():
+    pids, feats, _ = teacher_table(EMB_DIM)
+    order = [list(pids).index(p) for p in sorted(PIDS)]
+    fixed = _net("lut").train()
+    assert torch.allclose(fixed.roi_heads.oim.lut, torch.from_numpy(feats[order]))
+    fixed(images(), targets())
+    assert torch.allclose(fixed.roi_heads.oim.lut, torch.from_numpy(feats[order]))
+    blended = _net("lut", lut={"momentum": 0.5}).train()
+    blended(images(), targets())
+    assert not torch.allclose(blended.roi_heads.oim.lut, torch.from_numpy(feats[order]))
+    with pytest.raises(ValueError, match="embedding_dim"):
+        build_student(tiny_model_cfg(), distill_cfg("lut"), PIDS, teacher_table(TEACHER_DIM))
+
+
+def _term_after_steps(net, key, steps=5, lr=2e-3, dim=TEACHER_DIM, tg=None):
+    """Value of loss ``key`` before and after ``steps`` SGD steps on that loss alone (same
+    sampling each step: the RNG is reseeded)."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr)
+    ims, tg = images(), tg or targets(dim=dim)
+    values = []
+    for _ in range(steps + 1):
+        torch.manual_seed(1)
+        loss = net(ims, tg)[key]
+        values.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return values[0], values[-1]
+
+
+@pytest.mark.parametrize("term,key,extra", [
+    ("feature", "loss_distill_feature", {}),
+    ("feature", "loss_distill_feature",
+     {"feature": {"kind": "l2"}, "model": {"embedding_dim": 16}}),  # same size: no projection
+    ("relation", "loss_distill_relation", {}),
+    ("jitter", "loss_distill_jitter", {}),
+    ("detector", "loss_distill_det_cls", {"detector": {"cls_loss": "bce"}}),
+    ("detector", "loss_distill_det_cls", {}),
+])
+def test_each_term_moves_the_student_toward_its_target(term, key, extra):
+    terms = (term, "lut") if term == "relation" else (term,)  # relation needs a filled table
+    net = _net(*terms, **extra).train()
+    before, after = _term_after_steps(net, key, dim=EMB_DIM if "lut" in terms else TEACHER_DIM)
+    assert after < 0.9 * before, (before, after)
+
+
+def test_detector_regression_term_moves_toward_teacher_boxes():
+    net = _net("detector", detector={"weight": 0.0}).train()
+    # teacher boxes exactly on the GT: the teacher is better wherever the student is not perfect
+    tg = targets()
+    for t in tg:
+        idx, iou = match_to_gt(t["proposal_boxes"], t["boxes"])
+        t["proposal_boxes"] = t["boxes"][idx] + torch.tensor([3.0, -2.0, 2.0, 3.0])
+        t["proposal_refined_boxes"] = t["boxes"][idx].clone()
+    before, after = _term_after_steps(net, "loss_distill_det_reg", tg=tg, lr=1e-4)
+    assert before > 0 and after < 0.9 * before, (before, after)
+
+
+def test_all_terms_on_images_without_any_boxes():
+    net = _net("feature", "relation", "detector", "jitter", "lut").train()
+    bare = target(pids=(), n_props=0, n_jitter=0, dim=EMB_DIM)
+    losses = net(images(1), [bare])
+    assert all(torch.isfinite(v) for v in losses.values())
+    for key in ("loss_distill_feature", "loss_distill_relation", "loss_distill_jitter",
+                "loss_distill_det_cls", "loss_distill_det_reg", "loss_box_reg", "loss_oim"):
+        assert losses[key].item() == 0.0, key
+    sum(losses.values()).backward()
