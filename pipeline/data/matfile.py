@@ -1,0 +1,103 @@
+"""Reading MATLAB v5 files as the person-search releases store them.
+
+``scipy.io.loadmat`` hands back 2-D arrays for vectors and scalars, object arrays for cells,
+structured arrays for structs and nested 1-element arrays for strings. These helpers unwrap
+all of that in one place, and turn every surprise into a DatasetError naming the file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+
+from .records import DatasetError
+
+
+def load_mat(path: Path, variable: str | tuple[str, ...]) -> np.ndarray:
+    """The first of ``variable`` (a name or names tried in order) found in ``path``."""
+    names = (variable,) if isinstance(variable, str) else tuple(variable)
+    if not Path(path).is_file():
+        raise DatasetError(f"{path}: file is missing")
+    try:
+        content = scipy.io.loadmat(str(path))
+    except Exception as e:  # scipy raises many kinds on a damaged file
+        raise DatasetError(f"{path}: not a readable MATLAB file ({type(e).__name__}: {e})") from None
+    for name in names:
+        if name in content:
+            return content[name]
+    found = sorted(k for k in content if not k.startswith("__"))
+    raise DatasetError(f"{path}: variable {' or '.join(names)} is missing (found: {found})")
+
+
+def as_string(value, where: str) -> str:
+    """A MATLAB char array / cell holding one string -> str."""
+    v = value
+    while isinstance(v, np.ndarray):
+        if v.dtype.kind in "US":
+            flat = v.reshape(-1)
+            return "".join(str(s) for s in flat).strip() if flat.size else ""
+        if v.size != 1:
+            raise DatasetError(f"{where}: expected one string, got an array of shape {v.shape}")
+        v = v.reshape(-1)[0]
+    if isinstance(v, (str, np.str_)):
+        return str(v).strip()
+    if isinstance(v, bytes):
+        return v.decode().strip()
+    raise DatasetError(f"{where}: expected a string, got {type(v).__name__}")
+
+
+def cell_strings(cell: np.ndarray, where: str) -> list[str]:
+    """A (N,1) or (1,N) cell array (or char matrix) of strings -> list of str."""
+    if not isinstance(cell, np.ndarray):
+        raise DatasetError(f"{where}: expected a cell array of names")
+    if cell.dtype.kind in "US":  # a char matrix: one name per row
+        if cell.ndim == 2 and cell.shape[0] > 1:
+            return ["".join(row).strip() for row in cell]
+        return [as_string(cell, where)]
+    return [as_string(item, f"{where}[{i}]") for i, item in enumerate(cell.reshape(-1))]
+
+
+def struct_items(value, where: str) -> list:
+    """A struct array of any shape (1x1, 1xN, Nx1, 0-d after squeeze) -> list of records."""
+    v = value
+    while isinstance(v, np.ndarray) and v.dtype == object and v.size == 1 and v.dtype.names is None:
+        v = v.reshape(-1)[0]  # a cell wrapping the struct
+    if not isinstance(v, np.ndarray) or v.dtype.names is None:
+        raise DatasetError(f"{where}: expected a struct array")
+    return list(v.reshape(-1))
+
+
+def field(record, name: str, where: str):
+    names = record.dtype.names or ()
+    if name not in names:
+        raise DatasetError(f"{where}: field {name!r} is missing (fields: {list(names)})")
+    return record[name]
+
+
+def numbers(value, where: str) -> np.ndarray:
+    """Any numeric array (possibly wrapped in 1-element object arrays) -> flat float64."""
+    v = value
+    while isinstance(v, np.ndarray) and v.dtype == object:
+        if v.size == 0:
+            return np.zeros(0)
+        if v.size != 1:
+            raise DatasetError(f"{where}: expected numbers, got a cell of shape {v.shape}")
+        v = v.reshape(-1)[0]
+    try:
+        return np.asarray(v, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{where}: expected numbers, got {type(v).__name__}") from None
+
+
+def xywh(value, where: str, allow_empty: bool = False) -> np.ndarray | None:
+    """A 1x4 [x, y, w, h] box; None for an empty one when allowed."""
+    v = numbers(value, where)
+    if v.size == 0 and allow_empty:
+        return None
+    if v.size != 4:
+        raise DatasetError(f"{where}: a box must have 4 numbers (x, y, w, h), got shape "
+                           f"{np.shape(value)} with {v.size} values")
+    if not np.all(np.isfinite(v)):
+        raise DatasetError(f"{where}: box {v.tolist()} is not finite")
+    return v

@@ -1,0 +1,178 @@
+"""PRW (Zheng et al., CVPR 2017) as released: reader and the matching annotation writer.
+
+Layout (see shared/docs/datasets.md): frames/<name>.jpg, annotations/<name>.jpg.mat holding
+one of box_new / anno_file / anno_previous as (N, 5) rows [pid, x, y, w, h],
+frame_train.mat / frame_test.mat name lists, query_info.txt, ID_train.mat / ID_test.mat.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+
+from .images import image_size
+from .matfile import cell_strings, load_mat, numbers
+from .records import (UNLABELED, DatasetError, ImageRecord, PersonSearchData, QueryRecord)
+
+ANNOTATION_VARIABLES = ("box_new", "anno_file", "anno_previous")
+PRW_UNLABELED = -2            # the release's pid for a person without identity
+FRAME_NAME = re.compile(r"^c(\d+)s(\d+)_(\d+)$")
+
+
+def frame_stem(name: str) -> str:
+    """'c1s1_000151.jpg' or 'c1s1_000151' -> 'c1s1_000151'."""
+    return name[:-4] if name.lower().endswith(".jpg") else name
+
+
+def camera_of(name: str, where: str = "") -> int:
+    match = FRAME_NAME.match(frame_stem(name))
+    if not match:
+        raise DatasetError(f"{where or name}: frame name {name!r} is not c<camera>s<seq>_<frame>")
+    return int(match.group(1))
+
+
+def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    out = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+    out[:, 2:] += out[:, :2]
+    return out
+
+
+def clip_to_image(xyxy: np.ndarray, width: int, height: int, where: str) -> np.ndarray:
+    """Clip slightly-out boxes (the release has negative x, y); refuse boxes wholly outside."""
+    outside = (xyxy[:, 0] >= width) | (xyxy[:, 1] >= height) | (xyxy[:, 2] <= 0) | (xyxy[:, 3] <= 0)
+    if outside.any():
+        box = xyxy[np.argmax(outside)].tolist()
+        raise DatasetError(f"{where}: box {box} (x1, y1, x2, y2) lies outside the "
+                           f"{width}x{height} image")
+    out = xyxy.copy()
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
+    return out
+
+
+def read_annotation(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes xywh (N,4) float64, pids (N,) int64 with UNLABELED) of one frame's .mat."""
+    raw = load_mat(path, ANNOTATION_VARIABLES)
+    values = numbers(raw, str(path)) if raw.dtype == object else np.asarray(raw, np.float64)
+    if values.size == 0:
+        return np.zeros((0, 4)), np.zeros(0, np.int64)
+    if values.ndim != 2 or values.shape[1] != 5:
+        if values.size % 5 == 0 and values.ndim == 1:
+            values = values.reshape(-1, 5)
+        else:
+            raise DatasetError(f"{path}: annotation must be (N, 5) rows [pid, x, y, w, h], "
+                               f"got shape {np.shape(raw)}")
+    if not np.all(np.isfinite(values)):
+        raise DatasetError(f"{path}: annotation holds non-finite numbers")
+    pids = values[:, 0].astype(np.int64)
+    pids[pids == PRW_UNLABELED] = UNLABELED
+    return values[:, 1:5], pids
+
+
+def read_frame(root: Path, stem: str) -> ImageRecord:
+    image_path = root / "frames" / f"{stem}.jpg"
+    ann_path = root / "annotations" / f"{stem}.jpg.mat"
+    xywh, pids = read_annotation(ann_path)
+    width, height = image_size(image_path)
+    boxes = clip_to_image(xywh_to_xyxy(xywh), width, height, str(ann_path))
+    return ImageRecord(name=f"{stem}.jpg", path=image_path, width=width, height=height,
+                       boxes=boxes.astype(np.float32), pids=pids,
+                       camera=camera_of(stem, str(ann_path)))
+
+
+def read_frame_list(path: Path, variable: str) -> list[str]:
+    return [frame_stem(n) for n in cell_strings(load_mat(path, variable), f"{path}:{variable}")]
+
+
+def read_queries(path: Path, test_frames: dict[str, ImageRecord]) -> list[QueryRecord]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: file is missing")
+    queries = []
+    lines = path.read_text().splitlines()  # handles \r\n
+    for number, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{path}, line {number}"
+        if len(fields) != 6:
+            raise DatasetError(f"{where}: expected 'pid x y w h frame', got {line.strip()!r}")
+        try:
+            pid = int(float(fields[0]))
+            xywh = np.array([float(v) for v in fields[1:5]])
+        except ValueError:
+            raise DatasetError(f"{where}: pid and box must be numbers: {line.strip()!r}") from None
+        stem = frame_stem(fields[5])
+        frame = test_frames.get(stem)
+        if frame is None:
+            raise DatasetError(f"{where}: query frame {stem!r} is not in the test split")
+        box = clip_to_image(xywh_to_xyxy(xywh), frame.width, frame.height, where)[0]
+        queries.append(QueryRecord(image=frame.name, box=box.astype(np.float32), pid=pid,
+                                   camera=frame.camera))
+    return queries
+
+
+def read_prw(root: str | Path) -> PersonSearchData:
+    """Read a PRW release rooted at ``root`` (the folder holding frames/ and annotations/)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: PRW root folder does not exist")
+    train_names = read_frame_list(root / "frame_train.mat", "img_index_train")
+    test_names = read_frame_list(root / "frame_test.mat", "img_index_test")
+    overlap = set(train_names) & set(test_names)
+    if overlap:
+        raise DatasetError(f"{root}: frames in both train and test lists, e.g. {sorted(overlap)[:3]}")
+    train = [read_frame(root, n) for n in train_names]
+    gallery = [read_frame(root, n) for n in test_names]
+    queries = read_queries(root / "query_info.txt", {frame_stem(r.name): r for r in gallery})
+    return PersonSearchData(dataset="prw", root=root, train=train, gallery=gallery,
+                            queries=queries)
+
+
+# ------------------------------------------------------------------------------ writing
+
+def _name_cell(names: list[str]) -> np.ndarray:
+    cell = np.empty((len(names), 1), dtype=object)
+    for i, n in enumerate(names):
+        cell[i, 0] = n
+    return cell
+
+
+def _annotation_rows(record: ImageRecord) -> np.ndarray:
+    boxes = np.asarray(record.boxes, np.float64).reshape(-1, 4)
+    pids = np.where(record.pids == UNLABELED, PRW_UNLABELED, record.pids).astype(np.float64)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    return np.concatenate([pids[:, None], xywh], axis=1).reshape(-1, 5)
+
+
+def _format_number(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def write_prw_annotations(root: str | Path, train: list[ImageRecord], test: list[ImageRecord],
+                          queries: list[QueryRecord]) -> None:
+    """Write PRW's annotation files for records whose frames lie in root/frames/.
+
+    Pids of UNLABELED are written as -2, boxes as [x, y, w, h]; query_info.txt gets Windows
+    line ends and single spaces, as the release has them."""
+    root = Path(root)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for record in [*train, *test]:
+        scipy.io.savemat(root / "annotations" / f"{record.name}.mat",
+                         {"box_new": _annotation_rows(record)})
+    scipy.io.savemat(root / "frame_train.mat",
+                     {"img_index_train": _name_cell([frame_stem(r.name) for r in train])})
+    scipy.io.savemat(root / "frame_test.mat",
+                     {"img_index_test": _name_cell([frame_stem(r.name) for r in test])})
+    ids = lambda recs: np.unique(np.concatenate([r.pids[r.pids != UNLABELED] for r in recs] or
+                                                [np.zeros(0, np.int64)]))
+    scipy.io.savemat(root / "ID_train.mat", {"ID_train": ids(train).astype(np.float64)[None]})
+    scipy.io.savemat(root / "ID_test.mat", {"ID_test2": ids(test).astype(np.float64)[None]})
+    lines = []
+    for q in queries:
+        x1, y1, x2, y2 = (float(v) for v in q.box)
+        fields = [q.pid, x1, y1, x2 - x1, y2 - y1]
+        lines.append(" ".join(_format_number(v) for v in fields) + " " + frame_stem(q.image))
+    with open(root / "query_info.txt", "w", newline="") as f:
+        f.write("".join(line + "\r\n" for line in lines))
