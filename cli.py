@@ -31,6 +31,26 @@ def cli():
 
 # ---------------------------------------------------------------- data (issue: foundation)
 
+@cli.command("inspect-dataset")
+@click.option("--dataset", type=click.Choice(["prw", "cuhk-sysu"]), required=True)
+@click.option("--root", type=click.Path(), required=True, help="dataset folder as released")
+@click.option("--export", "export", type=click.Path(dir_okay=False), default=None,
+              help="write every box to this CSV: split,image,x1,y1,x2,y2,pid,camera")
+@friendly_errors
+def inspect_dataset(dataset, root, export):
+    """Summarise a dataset per split; optionally export every box as CSV."""
+    from pipeline.data import read_dataset
+    from pipeline.data.inspect import export_csv, format_table, split_summary
+    data = read_dataset(dataset, root)
+    click.echo(f"{dataset} at {root}")
+    click.echo(format_table(split_summary(data)))
+    if dataset == "cuhk-sysu":
+        sizes = ", ".join(str(n) for n in sorted(data.query_galleries)) or "none"
+        click.echo(f"protocol gallery sizes: {sizes}")
+    if export:
+        rows = export_csv(data, export)
+        click.echo(f"wrote {rows} boxes to {export}")
+
 
 # ---------------------------------------------------------------- teachers and cache (stage one)
 
