@@ -139,7 +139,7 @@ def _drop_var(path, name):
 @pytest.mark.parametrize("damage, file_part, words", [
     (lambda r: (r / "annotation/test/train_test/TestG50.mat").unlink(), "TestG50.mat", "missing"),
     (lambda r: _drop_var(r / "annotation/pool.mat", "pool"), "pool.mat", "pool is missing"),
-    (lambda r: _rewrite(r / "annotation/pool.mat", "pool", np.array([["s1.jpg"], ["s99.jpg"]],
+    (lambda r: _rewrite(r / "annotation/pool.mat", "pool", np.array([["s1.jpg"], ["s999.jpg"]],
                                                                     dtype=object)),
      "pool.mat", "not in Images.mat"),
     (lambda r: (r / "Image/SSM/s5.jpg").write_bytes(b"garbage"), "s5.jpg", "does not decode"),
