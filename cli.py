@@ -52,6 +52,45 @@ def inspect_dataset(dataset, root, export):
         click.echo(f"wrote {rows} boxes to {export}")
 
 
+def _size_option(ctx, param, value):
+    from pipeline.data.synthetic.world import SyntheticWorldError, parse_size
+    try:
+        return parse_size(value)
+    except SyntheticWorldError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@cli.command("make-synthetic")
+@click.option("--format", "fmt", type=click.Choice(["prw", "cuhk-sysu"]), required=True,
+              help="on-disk layout to write")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="dataset root to create (empty, new, or an earlier synthetic world)")
+@click.option("--identities", type=click.IntRange(min=4), default=60, show_default=True,
+              help="labeled identities, split about half train / half test")
+@click.option("--images", type=click.IntRange(min=4), default=240, show_default=True,
+              help="scene images, half train and half test (at least --identities)")
+@click.option("--size", default="320x240", show_default=True, callback=_size_option,
+              help="image WIDTHxHEIGHT")
+@click.option("--cameras", type=click.IntRange(min=2), default=3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@friendly_errors
+def make_synthetic_cmd(fmt, out, identities, images, size, cameras, seed):
+    """Write a synthetic person-search world in the PRW or CUHK-SYSU format; prints its root."""
+    from pipeline.data.synthetic import SyntheticWorldError, generate
+    try:
+        dataset = generate(fmt, out, identities=identities, images=images, size=size,
+                           cameras=cameras, seed=seed, progress=True)
+    except SyntheticWorldError as e:
+        raise click.UsageError(str(e)) from None
+    labeled = sum(int((r.pids >= 0).sum()) for r in dataset.train + dataset.test)
+    boxes = sum(len(r.boxes) for r in dataset.train + dataset.test)
+    extra = (f", galleries {sorted(dataset.galleries)}" if dataset.galleries else "")
+    click.echo(f"{fmt}: {len(dataset.train)} train + {len(dataset.test)} test images, "
+               f"{boxes} boxes ({labeled} labeled), {identities} identities, "
+               f"{len(dataset.queries)} queries{extra}")
+    click.echo(str(dataset.root))
+
+
 # ---------------------------------------------------------------- teachers and cache (stage one)
 
 

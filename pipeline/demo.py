@@ -66,15 +66,29 @@ def make_data(device: str) -> None:
              ["make-synthetic", "--format", "prw", "--out", str(DATA_ROOT), "--seed", "0", *extra])
 
 
+def configured_run_dir(config: str) -> Path:
+    from pipeline.config import load_config
+    from pipeline.config.student import StudentConfig
+    return Path(load_config(ROOT / config, StudentConfig).run_dir)
+
+
 def train_student(config: str, device: str) -> Path:
+    run_dir = configured_run_dir(config)
+    if (ROOT / run_dir / "train_stats.json").exists():
+        click.echo(f"\n==> {Path(config).stem}: reusing the trained student in {run_dir}")
+        return run_dir
     run_dir_line = run_step(f"train {Path(config).stem} from the teacher cache",
                             ["train-student", "--config", config, *device_overrides(device)])
     return Path(run_dir_line)
 
 
 def evaluate(name: str, checkpoint: str, model: str, out_dir: Path, device: str) -> dict:
-    out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "metrics.json"
+    if (ROOT / json_path).exists() and (ROOT / json_path).stat().st_mtime > \
+            (ROOT / checkpoint).stat().st_mtime:
+        click.echo(f"\n==> evaluate {name}: reusing {json_path}")
+        return json.loads((ROOT / json_path).read_text())
+    (ROOT / out_dir).mkdir(parents=True, exist_ok=True)
     run_step(f"evaluate {name}",
              ["evaluate", "--dataset", "prw", "--root", str(DATA_ROOT), "--checkpoint", checkpoint,
               "--model", model, "--json", str(json_path), "--out-dir", str(out_dir),

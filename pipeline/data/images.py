@@ -25,7 +25,7 @@ def load_rgb(path: str | Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB array."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file is missing") from None
     except (UnidentifiedImageError, OSError) as e:

