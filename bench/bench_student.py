@@ -101,17 +101,64 @@ def run_mode(cfg: StudentConfig, mode: str, steps: int, warmup: int, device: tor
 
 
 class OnlineTeacher:
-    """Runs the two teachers on each batch to produce the cached target keys."""
+    """Runs the teachers on each batch to produce the keys the cache would hold.
 
-    def __init__(self, cfg: StudentConfig, needs: dict, device: torch.device):
-        try:
-            from pipeline.models import teacher_detector, teacher_reid  # noqa: F401
-        except ImportError as e:
-            raise SystemExit(f"online mode needs the teacher models ({e})") from None
-        raise SystemExit("online mode: teacher models found but not wired yet")
+    The batch images are already flipped and resized, so the teachers' outputs are in the
+    batch's frame (what the cache gives after the dataset's transforms). The detector scores
+    ``proposals`` proposals per image; the re-ID teacher embeds the GT boxes and ``jitter`` jittered
+    copies of each. Weights are random: the cost does not depend on them."""
 
+    def __init__(self, cfg: StudentConfig, needs: dict, device: torch.device, *,
+                 proposals: int = 64, jitter: int = 4, feature_dim: int = 256):
+        from pipeline.models.teacher_detector import TeacherDetector
+        m = cfg.model
+        self.detector = TeacherDetector(backbone="resnet50", min_size=m.min_size,
+                                        max_size=m.max_size).to(device).eval()
+        self.reid = _reid_teacher(feature_dim, device)
+        self.needs, self.device = needs, device
+        self.proposals, self.jitter = proposals, jitter
+
+    @torch.no_grad()
     def add_targets(self, batch):
-        raise NotImplementedError
+        from pipeline.models.teacher_detector import detect_and_score
+        images, targets = batch
+        images = [im.to(self.device) for im in images]
+        keys = set(self.needs["keys"])
+        if keys & {"proposal_boxes", "proposal_logits", "proposal_refined_boxes"}:
+            for t, out in zip(targets, detect_and_score(self.detector, images, self.proposals)):
+                for k in ("proposal_boxes", "proposal_logits", "proposal_refined_boxes"):
+                    t[k] = out[k].float().cpu()
+        for t, im in zip(targets, images):
+            gt = t["boxes"].to(self.device)
+            jit = gt.repeat_interleave(self.jitter, 0)
+            if len(jit):
+                wh = (jit[:, 2:] - jit[:, :2]).repeat(1, 2)
+                jit = jit + 0.1 * wh * (torch.rand_like(jit) * 2 - 1)
+            feats = self.reid(im, torch.cat([gt, jit]))
+            if "gt_features" in keys:
+                t["gt_features"] = feats[: len(gt)].float().cpu()
+            if "jitter_features" in keys:
+                t["jitter_boxes"] = jit.cpu()
+                t["jitter_features"] = feats[len(gt):].float().cpu()
+        return images, targets
+
+
+def _reid_teacher(feature_dim: int, device: torch.device):
+    """(image, boxes) -> (N, D) unit features: the project's re-ID teacher when present, else a
+    ResNet-50 on 256x128 crops (the usual re-ID input) with a D-dim head."""
+    import torch.nn.functional as F
+    import torchvision
+    from torchvision.ops import roi_align
+    net = torchvision.models.resnet50(weights=None)
+    net.fc = torch.nn.Linear(net.fc.in_features, feature_dim)
+    net = net.to(device).eval()
+
+    def embed(image, boxes):
+        if len(boxes) == 0:
+            return image.new_zeros((0, feature_dim))
+        crops = roi_align(image[None], [boxes.float()], output_size=(256, 128), aligned=True)
+        return F.normalize(net(crops), dim=1)
+    return embed
 
 
 def tiny_world(out: Path, n_train: int, width: int, height: int) -> tuple[Path, Path]:

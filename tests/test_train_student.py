@@ -69,6 +69,16 @@ def world(synthetic_prw, tmp_path):
     return synthetic_prw, data, cache
 
 
+@pytest.fixture
+def small_world(tmp_path):
+    """Like ``world`` over 6 noise images of 128x96: for tests that train several steps."""
+    from pipeline.data import read_dataset
+    from tiny_cache import write_tiny_prw
+    root = write_tiny_prw(tmp_path / "prw6")
+    data = read_dataset("prw", root)
+    return root, data, tiny_cache(data.train, tmp_path / "teacher6.h5")
+
+
 # ------------------------------------------------------------------------------ configs
 
 SHIPPED = sorted(ROOT.glob("configs/student/*.yaml")) + \
@@ -249,9 +259,9 @@ def test_cli_refuses_a_mismatched_cache_with_a_clear_message(world, tmp_path):
     assert not (tmp_path / "run" / "checkpoint_last.pt").exists()
 
 
-def test_student_resume_gives_the_same_weights(world, tmp_path):
+def test_student_resume_gives_the_same_weights(small_world, tmp_path):
     from pipeline.engine.checkpoint import link_or_copy, read_checkpoint
-    root, data, cache = world
+    root, data, cache = small_world
     bs = max(1, len(data.train) // 2 + len(data.train) % 2)  # 2 steps per epoch
     full = write_config(tmp_path, root, cache=cache, epochs=2, batch_size=bs, run="full")
     train_student(full, progress=False)
@@ -272,9 +282,9 @@ def test_student_resume_gives_the_same_weights(world, tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
-def test_resume_with_another_config_is_refused(world, tmp_path):
+def test_resume_with_another_config_is_refused(small_world, tmp_path):
     from pipeline.config import ConfigError
-    root, data, cache = world
+    root, data, cache = small_world
     config = write_config(tmp_path, root, cache=cache, batch_size=len(data.train))
     train_student(config, progress=False)
     with pytest.raises(ConfigError, match="train.lr"):

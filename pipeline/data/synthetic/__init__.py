@@ -147,17 +147,32 @@ def _query_choice(world: World, identity: int, split: str, rng):
     return whole[int(rng.integers(len(whole)))]
 
 
+def _prw_queries(world: World, identity: int, rng):
+    """PRW queries of one test identity: one (scene, person) per camera it is seen on, when it
+    is also seen on another camera (so every query has cross-camera matches); else a single
+    :func:`_query_choice`. Uncut boxes are preferred."""
+    seen = [(s, p) for s, p in world.appearances_of(identity) if s.split == "test"]
+    cameras = sorted({s.camera for s, _ in seen})
+    if len(cameras) < 2:
+        return [_query_choice(world, identity, "test", rng)]
+    picks = []
+    for camera in cameras:
+        here = [(s, p) for s, p in seen if s.camera == camera]
+        whole = [(s, p) for s, p in here if not p.cut] or here
+        picks.append(whole[int(rng.integers(len(whole)))])
+    return picks
+
+
 def _prw_records(world: World, names, image_dir, root, seed) -> SyntheticDataset:
     train_pids, test_pids = prw_pids(len(world.train_ids), len(world.test_ids))
     pid_of = {**dict(zip(world.train_ids, train_pids)), **dict(zip(world.test_ids, test_pids))}
     recs = {s.index: _record(s, names[s.index], image_dir, world.size, pid_of, s.camera)
             for s in world.scenes}
     rng = np.random.default_rng([seed, 4])
-    queries = []
-    for identity in world.test_ids:
-        scene, person = _query_choice(world, identity, "test", rng)
-        queries.append(QueryRecord(image=names[scene.index], box=person.box.astype(np.float32),
-                                   pid=pid_of[identity], camera=scene.camera))
+    queries = [QueryRecord(image=names[scene.index], box=person.box.astype(np.float32),
+                           pid=pid_of[identity], camera=scene.camera)
+               for identity in world.test_ids
+               for scene, person in _prw_queries(world, identity, rng)]
     return SyntheticDataset(
         root=root, train=[recs[s.index] for s in world.scenes if s.split == "train"],
         test=[recs[s.index] for s in world.scenes if s.split == "test"], queries=queries,
