@@ -93,6 +93,129 @@ def make_synthetic_cmd(fmt, out, identities, images, size, cameras, seed):
 
 # ---------------------------------------------------------------- teachers and cache (stage one)
 
+def _teacher_config(config_path, overrides):
+    from pipeline.config import load_config
+    from pipeline.config.teacher import TeacherConfig
+    return load_config(config_path, TeacherConfig, list(overrides))
+
+
+_SET_HELP = "override a config value, e.g. --set detector.epochs=2 (repeatable)"
+
+
+@cli.command("train-teacher")
+@click.option("--part", type=click.Choice(["detector", "reid"]), required=True)
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="teacher YAML (configs/teacher/*.yaml, configs/synthetic/teacher.yaml)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+@click.option("--resume", is_flag=True, help="continue from the part's checkpoint_last.pt")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+@friendly_errors
+def train_teacher_cmd(part, config_path, overrides, resume, no_progress):
+    """Train one teacher; prints its checkpoint (out_dir/detector.pt or reid.pt) last."""
+    from pipeline.engine.checkpoint import CheckpointError
+    from pipeline.engine.teacher import train_detector, train_reid
+    from pipeline.engine.trainer import NonFiniteLossError
+    cfg = _teacher_config(config_path, overrides)
+    train = train_detector if part == "detector" else train_reid
+    try:
+        path = train(cfg, resume=resume, progress=not no_progress)
+    except (NonFiniteLossError, CheckpointError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(str(path))
+
+
+@cli.command("build-cache")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="teacher YAML (configs/teacher/*.yaml, configs/synthetic/teacher.yaml)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+@click.option("--train-missing", is_flag=True, help="train the teachers that have no checkpoint")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N (overrides cache.device)")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+@friendly_errors
+def build_cache_cmd(config_path, overrides, train_missing, device, no_progress):
+    """Run both teachers over the training split into the teacher cache (resumes an
+    interrupted build; returns at once when the cache exists). Prints the cache path last."""
+    import time
+
+    from cache.build import build_cache
+    from pipeline.engine.teacher import detector_path, reid_path, train_detector, train_reid
+    cfg = _teacher_config(config_path, overrides)
+    for part, path, train in (("detector", detector_path(cfg), train_detector),
+                              ("reid", reid_path(cfg), train_reid)):
+        if path.is_file():
+            continue
+        if not train_missing:
+            raise click.ClickException(
+                f"teacher {part} checkpoint not found: {path}; train it with `python cli.py "
+                f"train-teacher --part {part} --config {config_path}` or pass --train-missing")
+        click.echo(f"training the {part} teacher -> {path}", err=True)
+        train(cfg, progress=not no_progress)
+    start = time.perf_counter()
+    path = build_cache(cfg, device=device, progress=not no_progress)
+    click.echo(f"cache ready in {time.perf_counter() - start:.1f} s", err=True)
+    click.echo(str(path))
+
+
+@cli.group("cache")
+def cache_group():
+    """Inspect and check teacher cache files."""
+
+
+@cache_group.command("info")
+@click.argument("path", type=click.Path(dir_okay=False))
+@friendly_errors
+def cache_info_cmd(path):
+    """Summary of a cache file: fingerprints, sizes, what it holds."""
+    import os
+
+    from cache import CacheMismatchError, TeacherCache
+    try:
+        c = TeacherCache(path)
+    except CacheMismatchError as e:
+        raise click.ClickException(str(e)) from None
+    m = c.meta
+    pids, _, counts = c.identity_table()
+    rows = [("file", path), ("size", f"{os.path.getsize(path) / 1e6:.2f} MB"),
+            ("schema version", m.schema_version), ("dataset", m.dataset),
+            ("created", m.created), ("images", m.num_images), ("feature dim", m.feature_dim),
+            ("float16", m.float16), ("flip view", m.has_flip),
+            ("proposals per image", m.proposals_per_image),
+            ("proposal rows", m.num_proposals), ("jitter per box", m.jitter_per_box),
+            ("jitter rows", m.num_jitter), ("identities", len(pids)),
+            ("labeled GT boxes", int(counts.sum())),
+            ("split fingerprint", m.split_fingerprint[:16]),
+            ("detector fingerprint", m.detector_fingerprint[:16]),
+            ("reid fingerprint", m.reid_fingerprint[:16]),
+            ("config fingerprint", m.config_fingerprint[:16])]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {v}")
+    c.close()
+
+
+@cache_group.command("verify")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--dataset", type=click.Choice(["prw", "cuhk-sysu"]), default=None,
+              help="with --root: also check the cache against this dataset's training split")
+@click.option("--root", type=click.Path(), default=None, help="dataset folder as released")
+@friendly_errors
+def cache_verify_cmd(path, dataset, root):
+    """Check a cache file's structure (and its data, with --dataset/--root); exit 1 on problems."""
+    from cache.verify import verify_cache
+    if (dataset is None) != (root is None):
+        raise click.UsageError("--dataset and --root go together")
+    records = None
+    if dataset is not None:
+        from pipeline.data import read_dataset
+        records = read_dataset(dataset, root).train
+    problems = verify_cache(path, records, dataset)
+    if problems:
+        for p in problems:
+            click.echo(f"problem: {p}", err=True)
+        raise SystemExit(1)
+    click.echo(f"ok: {path}")
+
+
 
 # ---------------------------------------------------------------- student (stage two)
 
@@ -129,6 +252,51 @@ def train_student_cmd(config_path, overrides, resume, device, no_progress):
 
 
 # ---------------------------------------------------------------- evaluation
+
+@cli.command()
+@click.option("--dataset", type=click.Choice(["prw", "cuhk-sysu"]), required=True)
+@click.option("--root", type=click.Path(), required=True, help="dataset folder as released")
+@click.option("--results", "results", type=click.Path(dir_okay=False), default=None,
+              help="results file (HDF5, schema person-search-results/1)")
+@click.option("--checkpoint", default=None, help="run this model first instead of --results")
+@click.option("--model", "model_kind", type=click.Choice(["student", "teacher"]),
+              default="student", show_default=True)
+@click.option("--gallery-size", type=click.Choice(["50", "100", "500", "1000", "2000", "4000",
+                                                   "-1"]), default=None,
+              help="CUHK-SYSU protocol gallery (default 100; -1 = whole pool); PRW: -1 only")
+@click.option("--multi-view", is_flag=True, help="PRW: only frames from other cameras")
+@click.option("--det-thresh", type=float, default=0.5, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--per-query", type=click.Path(dir_okay=False), default=None, help="CSV per query")
+@click.option("--visualize", type=int, default=0, help="write N query pictures + cmc.png")
+@click.option("--out-dir", type=click.Path(file_okay=False), default="eval-out", show_default=True)
+@click.option("--index", type=click.Choice(["flat", "ivf"]), default="flat", show_default=True,
+              help="flat = exact; ivf = approximate (flagged in the output)")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", type=int, default=2, show_default=True)
+@friendly_errors
+def evaluate(dataset, root, results, checkpoint, model_kind, gallery_size, multi_view, det_thresh,
+             json_path, per_query, visualize, out_dir, index, device, batch_size):
+    """Search mAP / top-k and detection AP / recall with the standard protocols."""
+    from pipeline.data import read_dataset
+    from pipeline.evaluation.command import evaluate_command, results_from_checkpoint
+    from pipeline.evaluation.protocols import ProtocolError
+    from pipeline.evaluation.results_file import ResultsFileError
+    if (results is None) == (checkpoint is None):
+        raise click.UsageError("give exactly one of --results and --checkpoint")
+    data = read_dataset(dataset, root)
+    try:
+        if checkpoint is not None:
+            results = results_from_checkpoint(checkpoint, model_kind, data, out_dir,
+                                              device=device, batch_size=batch_size)
+        table, _ = evaluate_command(
+            data, results, gallery_size=None if gallery_size is None else int(gallery_size),
+            multi_view=multi_view, det_thresh=det_thresh, index=index, json_path=json_path,
+            per_query=per_query, visualize=visualize, out_dir=out_dir)
+    except (ResultsFileError, ProtocolError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(table)
+
 
 
 # ---------------------------------------------------------------- demo

@@ -39,3 +39,40 @@ def split_fingerprint(records) -> str:
 def cache_file_name(detector_fp: str, reid_fp: str, split_fp: str, config_fp: str) -> str:
     text = "\n".join((detector_fp, reid_fp, split_fp, config_fp))
     return f"teacher-cache-{hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]}.h5"
+
+
+def cache_path(teacher_cfg) -> Path:
+    """The cache file of a teacher config: ``cache.dir / teacher-cache-<key>.h5``.
+
+    The key hashes both teacher checkpoints' content (``out_dir/detector.pt``, ``reid.pt``),
+    the training split and the cache + teacher-inference settings. FileNotFoundError (naming
+    the missing file) when a teacher has not been trained yet."""
+    from pipeline.data import read_dataset
+    out = Path(teacher_cfg.out_dir)
+    for part in ("detector", "reid"):
+        ckpt = out / f"{part}.pt"
+        if not ckpt.is_file():
+            raise FileNotFoundError(
+                f"teacher {part} checkpoint not found: {ckpt}; train it with "
+                f"`python cli.py train-teacher --part {part} --config <teacher config>`")
+    records = read_dataset(teacher_cfg.data.dataset, teacher_cfg.data.root).train
+    a = cache_attrs(teacher_cfg, records)
+    return Path(teacher_cfg.cache.dir) / cache_file_name(
+        a["detector_fingerprint"], a["reid_fingerprint"], a["split_fingerprint"],
+        a["config_fingerprint"])
+
+
+def cache_attrs(teacher_cfg, records) -> dict:
+    """The key's parts as the cache attributes the writer needs (CONTRACTS.md 2b)."""
+    import json
+
+    from pipeline.config.teacher import cache_key_settings
+    out = Path(teacher_cfg.out_dir)
+    settings = json.dumps(cache_key_settings(teacher_cfg), sort_keys=True)
+    return {"dataset": teacher_cfg.data.dataset,
+            "split_fingerprint": split_fingerprint(records),
+            "detector_fingerprint": file_fingerprint(out / "detector.pt"),
+            "reid_fingerprint": file_fingerprint(out / "reid.pt"),
+            "config_fingerprint": hashlib.sha256(settings.encode()).hexdigest(),
+            "proposals_per_image": int(teacher_cfg.cache.proposals_per_image),
+            "jitter_per_box": int(teacher_cfg.cache.jitter_per_box)}

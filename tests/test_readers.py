@@ -191,3 +191,58 @@ def test_inspect_cli(prw, tmp_path):
     (prw / "frame_train.mat").unlink()
     bad = CliRunner().invoke(cli, ["inspect-dataset", "--dataset", "prw", "--root", str(prw)])
     assert bad.exit_code != 0 and "frame_train.mat" in bad.output and "Traceback" not in bad.output
+
+
+def test_cuhk_accepts_cells_of_structs_char_matrix_pool_and_bare_names(cuhk):
+    """savemat of a list of dicts gives a cell of 1x1 structs; names may lack '.jpg'."""
+    ann = cuhk / "annotation"
+    img = scipy.io.loadmat(ann / "Images.mat")["Img"]
+    as_cell = np.empty(img.shape, dtype=object)
+    for i in range(img.size):
+        rec = img[0, i:i + 1].copy()
+        rec[0]["imname"] = np.array([str(rec[0]["imname"][0]).replace(".jpg", "")])
+        as_cell[0, i] = rec
+    scipy.io.savemat(ann / "Images.mat", {"Img": as_cell})
+    names = np.array([n.replace(".jpg", "") for n in POOL])
+    scipy.io.savemat(ann / "pool.mat", {"pool": names.reshape(-1, 1)})   # a char matrix
+    data = read_cuhk_sysu(cuhk)
+    assert [r.name for r in data.train] == ["s1.jpg", "s2.jpg"]
+    assert [r.name for r in data.gallery] == POOL
+    assert data.train[0].pids.tolist() == [1, UNLABELED]
+
+
+def test_cuhk_protocol_query_lists_must_agree(cuhk):
+    path = cuhk / "annotation/test/train_test/TestG100.mat"
+    test = scipy.io.loadmat(path)["TestG100"]
+    test[0, 0]["Query"][0, 0]["idlocate"] = np.array([[11.0, 10, 20, 40]])
+    scipy.io.savemat(path, {"TestG100": test})
+    with pytest.raises(DatasetError, match=r"TestG100.mat.*differs"):
+        read_cuhk_sysu(cuhk)
+    scipy.io.savemat(path, {"TestG100": np.concatenate([test, test], axis=1)})
+    with pytest.raises(DatasetError, match=r"TestG100.mat: 2 queries"):
+        read_cuhk_sysu(cuhk)
+
+
+def test_cuhk_query_image_not_in_pool(cuhk):
+    path = cuhk / "annotation/test/train_test/TestG50.mat"
+    test = scipy.io.loadmat(path)["TestG50"]
+    test[0, 0]["Query"][0, 0]["imname"] = np.array(["s1.jpg"])
+    scipy.io.savemat(path, {"TestG50": test})
+    with pytest.raises(DatasetError, match=r"TestG50.mat.*not in the test pool"):
+        read_cuhk_sysu(cuhk)
+
+
+def test_csv_prints_float32_boxes_without_noise(prw, tmp_path):
+    scipy.io.savemat(prw / "annotations/c2s1_000002.jpg.mat",
+                     {"box_new": np.array([[3, 50.1, 10.3, 25.2, 70.7]])})
+    export_csv(read_prw(prw), tmp_path / "prw.csv")
+    rows = list(csv.reader(open(tmp_path / "prw.csv")))
+    assert rows[3] == ["train", "c2s1_000002.jpg", "50.1", "10.3", "75.3", "81", "3", "2"]
+
+
+def test_prw_identity_lists(prw):
+    from pipeline.data.prw import read_identity_list
+    assert read_identity_list(prw / "ID_train.mat", "ID_train").tolist() == [3, 932]
+    assert read_identity_list(prw / "ID_test.mat", "ID_test2").tolist() == [5]
+    with pytest.raises(DatasetError, match="ID_test.mat.*ID_test is missing"):
+        read_identity_list(prw / "ID_test.mat", "ID_test")

@@ -308,3 +308,25 @@ def test_lut_with_another_feature_size_is_refused_before_training(world, tmp_pat
     with pytest.raises(CacheContractError, match="model.embedding_dim: 24"):
         train_student(config, progress=False)
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_cache_resolved_from_the_teacher_config_says_how_to_build_it(world, tmp_path):
+    import yaml
+    root, data, _ = world
+    teacher = yaml.safe_load((ROOT / "configs/synthetic/teacher.yaml").read_text())
+    teacher["data"]["root"] = str(root)
+    teacher["out_dir"] = str(tmp_path / "no-teachers-yet")
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(teacher))
+    config = write_config(tmp_path, root, terms=("feature",))
+    cfg = load_config(config, StudentConfig, [f"teacher_config={tmp_path / 'teacher.yaml'}"])
+    with pytest.raises(CacheContractError, match="make teacher-cache CONFIG=.*teacher.yaml"):
+        open_checked_cache(cfg, data.train)
+
+
+def test_synthetic_lut_students_fit_the_synthetic_teacher():
+    from pipeline.config.teacher import TeacherConfig
+    teacher = load_config(ROOT / "configs/synthetic/teacher.yaml", TeacherConfig)
+    for path in ROOT.glob("configs/synthetic/student-*.yaml"):
+        cfg = load_config(path, StudentConfig)
+        assert cfg.model.embedding_dim == teacher.reid.embed_dim, path.name
+        assert cfg.data.dataset == teacher.data.dataset and cfg.data.root == teacher.data.root

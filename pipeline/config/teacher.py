@@ -19,6 +19,8 @@ class DetectorConfig:
     """Faster R-CNN + ResNet-FPN person detector (torchvision parts, 2 classes), SGD."""
     backbone: Backbone = "resnet50"
     fpn: bool = True
+    fpn_channels: int = 256            # FPN width (narrower for small CPU teachers)
+    box_head_dim: int = 1024           # width of the two-layer box head
     pretrained: bool = False           # ImageNet weights from torch's local cache; never downloads
     trainable_layers: int = 5          # ResNet stages that train (5: all)
     min_size: int = 900
@@ -101,8 +103,8 @@ class TeacherConfig:
 CACHE_KEY_FIELDS = ("proposals_per_image", "jitter_per_box", "jitter_min_iou", "flip", "float16",
                     "seed")
 # Teacher settings used at inference (they change the teacher outputs for the same weights).
-DETECTOR_INFERENCE_FIELDS = ("backbone", "fpn", "min_size", "max_size", "rpn_pre_nms_top_n_test",
-                             "rpn_post_nms_top_n_test", "box_detections_per_img",
+DETECTOR_INFERENCE_FIELDS = ("backbone", "fpn", "fpn_channels", "box_head_dim", "min_size",
+                             "max_size", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "box_detections_per_img",
                              "box_score_thresh")
 REID_INFERENCE_FIELDS = ("backbone", "embed_dim", "crop_height", "crop_width")
 

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision.ops import roi_align
 
 from .images import load_image
-from .records import UNLABELED, ImageRecord, contiguous_labels
+from .records import ImageRecord, contiguous_labels
 
 SAMPLING_RATIO = 2
 

@@ -22,6 +22,11 @@ GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000)
 LABELING_GALLERY = 50  # TestG50 defines the test identities (the standard protocol)
 
 
+def image_name(name: str) -> str:
+    """Names as Image/SSM holds them: 's1' and 's1.jpg' both -> 's1.jpg'."""
+    return name if "." in name else f"{name}.jpg"
+
+
 def _key(box_xywh) -> tuple[float, float, float, float]:
     return tuple(float(v) for v in box_xywh)
 
@@ -38,13 +43,14 @@ def read_images_mat(path: Path) -> list[tuple[str, list[np.ndarray]]]:
     out = []
     for i, rec in enumerate(struct_items(load_mat(path, "Img"), f"{path}:Img")):
         where = f"{path}: Img[{i}]"
-        name = as_string(field(rec, "imname", where), f"{where}.imname")
+        name = image_name(as_string(field(rec, "imname", where), f"{where}.imname"))
         boxes = []
         box_field = field(rec, "box", where)
         items = struct_items(box_field, f"{where}.box") if np.size(box_field) else []
         for j, b in enumerate(items):
-            v = xywh(field(b, "idlocate", f"{where}.box[{j}]"), f"{where}.box[{j}].idlocate")
-            if v[2] > 0 and v[3] > 0:  # the release has zero-size boxes: drop them
+            v = xywh(field(b, "idlocate", f"{where}.box[{j}]"), f"{where}.box[{j}].idlocate",
+                     allow_empty=True)
+            if v is not None and v[2] > 0 and v[3] > 0:  # the release has zero-size boxes: drop them
                 boxes.append(v)
         out.append((name, boxes))
     return out
@@ -53,18 +59,28 @@ def read_images_mat(path: Path) -> list[tuple[str, list[np.ndarray]]]:
 def read_train_identities(path: Path) -> dict[tuple[str, tuple], int]:
     """(image name, exact xywh) -> identity k+1 for cell k of Train.mat."""
     labels = {}
-    cells = load_mat(path, "Train")
-    for k, cell in enumerate(cells.reshape(-1) if cells.dtype == object and cells.dtype.names is None
-                             else [cells]):
+    for k, person in enumerate(_train_people(path)):
         where = f"{path}: Train[{k}]"
-        person = struct_items(cell, where)
-        if len(person) != 1:
-            raise DatasetError(f"{where}: expected one struct per cell, got {len(person)}")
-        for j, scene in enumerate(struct_items(field(person[0], "scene", where), f"{where}.scene")):
+        for j, scene in enumerate(struct_items(field(person, "scene", where), f"{where}.scene")):
             at = f"{where}.scene[{j}]"
-            name = as_string(field(scene, "imname", at), f"{at}.imname")
+            name = image_name(as_string(field(scene, "imname", at), f"{at}.imname"))
             labels[(name, _key(xywh(field(scene, "idlocate", at), f"{at}.idlocate")))] = k + 1
     return labels
+
+
+def _train_people(path: Path) -> list:
+    """One struct per identity: the (K,1) cell of 1x1 structs (or a plain struct array)."""
+    cells = load_mat(path, "Train")
+    if cells.dtype.names is not None:
+        return struct_items(cells, f"{path}:Train")
+    people = []
+    for k, cell in enumerate(cells.reshape(-1)):
+        person = struct_items(cell, f"{path}: Train[{k}]")
+        if len(person) != 1:
+            raise DatasetError(f"{path}: Train[{k}]: expected one struct per cell, "
+                               f"got {len(person)}")
+        people.append(person[0])
+    return people
 
 
 def read_protocol(path: Path, variable: str):
@@ -75,12 +91,13 @@ def read_protocol(path: Path, variable: str):
         query = struct_items(field(rec, "Query", where), f"{where}.Query")
         if len(query) != 1:
             raise DatasetError(f"{where}.Query: expected one struct, got {len(query)}")
-        qname = as_string(field(query[0], "imname", f"{where}.Query"), f"{where}.Query.imname")
+        qname = image_name(as_string(field(query[0], "imname", f"{where}.Query"),
+                                     f"{where}.Query.imname"))
         qbox = xywh(field(query[0], "idlocate", f"{where}.Query"), f"{where}.Query.idlocate")
         gallery = []
         for g, item in enumerate(struct_items(field(rec, "Gallery", where), f"{where}.Gallery")):
             at = f"{where}.Gallery[{g}]"
-            gallery.append((as_string(field(item, "imname", at), f"{at}.imname"),
+            gallery.append((image_name(as_string(field(item, "imname", at), f"{at}.imname")),
                             xywh(field(item, "idlocate", at), f"{at}.idlocate", allow_empty=True)))
         entries.append(((qname, qbox), gallery))
     return entries
@@ -102,14 +119,15 @@ def _records(root: Path, images, names: list[str], labels: dict, mat_path: Path)
 
 
 def _galleries(protocol, n: int, path: Path, queries_ref) -> list[QueryGallery]:
+    if len(protocol) != len(queries_ref):
+        raise DatasetError(f"{path}: {len(protocol)} queries, but TestG{LABELING_GALLERY}.mat has "
+                           f"{len(queries_ref)}; the protocol files must share one query list")
     out = []
     for q, ((qname, qbox), gallery) in enumerate(protocol):
         ref_name, ref_box = queries_ref[q]
         if qname != ref_name or _key(qbox) != _key(ref_box):
             raise DatasetError(f"{path}: query {q} ({qname}) differs from TestG{LABELING_GALLERY}"
                                f"'s query {q} ({ref_name})")
-        if len(gallery) != n:
-            raise DatasetError(f"{path}: query {q} has {len(gallery)} gallery images, expected {n}")
         boxes = np.full((len(gallery), 4), np.nan, np.float32)
         for g, (_, box) in enumerate(gallery):
             if box is not None:
@@ -126,7 +144,8 @@ def read_cuhk_sysu(root: str | Path) -> PersonSearchData:
     paths = _paths(root)
     images = read_images_mat(paths["images"])
     known = {name for name, _ in images}
-    pool = cell_strings(load_mat(paths["pool"], "pool"), f"{paths['pool']}:pool")
+    pool = [image_name(n) for n in
+            cell_strings(load_mat(paths["pool"], "pool"), f"{paths['pool']}:pool")]
     unknown = [n for n in pool if n not in known]
     if unknown:
         raise DatasetError(f"{paths['pool']}: {len(unknown)} pool images are not in Images.mat, "

@@ -40,6 +40,8 @@ def format_table(rows: list[dict]) -> str:
 
 def _number(v: float) -> str:
     """Shortest exact text of a coordinate: 12 for 12.0, 12.5 for 12.5."""
+    if isinstance(v, np.floating):  # shortest text that reads back as the same value
+        return np.format_float_positional(v + type(v)(0), trim="-")  # -0 -> 0
     v = float(v)
     return str(int(v)) if v.is_integer() else repr(v)
 

@@ -51,20 +51,31 @@ def cell_strings(cell: np.ndarray, where: str) -> list[str]:
     """A (N,1) or (1,N) cell array (or char matrix) of strings -> list of str."""
     if not isinstance(cell, np.ndarray):
         raise DatasetError(f"{where}: expected a cell array of names")
-    if cell.dtype.kind in "US":  # a char matrix: one name per row
-        if cell.ndim == 2 and cell.shape[0] > 1:
-            return ["".join(row).strip() for row in cell]
-        return [as_string(cell, where)]
+    if cell.dtype.kind in "US":
+        if cell.ndim == 2 and cell.shape[1] > 1 and all(len(c) <= 1 for c in cell.reshape(-1)):
+            return ["".join(row).strip() for row in cell]   # single characters: one name per row
+        return [str(c).strip() for c in cell.reshape(-1)]  # loadmat: one string per row
+    if cell.dtype.names is not None:
+        raise DatasetError(f"{where}: expected a cell array of names, got a struct array")
     return [as_string(item, f"{where}[{i}]") for i, item in enumerate(cell.reshape(-1))]
 
 
 def struct_items(value, where: str) -> list:
-    """A struct array of any shape (1x1, 1xN, Nx1, 0-d after squeeze) -> list of records."""
+    """A struct array of any shape (1x1, 1xN, Nx1, 0-d after squeeze), or a cell array of
+    structs (what savemat makes of a list of dicts) -> flat list of records, in order."""
     v = value
     while isinstance(v, np.ndarray) and v.dtype == object and v.size == 1 and v.dtype.names is None:
         v = v.reshape(-1)[0]  # a cell wrapping the struct
+    if isinstance(v, np.void) and v.dtype.names is not None:
+        return [v]
+    if isinstance(v, np.ndarray) and v.dtype == object and v.dtype.names is None:
+        items = []
+        for i, item in enumerate(v.reshape(-1)):
+            items.extend(struct_items(item, f"{where}[{i}]"))
+        return items
     if not isinstance(v, np.ndarray) or v.dtype.names is None:
-        raise DatasetError(f"{where}: expected a struct array")
+        raise DatasetError(f"{where}: expected a struct array, got "
+                           f"{type(v).__name__} {getattr(v, 'shape', '')}")
     return list(v.reshape(-1))
 
 

@@ -18,7 +18,7 @@ from .records import (UNLABELED, DatasetError, ImageRecord, PersonSearchData, Qu
 
 ANNOTATION_VARIABLES = ("box_new", "anno_file", "anno_previous")
 PRW_UNLABELED = -2            # the release's pid for a person without identity
-FRAME_NAME = re.compile(r"^c(\d+)s(\d+)_(\d+)$")
+FRAME_NAME = re.compile(r"^c(\d+)")  # c{camera}s{sequence}_{frame:06d}
 
 
 def frame_stem(name: str) -> str:
@@ -29,7 +29,7 @@ def frame_stem(name: str) -> str:
 def camera_of(name: str, where: str = "") -> int:
     match = FRAME_NAME.match(frame_stem(name))
     if not match:
-        raise DatasetError(f"{where or name}: frame name {name!r} is not c<camera>s<seq>_<frame>")
+        raise DatasetError(f"{where or name}: frame name {name!r} does not start with c<camera>")
     return int(match.group(1))
 
 
@@ -86,11 +86,21 @@ def read_frame_list(path: Path, variable: str) -> list[str]:
     return [frame_stem(n) for n in cell_strings(load_mat(path, variable), f"{path}:{variable}")]
 
 
+def read_identity_list(path: Path, variable: str) -> np.ndarray:
+    """(K,) int64 identities of ID_train.mat (``ID_train``) or ID_test.mat (``ID_test2``).
+
+    Informational only: the readers take identities from the annotations."""
+    values = numbers(load_mat(path, variable), f"{path}:{variable}")
+    if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+        raise DatasetError(f"{path}: {variable} must hold integer identities")
+    return values.astype(np.int64)
+
+
 def read_queries(path: Path, test_frames: dict[str, ImageRecord]) -> list[QueryRecord]:
     if not path.is_file():
         raise DatasetError(f"{path}: file is missing")
     queries = []
-    lines = path.read_text().splitlines()  # handles \r\n
+    lines = path.read_text(encoding="utf-8-sig").splitlines()  # handles \r\n
     for number, line in enumerate(lines, start=1):
         fields = line.split()
         if not fields:
@@ -159,7 +169,7 @@ def write_prw_annotations(root: str | Path, train: list[ImageRecord], test: list
     root = Path(root)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     for record in [*train, *test]:
-        scipy.io.savemat(root / "annotations" / f"{record.name}.mat",
+        scipy.io.savemat(root / "annotations" / f"{frame_stem(record.name)}.jpg.mat",
                          {"box_new": _annotation_rows(record)})
     scipy.io.savemat(root / "frame_train.mat",
                      {"img_index_train": _name_cell([frame_stem(r.name) for r in train])})

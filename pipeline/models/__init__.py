@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-MODEL_KINDS = ("student",)
+MODEL_KINDS = ("student", "teacher")
 
 
 def load_searcher(checkpoint: str | Path, model_kind: str, device: str | torch.device = "cpu"):
@@ -17,4 +17,7 @@ def load_searcher(checkpoint: str | Path, model_kind: str, device: str | torch.d
     if model_kind == "student":
         from pipeline.models.student import load_student
         return load_student(checkpoint, device)
+    if model_kind == "teacher":  # checkpoint: the teacher YAML config (out_dir/*.pt)
+        from pipeline.models.two_step import load_two_step
+        return load_two_step(checkpoint, device)
     raise ValueError(f"unknown model kind {model_kind!r}; expected one of {MODEL_KINDS}")

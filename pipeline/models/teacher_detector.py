@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+import torchvision
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
 from torchvision.ops import misc as misc_ops
 from torchvision.ops import boxes as box_ops
 
@@ -19,13 +21,15 @@ from pipeline.models.backbone import _pretrained_state
 
 NUM_CLASSES = 2
 PERSON = 1
+POOL = 7  # RoIAlign output size of the box head (torchvision's default)
 
 
 class TeacherDetector(FasterRCNN):
     """Faster R-CNN (torchvision) over ``backbone`` + FPN; ``model_args`` rebuild it."""
 
     def __init__(self, *, backbone: str = "resnet50", pretrained: bool = False,
-                 trainable_layers: int = 5, min_size: int = 900, max_size: int = 1500,
+                 trainable_layers: int = 5, fpn_channels: int = 256,
+                 box_head_dim: int = 1024, min_size: int = 900, max_size: int = 1500,
                  rpn_pre_nms_top_n_train: int = 2000, rpn_post_nms_top_n_train: int = 2000,
                  rpn_pre_nms_top_n_test: int = 1000, rpn_post_nms_top_n_test: int = 1000,
                  box_batch_size_per_image: int = 512, box_detections_per_img: int = 100,
@@ -35,13 +39,20 @@ class TeacherDetector(FasterRCNN):
         self_args.pop("__class__", None)
         # Frozen BN only makes sense over ImageNet statistics; from scratch BN must train.
         norm = misc_ops.FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
-        body = resnet_fpn_backbone(backbone_name=backbone, weights=None, norm_layer=norm,
-                                   trainable_layers=trainable_layers)
+        resnet = getattr(torchvision.models, backbone)(weights=None, norm_layer=norm)
         if pretrained:
             state = _pretrained_state(backbone, None)
-            body.body.load_state_dict({k: v for k, v in state.items()
-                                       if not k.startswith("fc.")}, strict=False)
-        super().__init__(body, num_classes=NUM_CLASSES, min_size=min_size, max_size=max_size,
+            resnet.load_state_dict(state)
+        body = _resnet_fpn_extractor(resnet, trainable_layers, norm_layer=None)
+        if fpn_channels != body.out_channels:  # a narrower FPN (small, CPU-sized teachers)
+            widths = [resnet.inplanes // 8 * 2 ** i for i in range(4)]
+            body = BackboneWithFPN(resnet, {f"layer{i + 1}": str(i) for i in range(4)},
+                                   widths, fpn_channels)
+            _freeze(resnet, trainable_layers)
+        box_head = TwoMLPHead(body.out_channels * POOL * POOL, box_head_dim)
+        super().__init__(body, num_classes=None, box_head=box_head,
+                         box_predictor=FastRCNNPredictor(box_head_dim, NUM_CLASSES),
+                         min_size=min_size, max_size=max_size,
                          rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
                          rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
                          rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
@@ -52,12 +63,23 @@ class TeacherDetector(FasterRCNN):
         self.model_args = {**self_args, "pretrained": False}  # rebuilt from the state dict
 
 
+def _freeze(resnet: nn.Module, trainable_layers: int) -> None:
+    """torchvision's rule: only the last ``trainable_layers`` stages train."""
+    stages = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    if trainable_layers == 5:
+        stages.append("bn1")
+    for name, p in resnet.named_parameters():
+        if not any(name.startswith(s) for s in stages):
+            p.requires_grad_(False)
+
+
 def build_teacher_detector(cfg) -> TeacherDetector:
     """``cfg``: :class:`pipeline.config.teacher.DetectorConfig`."""
     if not cfg.fpn:
         raise ValueError("detector.fpn=false is not supported: the teacher is ResNet-FPN")
     return TeacherDetector(
         backbone=cfg.backbone, pretrained=cfg.pretrained, trainable_layers=cfg.trainable_layers,
+        fpn_channels=cfg.fpn_channels, box_head_dim=cfg.box_head_dim,
         min_size=cfg.min_size, max_size=cfg.max_size,
         rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
         rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,

@@ -1,0 +1,80 @@
+"""What ``cli.py evaluate`` does: results (read or produced by a model) -> table, JSON, CSV, PNGs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.evaluation.evaluator import SearchEvaluation, SearchEvaluator
+from pipeline.evaluation.results_file import read_results
+
+METRIC_KEYS = ("mAP", "top1", "top5", "top10", "det_ap", "det_recall")
+
+
+def results_from_checkpoint(checkpoint, model_kind, data, out_dir, *, device, batch_size):
+    """Run the model of ``checkpoint`` over the dataset; -> path of the written results file."""
+    try:
+        from pipeline.models import load_searcher
+    except ImportError as e:
+        raise RuntimeError(f"cannot evaluate a checkpoint: pipeline.models.load_searcher is not "
+                           f"available ({e})") from None
+    import torch
+    from pipeline.evaluation.run_model import run_searcher
+    searcher = load_searcher(checkpoint, model_kind, device)
+    amp = torch.bfloat16 if str(device).startswith("cuda") else None
+    return run_searcher(searcher, data, Path(out_dir) / "results.h5", device=device,
+                        batch_size=batch_size, amp_dtype=amp)
+
+
+def format_table(metrics: dict) -> str:
+    """Markdown table of the metrics (percent) and the settings."""
+    head = "| " + " | ".join(METRIC_KEYS) + " |"
+    row = "| " + " | ".join(f"{100 * metrics[k]:.2f}" for k in METRIC_KEYS) + " |"
+    settings = ", ".join(f"{k}={metrics[k]}" for k in ("dataset", "gallery_size", "multi_view",
+                                                       "det_thresh", "index", "approximate",
+                                                       "num_queries"))
+    return "\n".join([head, "|" + "---|" * len(METRIC_KEYS), row, settings])
+
+
+def write_per_query(path, data, ev: SearchEvaluation):
+    """CSV: query, image, pid, ap, first_correct_rank (1-based, empty when none), count_gt, count_tp."""
+    import pandas as pd
+    rank = [int(r) + 1 if r >= 0 else None for r in ev.first_rank]
+    pd.DataFrame({"query": np.arange(len(ev.ap)), "image": [q.image for q in data.queries],
+                  "pid": [q.pid for q in data.queries], "ap": ev.ap,
+                  "first_correct_rank": pd.array(rank, dtype="Int64"), "count_gt": ev.count_gt,
+                  "count_tp": ev.count_tp}).to_csv(path, index=False)
+
+
+def write_pictures(evaluator: SearchEvaluator, ev: SearchEvaluation, count: int, out_dir):
+    """``count`` query pictures (evenly spread over the queries) and cmc.png into out_dir."""
+    from pipeline.evaluation.visualize import plot_cmc, plot_query
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = evaluator.data
+    paths = {r.name: r.path for r in (*data.gallery, *data.train)}
+    picks = np.unique(np.linspace(0, len(data.queries) - 1, count).astype(int)) if count else []
+    for q in picks:
+        hits = [{**h, "path": data.gallery[h["image"]].path} for h in evaluator.top_hits(int(q))]
+        query = data.queries[q]
+        plot_query(out_dir / f"query_{q:05d}.png", paths.get(query.image, ""), query.box, hits)
+    plot_cmc(out_dir / "cmc.png", ev.cmc)
+
+
+def evaluate_command(data, results_path, *, gallery_size, multi_view, det_thresh, index,
+                     json_path=None, per_query=None, visualize=0, out_dir="eval-out"):
+    """Evaluate a results file; writes the requested outputs; -> (table text, metrics)."""
+    results = read_results(results_path, data)
+    evaluator = SearchEvaluator(data, gallery_size=gallery_size, multi_view=multi_view,
+                                det_thresh=det_thresh, index=index)
+    evaluator.process(results)
+    ev = evaluator.evaluate()
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(ev.metrics, indent=2))
+    if per_query:
+        write_per_query(per_query, data, ev)
+    if visualize:
+        write_pictures(evaluator, ev, visualize, out_dir)
+    return format_table(ev.metrics), ev.metrics

@@ -1,0 +1,110 @@
+"""Who is in each query's gallery, and which gallery box is the query person's (protocols.md).
+
+A :class:`QueryProtocol` per query, in one of two forms:
+- subset (CUHK-SYSU): ``gallery`` (G,) indices into ``data.gallery`` in protocol order;
+- masked (PRW): every gallery image except ``excluded`` ones (the query frame, and with
+  multi-view the query camera's frames), in ``data.gallery`` order; ``gallery`` is None.
+``positives`` (P,) gallery-image indices containing the query person, ``gt_boxes`` (P,4) float
+x1,y1,x2,y2 their box of that person; ``count_gt`` = P.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.data.records import PersonSearchData
+
+CUHK_GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000, -1)
+DEFAULT_GALLERY_SIZE = {"cuhk-sysu": 100, "prw": -1}
+
+
+class ProtocolError(ValueError):
+    """The requested protocol does not exist for this dataset."""
+
+
+@dataclass(frozen=True)
+class QueryProtocol:
+    positives: np.ndarray            # (P,) int64 gallery image indices with the query person
+    gt_boxes: np.ndarray             # (P,4) float64 the person's box in each of them
+    gallery: np.ndarray | None       # (G,) int64 explicit gallery (subset form) or None
+    excluded: np.ndarray | None      # masked form: (E,) int64 gallery images left out
+
+    @property
+    def count_gt(self) -> int:
+        return len(self.positives)
+
+
+def build_protocol(data: PersonSearchData, gallery_size: int | None = None,
+                   multi_view: bool = False) -> list[QueryProtocol]:
+    """One QueryProtocol per query of ``data`` (in query order)."""
+    if data.dataset == "prw":
+        if gallery_size not in (None, -1):
+            raise ProtocolError(f"PRW has only the full gallery (-1), not {gallery_size}")
+        return prw_protocol(data, multi_view)
+    if data.dataset == "cuhk-sysu":
+        if multi_view:
+            raise ProtocolError("the multi-view variant exists only for PRW")
+        return cuhk_protocol(data, DEFAULT_GALLERY_SIZE["cuhk-sysu"]
+                             if gallery_size is None else gallery_size)
+    raise ProtocolError(f"unknown dataset {data.dataset!r}")
+
+
+def prw_protocol(data: PersonSearchData, multi_view: bool) -> list[QueryProtocol]:
+    """Gallery = all test frames but the query frame (multi-view: other cameras only)."""
+    index = {r.name: i for i, r in enumerate(data.gallery)}
+    cams = np.array([-1 if r.camera is None else r.camera for r in data.gallery])
+    frames_of_pid: dict[int, list[int]] = {}
+    for i, r in enumerate(data.gallery):
+        for pid in np.unique(r.pids):
+            frames_of_pid.setdefault(int(pid), []).append(i)
+    out = []
+    for q in data.queries:
+        qi = index.get(q.image, -1)
+        excluded = [qi] if qi >= 0 else []
+        if multi_view:
+            excluded = sorted(set(excluded) | set(np.nonzero(cams == q.camera)[0].tolist()))
+        ex = set(excluded)
+        pos = [i for i in frames_of_pid.get(int(q.pid), []) if i not in ex]
+        boxes = [data.gallery[i].boxes[data.gallery[i].pids == q.pid][0] for i in pos]
+        out.append(QueryProtocol(np.array(pos, np.int64), np.array(boxes, np.float64).reshape(-1, 4),
+                                 None, np.array(excluded, np.int64)))
+    return out
+
+
+def cuhk_protocol(data: PersonSearchData, gallery_size: int) -> list[QueryProtocol]:
+    """TestG{N} galleries; N = -1: the TestG50 list then all other pool images but the query's."""
+    if gallery_size not in CUHK_GALLERY_SIZES:
+        raise ProtocolError(f"CUHK-SYSU gallery size must be one of {CUHK_GALLERY_SIZES}")
+    source = 50 if gallery_size == -1 else gallery_size
+    if source not in data.query_galleries:
+        raise ProtocolError(f"no TestG{source} protocol galleries in {data.root} "
+                            f"(have {sorted(data.query_galleries)})")
+    galleries = data.query_galleries[source]
+    if len(galleries) != len(data.queries):
+        raise ProtocolError(f"TestG{source} has {len(galleries)} galleries for "
+                            f"{len(data.queries)} queries")
+    index = {r.name: i for i, r in enumerate(data.gallery)}
+    out = []
+    for q, g in zip(data.queries, galleries):
+        missing = [n for n in g.images if n not in index]
+        if missing:
+            raise ProtocolError(f"TestG{source} gallery image {missing[0]!r} is not in the pool")
+        gal = np.array([index[n] for n in g.images], np.int64)
+        boxes = np.asarray(g.boxes, np.float64).reshape(-1, 4)
+        present = ~np.isnan(boxes).any(axis=1)
+        if gallery_size == -1:
+            taken = set(gal.tolist()) | {index.get(q.image, -1)}
+            rest = [i for i in range(len(data.gallery)) if i not in taken]
+            gal = np.r_[gal, np.array(rest, np.int64)]
+        out.append(QueryProtocol(gal[:len(boxes)][present], boxes[present], gal, None))
+    return out
+
+
+def gallery_images(p: QueryProtocol, num_images: int) -> np.ndarray:
+    """(G,) the query's gallery image indices in ranking order (both forms)."""
+    if p.gallery is not None:
+        return p.gallery
+    mask = np.ones(num_images, bool)
+    mask[p.excluded] = False
+    return np.nonzero(mask)[0]

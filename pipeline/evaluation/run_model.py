@@ -1,0 +1,57 @@
+"""Run any Searcher (CONTRACTS.md section 3) over a dataset's gallery and queries and write the
+results file (schema "person-search-results/1")."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.data.records import PersonSearchData
+from pipeline.evaluation.results_file import write_results
+
+
+def _load_image(path: Path, device) -> torch.Tensor:
+    """(3,H,W) float [0,1] at original size."""
+    from PIL import Image
+    with Image.open(path) as im:
+        a = np.asarray(im.convert("RGB"), np.float32) / 255.0
+    return torch.from_numpy(a).permute(2, 0, 1).contiguous().to(device)
+
+
+def _autocast(device, amp_dtype):
+    enabled = amp_dtype is not None and torch.device(device).type == "cuda"
+    return torch.autocast("cuda", dtype=amp_dtype, enabled=enabled) if enabled \
+        else torch.autocast("cpu", enabled=False)
+
+
+def run_searcher(searcher, data: PersonSearchData, out_path, *, device, batch_size: int = 2,
+                 amp_dtype=None, progress: bool = True) -> Path:
+    """Detect in every gallery image, embed every query box, write the results file."""
+    boxes, scores, embs, counts = [], [], [], []
+    gallery = data.gallery
+    with torch.no_grad(), _autocast(device, amp_dtype):
+        for s in tqdm(range(0, len(gallery), batch_size), desc="gallery", disable=not progress):
+            images = [_load_image(r.path, device) for r in gallery[s:s + batch_size]]
+            for out in searcher.detect(images):
+                boxes.append(out["boxes"].float().cpu().numpy().reshape(-1, 4))
+                scores.append(out["scores"].float().cpu().numpy().ravel())
+                embs.append(out["embeddings"].float().cpu().numpy())
+                counts.append(len(boxes[-1]))
+        paths = {r.name: r.path for r in (*data.gallery, *data.train)}
+        q_embs = []
+        queries = data.queries
+        for s in tqdm(range(0, len(queries), batch_size), desc="queries", disable=not progress):
+            batch = queries[s:s + batch_size]
+            images = [_load_image(paths[q.image], device) for q in batch]
+            qb = [torch.as_tensor(np.asarray(q.box, np.float32)[None], device=device) for q in batch]
+            q_embs += [e.float().cpu().numpy() for e in searcher.embed_boxes(images, qb)]
+    dim = next((e.shape[1] for e in embs + q_embs if e.ndim == 2 and e.shape[1]), 1)
+    return write_results(
+        out_path, data.dataset, [r.name for r in gallery], np.r_[0, np.cumsum(counts)],
+        np.concatenate(boxes) if boxes else np.zeros((0, 4)),
+        np.concatenate(scores) if scores else np.zeros(0),
+        np.concatenate([e.reshape(-1, dim) for e in embs]) if embs else np.zeros((0, dim)),
+        [q.image for q in queries], np.array([q.box for q in queries]).reshape(-1, 4),
+        np.concatenate(q_embs).reshape(-1, dim) if q_embs else np.zeros((0, dim)))

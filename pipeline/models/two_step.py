@@ -1,0 +1,52 @@
+"""The two-step teacher as a Searcher (CONTRACTS.md section 3): detector boxes, then Re-ID
+embeddings of crops cut by ``crop_and_resize`` exactly as in the cache build.
+
+Boxes in and out are x1, y1, x2, y2 in original image pixels; embeddings L2-normalised.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from pipeline.data.crops import crop_many
+
+
+class TwoStepSearcher:
+    """``detector``: a torchvision Faster R-CNN (eval); ``reid``: a TeacherReid (eval)."""
+
+    def __init__(self, detector, reid, crop_size: tuple[int, int], device="cpu"):
+        self.device = torch.device(device)
+        self.detector = detector.to(self.device).eval()
+        self.reid = reid.to(self.device).eval()
+        self.crop_size = tuple(crop_size)
+
+    @torch.no_grad()
+    def embed_boxes(self, images: list[Tensor], boxes: list[Tensor]) -> list[Tensor]:
+        """Per image (Ni, 4) boxes -> (Ni, D) L2-normalised embeddings."""
+        counts = [len(b) for b in boxes]
+        crops = crop_many(images, [b.to(images[0].device).float() for b in boxes],
+                          self.crop_size)
+        if len(crops) == 0:
+            return [torch.zeros((0, self.reid.embed_dim), device=self.device) for _ in boxes]
+        return list(self.reid.embed(crops).float().split(counts))
+
+    @torch.no_grad()
+    def detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        """Per image {"boxes" (N,4), "scores" (N,), "embeddings" (N,D)}."""
+        dets = self.detector(images)
+        embs = self.embed_boxes(images, [d["boxes"] for d in dets])
+        return [{"boxes": d["boxes"].float(), "scores": d["scores"].float(), "embeddings": e}
+                for d, e in zip(dets, embs)]
+
+
+def load_two_step(teacher_config: str | Path, device="cpu") -> TwoStepSearcher:
+    """From a teacher YAML config: its ``out_dir/detector.pt`` and ``out_dir/reid.pt``."""
+    from pipeline.config import load_config
+    from pipeline.config.teacher import TeacherConfig
+    from pipeline.engine.teacher import detector_path, load_detector, load_reid, reid_path
+    cfg = load_config(teacher_config, TeacherConfig)
+    detector = load_detector(detector_path(cfg), device)
+    reid = load_reid(reid_path(cfg), device)
+    return TwoStepSearcher(detector, reid, reid.crop_size, device)
