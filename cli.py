@@ -269,7 +269,8 @@ def train_student_cmd(config_path, overrides, resume, device, no_progress):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--per-query", type=click.Path(dir_okay=False), default=None, help="CSV per query")
 @click.option("--visualize", type=int, default=0, help="write N query pictures + cmc.png")
-@click.option("--out-dir", type=click.Path(file_okay=False), default="eval-out", show_default=True)
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+              help="pictures (and a model's results.h5); default: beside --json, else ./eval")
 @click.option("--index", type=click.Choice(["flat", "ivf"]), default="flat", show_default=True,
               help="flat = exact; ivf = approximate (flagged in the output)")
 @click.option("--device", default="cpu", show_default=True)
@@ -279,12 +280,14 @@ def evaluate(dataset, root, results, checkpoint, model_kind, gallery_size, multi
              json_path, per_query, visualize, out_dir, index, device, batch_size):
     """Search mAP / top-k and detection AP / recall with the standard protocols."""
     from pipeline.data import read_dataset
-    from pipeline.evaluation.command import evaluate_command, results_from_checkpoint
+    from pipeline.evaluation.command import default_out_dir, evaluate_command, \
+        results_from_checkpoint
     from pipeline.evaluation.protocols import ProtocolError
     from pipeline.evaluation.results_file import ResultsFileError
     if (results is None) == (checkpoint is None):
         raise click.UsageError("give exactly one of --results and --checkpoint")
     data = read_dataset(dataset, root)
+    out_dir = default_out_dir(json_path) if out_dir is None else out_dir
     try:
         if checkpoint is not None:
             results = results_from_checkpoint(checkpoint, model_kind, data, out_dir,

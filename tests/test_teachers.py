@@ -112,3 +112,15 @@ def test_two_step_searcher(teachers, tmp_path):
             torch.testing.assert_close(o["embeddings"].norm(dim=1), torch.ones(n))
     assert emb[0].shape == (1, 32) and emb[1].shape == (0, 32)
     np.testing.assert_allclose(emb[0].norm(dim=1).numpy(), 1.0, atol=1e-5)
+
+
+def test_detector_step_with_empty_targets_and_no_boxes_to_score():
+    from pipeline.engine.teacher import detector_step
+    det = _tiny_detector().train()
+    images = [torch.rand(3, 80, 60), torch.rand(3, 80, 60)]
+    empty = {"boxes": torch.zeros((0, 4)), "pids": torch.zeros(0, dtype=torch.int64)}
+    losses = detector_step(det, (images, [empty, empty]), torch.device("cpu"))
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["loss_box_reg"] == 0 and losses["loss_rpn_box_reg"] == 0
+    logits, refined = score_given_boxes(det.eval(), images[:1], [torch.zeros((0, 4))])
+    assert logits.shape == (0, 2) and refined.shape == (0, 4)

@@ -38,12 +38,14 @@ def format_table(metrics: dict) -> str:
 
 
 def write_per_query(path, data, ev: SearchEvaluation):
-    """CSV: query, image, pid, ap, first_correct_rank (1-based, empty when none), count_gt, count_tp."""
+    """CSV, one row per query: query (index), image, pid, ap, first_correct_rank (1-based: 1 =
+    the top hit is correct; -1 when no correct hit), count_gt, count_tp."""
     import pandas as pd
-    rank = [int(r) + 1 if r >= 0 else None for r in ev.first_rank]
+    rank = np.where(ev.first_rank >= 0, ev.first_rank + 1, -1).astype(np.int64)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"query": np.arange(len(ev.ap)), "image": [q.image for q in data.queries],
                   "pid": [q.pid for q in data.queries], "ap": ev.ap,
-                  "first_correct_rank": pd.array(rank, dtype="Int64"), "count_gt": ev.count_gt,
+                  "first_correct_rank": rank, "count_gt": ev.count_gt,
                   "count_tp": ev.count_tp}).to_csv(path, index=False)
 
 
@@ -62,9 +64,15 @@ def write_pictures(evaluator: SearchEvaluator, ev: SearchEvaluation, count: int,
     plot_cmc(out_dir / "cmc.png", ev.cmc)
 
 
+def default_out_dir(json_path=None) -> Path:
+    """Where pictures and a model's results file go unless told: beside --json, else ./eval."""
+    return Path(json_path).parent if json_path else Path("eval")
+
+
 def evaluate_command(data, results_path, *, gallery_size, multi_view, det_thresh, index,
-                     json_path=None, per_query=None, visualize=0, out_dir="eval-out"):
+                     json_path=None, per_query=None, visualize=0, out_dir=None):
     """Evaluate a results file; writes the requested outputs; -> (table text, metrics)."""
+    out_dir = default_out_dir(json_path) if out_dir is None else Path(out_dir)
     results = read_results(results_path, data)
     evaluator = SearchEvaluator(data, gallery_size=gallery_size, multi_view=multi_view,
                                 det_thresh=det_thresh, index=index)

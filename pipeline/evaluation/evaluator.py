@@ -6,8 +6,11 @@ dot products of the query's gallery). The correct detection of each positive ima
 by one grouped argmax (lexsort); AP and ranks are counted from the correct detections' scores
 only (``count(score >= v)``), never by sorting the whole ranking. Ties: see metrics.py.
 
-Queries with count_gt == 0 (no gallery image holds the person; never in real data — the classic
-code would divide by zero) get AP 0 and no hit, and still count in the means.
+Queries with count_gt == 0 (no gallery image holds the person, e.g. PRW multi-view when the
+person was seen by the query camera only; never with the standard galleries of the real data,
+where the classic code would divide by zero) cannot be scored: their per-query AP is 0 with no
+hit, and they are left out of mAP, top-k and CMC (as torchreid skips queries without a valid
+match); ``num_queries_without_gt`` reports how many.
 """
 from __future__ import annotations
 
@@ -120,10 +123,12 @@ class SearchEvaluator:
     def __init__(self, data: PersonSearchData, *, gallery_size: int | None = None,
                  multi_view: bool = False, det_thresh: float = 0.5, index: str = "flat",
                  chunk_size: int = 64, detection_score_thresh: float = DETECTION_SCORE_THRESH,
-                 labeled_only: bool = False, use_gpu: bool | None = None, progress: bool = True):
+                 labeled_only: bool = False, detection_matching: str = "classic",
+                 use_gpu: bool | None = None, progress: bool = True):
         self.data, self.det_thresh, self.index_kind = data, det_thresh, index
         self.chunk_size, self.use_gpu, self.progress = chunk_size, use_gpu, progress
         self.detection_score_thresh, self.labeled_only = detection_score_thresh, labeled_only
+        self.detection_matching = detection_matching
         self.gallery_size = gallery_size if gallery_size is not None else \
             (100 if data.dataset == "cuhk-sysu" else -1)
         self.multi_view = multi_view
@@ -132,15 +137,16 @@ class SearchEvaluator:
 
     def reset(self):
         self.results: SearchResults | None = None
+        self._kept: KeptDetections | None = None
 
     def process(self, results: SearchResults):
-        self.results = results
+        self.results, self._kept = results, None
 
     def evaluate(self) -> SearchEvaluation:
         if self.results is None:
             raise RuntimeError("process(results) before evaluate()")
         res = self.results
-        kept = KeptDetections.from_results(res, self.det_thresh)
+        kept = self._kept = KeptDetections.from_results(res, self.det_thresh)
         index = SimilarityIndex(kept.embeddings, self.index_kind, use_gpu=self.use_gpu)
         q = len(self.protocols)
         ap, rank = np.zeros(q), np.full(q, -1, np.int64)
@@ -168,7 +174,9 @@ class SearchEvaluator:
     def top_hits(self, query: int, k: int = 10) -> list[dict]:
         """The k best ranked detections of one query: {"image", "box", "score", "correct"}."""
         res, p = self.results, self.protocols[query]
-        kept = KeptDetections.from_results(res, self.det_thresh)
+        if self._kept is None:
+            self._kept = KeptDetections.from_results(res, self.det_thresh)
+        kept = self._kept
         rows = kept.rows_of(gallery_images(p, len(self.data.gallery)))
         sims = SimilarityIndex(kept.embeddings, "flat", use_gpu=False).similarities(
             res.query_embeddings[query:query + 1], rows)[0]
@@ -179,15 +187,17 @@ class SearchEvaluator:
 
     def _summarise(self, res, ap, rank, count_gt, count_tp, approximate) -> SearchEvaluation:
         det_ap, det_recall = self.detection_metrics(res)
-        topk = topk_from_rank(rank, TOPK).mean(0) if len(rank) else np.zeros(len(TOPK))
-        metrics = {"mAP": float(ap.mean()) if len(ap) else 0.0,
+        valid = count_gt > 0
+        topk = topk_from_rank(rank[valid], TOPK).mean(0) if valid.any() else np.zeros(len(TOPK))
+        metrics = {"mAP": float(ap[valid].mean()) if valid.any() else 0.0,
                    **{f"top{k}": float(v) for k, v in zip(TOPK, topk)},
                    "det_ap": det_ap, "det_recall": det_recall,
                    "dataset": self.data.dataset, "gallery_size": self.gallery_size,
                    "multi_view": self.multi_view, "det_thresh": self.det_thresh,
                    "index": self.index_kind, "approximate": self.index_kind != "flat",
-                   "num_queries": len(ap)}
-        return SearchEvaluation(metrics, ap, rank, count_gt, count_tp, cmc_curve(rank))
+                   "num_queries": len(ap),
+                   "num_queries_without_gt": int((~valid).sum())}
+        return SearchEvaluation(metrics, ap, rank, count_gt, count_tp, cmc_curve(rank[valid]))
 
     def detection_metrics(self, res: SearchResults) -> tuple[float, float]:
         """Detection AP * recall and recall over all gallery images (classic eval_detection)."""
@@ -203,7 +213,7 @@ class SearchEvaluator:
             dets.append(res.boxes[sl])
             scores.append(res.scores[sl])
         return detection_ap_recall(gts, dets, scores, score_thresh=self.detection_score_thresh,
-                                   iou_thresh=DETECTION_IOU)
+                                   iou_thresh=DETECTION_IOU, matching=self.detection_matching)
 
 
 def evaluate_search(data: PersonSearchData, results: SearchResults, **options) -> SearchEvaluation:

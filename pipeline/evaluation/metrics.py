@@ -80,8 +80,10 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(N,4) x (M,4) x1,y1,x2,y2 -> (N,M) IoU, no +1 pixel convention (as the classic code)."""
     a = np.asarray(a, np.float64).reshape(-1, 4)
     b = np.asarray(b, np.float64).reshape(-1, 4)
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2])
+                 - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3])
+                 - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
     inter = iw * ih
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
@@ -117,20 +119,49 @@ def match_detections(gt_boxes: np.ndarray, det_boxes: np.ndarray, iou_thresh: fl
     return (tf & keep & keep2).any(axis=0)
 
 
+def greedy_match_detections(gt_boxes: np.ndarray, det_boxes: np.ndarray,
+                            iou_thresh: float = 0.5) -> np.ndarray:
+    """Greedy one-to-one matching of one image -> (num_det,) bool "is a true positive".
+
+    Repeatedly take the highest remaining IoU pair >= iou_thresh and remove its GT and
+    detection. Can match more than :func:`match_detections`: a GT whose best detection went to
+    another GT may still take its second best. Not the classic code; an option only.
+    """
+    n_gt, n_det = len(gt_boxes), len(det_boxes)
+    tp = np.zeros(n_det, bool)
+    if n_gt == 0 or n_det == 0:
+        return tp
+    ious = box_iou(gt_boxes, det_boxes).astype(np.float32)
+    while True:
+        i, j = np.unravel_index(np.argmax(ious), ious.shape)
+        if not ious[i, j] >= iou_thresh:
+            return tp
+        tp[j] = True
+        ious[i, :], ious[:, j] = -1, -1
+
+
+MATCHERS = {"classic": match_detections, "greedy": greedy_match_detections}
+
+
 def detection_ap_recall(gt_boxes: list[np.ndarray], det_boxes: list[np.ndarray],
                         det_scores: list[np.ndarray], *, score_thresh: float = 0.01,
-                        iou_thresh: float = 0.5) -> tuple[float, float]:
+                        iou_thresh: float = 0.5, matching: str = "classic"
+                        ) -> tuple[float, float]:
     """Detection (AP * recall, recall) over all images, as the classic ``eval_detection``.
 
     Per image: gt (G,4), dets (N,4), scores (N,). Detections below score_thresh are dropped;
-    matched detections are positives of one global ranking by score.
+    matched detections are positives of one global ranking by score. ``matching``: "classic"
+    (mutual best IoU, :func:`match_detections`, the published numbers) or "greedy".
     """
+    if matching not in MATCHERS:
+        raise ValueError(f"matching must be one of {sorted(MATCHERS)}, got {matching!r}")
+    match = MATCHERS[matching]
     y_true, y_score, count_gt, count_tp = [], [], 0, 0
     for gt, det, score in zip(gt_boxes, det_boxes, det_scores):
         keep = np.asarray(score) >= score_thresh
         det, score = np.asarray(det).reshape(-1, 4)[keep], np.asarray(score)[keep]
         count_gt += len(gt)
-        tp = match_detections(gt, det, iou_thresh)
+        tp = match(gt, det, iou_thresh)
         count_tp += int(tp.sum())
         y_true.append(tp)
         y_score.append(score)
@@ -148,6 +179,7 @@ def box_iou_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
     ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
     inter = iw * ih
-    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
+    union = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+             + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(union > 0, inter / union, 0.0)

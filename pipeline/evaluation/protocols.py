@@ -93,10 +93,12 @@ def cuhk_protocol(data: PersonSearchData, gallery_size: int) -> list[QueryProtoc
         gal = np.array([index[n] for n in g.images], np.int64)
         boxes = np.asarray(g.boxes, np.float64).reshape(-1, 4)
         present = ~np.isnan(boxes).any(axis=1)
-        if gallery_size == -1:
-            taken = set(gal.tolist()) | {index.get(q.image, -1)}
-            rest = [i for i in range(len(data.gallery)) if i not in taken]
-            gal = np.r_[gal, np.array(rest, np.int64)]
+        if gallery_size == -1:          # then every other pool image, in pool order
+            rest = np.ones(len(data.gallery), bool)
+            rest[gal] = False
+            if q.image in index:
+                rest[index[q.image]] = False
+            gal = np.r_[gal, np.nonzero(rest)[0]].astype(np.int64)
         out.append(QueryProtocol(gal[:len(boxes)][present], boxes[present], gal, None))
     return out
 

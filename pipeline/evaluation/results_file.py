@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.records import PersonSearchData
+from pipeline.data.records import DatasetError, PersonSearchData
 
 SCHEMA = "person-search-results/1"
 QUERY_BOX_TOLERANCE = 0.5   # pixels
@@ -22,8 +22,11 @@ REQUIRED_KEYS = ("gallery/images", "gallery/offsets", "gallery/boxes", "gallery/
                  "gallery/embeddings", "query/images", "query/boxes", "query/embeddings")
 
 
-class ResultsFileError(ValueError):
-    """The results file is malformed or does not belong to the dataset. Names file and problem."""
+class ResultsFileError(DatasetError):
+    """The results file is malformed or does not belong to the dataset. Names file and problem.
+
+    A :class:`DatasetError` (hence a ``ValueError``), so the CLI reports it as a clean message.
+    """
 
 
 @dataclass
@@ -61,16 +64,22 @@ def write_results(path, dataset: str, gallery_images, offsets, boxes, scores, em
         g = f.create_group("gallery")
         g.create_dataset("images", data=np.array(list(gallery_images), dtype=object), dtype=text)
         g.create_dataset("offsets", data=np.asarray(offsets, np.int64))
-        g.create_dataset("boxes", data=np.asarray(boxes, np.float32).reshape(-1, 4))
+        g.create_dataset("boxes", data=_boxes(boxes))
         g.create_dataset("scores", data=np.asarray(scores, np.float32).ravel())
         emb = np.asarray(embeddings)
         g.create_dataset("embeddings", data=emb if emb.dtype == np.float16 else emb.astype(np.float32))
         q = f.create_group("query")
         q.create_dataset("images", data=np.array(list(query_images), dtype=object), dtype=text)
-        q.create_dataset("boxes", data=np.asarray(query_boxes, np.float32).reshape(-1, 4))
+        q.create_dataset("boxes", data=_boxes(query_boxes))
         qe = np.asarray(query_embeddings)
         q.create_dataset("embeddings", data=qe if qe.dtype == np.float16 else qe.astype(np.float32))
     return path
+
+
+def _boxes(boxes) -> np.ndarray:
+    """float32 boxes; an empty input becomes (0,4); other shapes are stored as given."""
+    boxes = np.asarray(boxes, np.float32)
+    return boxes.reshape(0, 4) if boxes.size == 0 else boxes
 
 
 def read_results(path, data: PersonSearchData) -> SearchResults:
@@ -108,6 +117,13 @@ def _validate(arr: dict, path: Path, data: PersonSearchData) -> SearchResults:
     boxes, scores = arr["gallery/boxes"], arr["gallery/scores"]
     emb, q_emb = arr["gallery/embeddings"], arr["query/embeddings"]
     t = len(scores)
+    if scores.ndim != 1:
+        fail(f"gallery/scores has shape {scores.shape}, expected (T,)")
+    if not np.issubdtype(offsets.dtype, np.integer):
+        fail(f"gallery/offsets must be integers, not {offsets.dtype}")
+    for key, a in (("gallery/embeddings", emb), ("query/embeddings", q_emb)):
+        if a.dtype not in (np.float32, np.float16):
+            fail(f"{key} must be float32 or float16, not {a.dtype}")
     if offsets.ndim != 1 or len(offsets) != len(images) + 1:
         fail(f"gallery/offsets has shape {offsets.shape}, expected ({len(images) + 1},)")
     if offsets[0] != 0 or np.any(np.diff(offsets) < 0) or offsets[-1] != t:

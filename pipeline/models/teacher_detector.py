@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 import torchvision
-from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import misc as misc_ops
 from torchvision.ops import boxes as box_ops
 
@@ -33,22 +33,20 @@ class TeacherDetector(FasterRCNN):
                  rpn_pre_nms_top_n_train: int = 2000, rpn_post_nms_top_n_train: int = 2000,
                  rpn_pre_nms_top_n_test: int = 1000, rpn_post_nms_top_n_test: int = 1000,
                  box_batch_size_per_image: int = 512, box_detections_per_img: int = 100,
-                 box_score_thresh: float = 0.05):
+                 box_score_thresh: float = 0.05, frozen_bn: bool | None = None):
         self_args = dict(locals())
         self_args.pop("self")
         self_args.pop("__class__", None)
         # Frozen BN only makes sense over ImageNet statistics; from scratch BN must train.
-        norm = misc_ops.FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
+        frozen_bn = pretrained if frozen_bn is None else frozen_bn
+        norm = misc_ops.FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
         resnet = getattr(torchvision.models, backbone)(weights=None, norm_layer=norm)
         if pretrained:
-            state = _pretrained_state(backbone, None)
-            resnet.load_state_dict(state)
-        body = _resnet_fpn_extractor(resnet, trainable_layers, norm_layer=None)
-        if fpn_channels != body.out_channels:  # a narrower FPN (small, CPU-sized teachers)
-            widths = [resnet.inplanes // 8 * 2 ** i for i in range(4)]
-            body = BackboneWithFPN(resnet, {f"layer{i + 1}": str(i) for i in range(4)},
-                                   widths, fpn_channels)
-            _freeze(resnet, trainable_layers)
+            resnet.load_state_dict(_pretrained_state(backbone, None))
+        _freeze(resnet, trainable_layers)
+        widths = [resnet.inplanes // 8 * 2 ** i for i in range(4)]  # layer1..layer4 outputs
+        body = BackboneWithFPN(resnet, {f"layer{i + 1}": str(i) for i in range(4)}, widths,
+                               fpn_channels)
         box_head = TwoMLPHead(body.out_channels * POOL * POOL, box_head_dim)
         super().__init__(body, num_classes=None, box_head=box_head,
                          box_predictor=FastRCNNPredictor(box_head_dim, NUM_CLASSES),
@@ -60,11 +58,14 @@ class TeacherDetector(FasterRCNN):
                          box_batch_size_per_image=box_batch_size_per_image,
                          box_detections_per_img=box_detections_per_img,
                          box_score_thresh=box_score_thresh)
-        self.model_args = {**self_args, "pretrained": False}  # rebuilt from the state dict
+        # rebuilt from the state dict alone: no ImageNet file needed, same norm layers
+        self.model_args = {**self_args, "pretrained": False, "frozen_bn": frozen_bn}
 
 
 def _freeze(resnet: nn.Module, trainable_layers: int) -> None:
-    """torchvision's rule: only the last ``trainable_layers`` stages train."""
+    """torchvision's rule: only the last ``trainable_layers`` (0..5) stages train."""
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_layers must lie in 0..5, got {trainable_layers}")
     stages = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
     if trainable_layers == 5:
         stages.append("bn1")
@@ -105,6 +106,9 @@ def _score_on_features(model: FasterRCNN, features, image_sizes, original_sizes,
     heads = model.roi_heads
     ratios = _ratios(image_sizes, original_sizes, next(iter(features.values())).float())
     resized = [b.float().reshape(-1, 4) * r for b, r in zip(boxes_per_image, ratios)]
+    if sum(len(b) for b in resized) == 0:
+        empty = ratios[0].new_zeros((0, 4)) if ratios else torch.zeros((0, 4))
+        return empty.new_zeros((0, NUM_CLASSES)), empty
     pooled = heads.box_roi_pool(features, resized, image_sizes)
     logits, deltas = heads.box_predictor(heads.box_head(pooled))
     logits, deltas = logits.float(), deltas.float()
