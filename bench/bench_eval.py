@@ -5,11 +5,13 @@ Gallery frames hold ~10 detections each; every query person appears in a few fra
 lie on a coarse grid (multiples of 1/16, D=256) so every float32 dot product is exact and the
 fast path and the per-query reference must give identical numbers (asserted). The reference is
 run on the first ``--ref-queries`` queries where it is feasible; its time is extrapolated to all
-queries for the speed-up. Prints a markdown table; ``--append BENCHMARKS.md`` appends it under
-"## Evaluation speed" with the machine, command and date.
+queries for the speed-up. Prints a markdown table; ``--record`` (or ``--append FILE``) adds it
+at the end of the "## Evaluation speed" section of BENCHMARKS.md with the machine, command and
+date.
 
     python bench/bench_eval.py                 # 10k, 100k, 1M boxes x 2000 queries
     python bench/bench_eval.py --quick         # 2k, 20k boxes x 200 queries
+    python bench/bench_eval.py --ref-queries 50 --ref-max-boxes 1000000 --record
 (A gallery has at least queries * 2 frames, so every person fits: 2000 queries -> >= 40k boxes;
 the table reports the real counts.)
 """
@@ -36,6 +38,7 @@ BOXES_PER_FRAME = 10
 FRAMES_PER_PERSON = 4
 DIM = 256
 GRID = 16
+SECTION = "## Evaluation speed"
 
 
 def make_world(num_boxes: int, num_queries: int, seed: int = 0):
@@ -105,7 +108,7 @@ def table(rows) -> str:
              "| speed-up | identical | mAP | top-1 |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = f"{r['ref_s']:.1f} (from {r['ref_queries']} queries)" if "ref_s" in r else "-"
-        sp = f"{r['speedup']:.0f}x" if "speedup" in r else "-"
+        sp = f"{r['speedup']:.1f}x" if "speedup" in r else "-"
         same = "yes" if "ref_s" in r else "-"
         lines.append(f"| {r['boxes']:,} | {r['frames']:,} | {r['queries']:,} | {r['fast_s']:.2f} "
                      f"| {ref} | {sp} | {same} | {100 * r['mAP']:.2f} | {100 * r['top1']:.2f} |")
@@ -152,10 +155,22 @@ def main(argv=None):
     print(text)
     if args.append:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        block = (f"\n## Evaluation speed\n\nMachine: {machine()}  \nCommand: `python "
-                 f"{' '.join(sys.argv)}`  \nDate: {stamp}\n\n{text}\n")
-        with open(args.append, "a") as f:
-            f.write(block)
+        run = (f"Machine: {machine()}  \nCommand: `python {' '.join(sys.argv)}`  \n"
+               f"Date: {stamp}\n\n{text}\n")
+        record(Path(args.append), run)
+
+
+def record(target: Path, run: str):
+    """Append ``run`` at the end of the "## Evaluation speed" section (created when missing)."""
+    old = target.read_text() if target.is_file() else ""
+    start = old.find(SECTION)
+    if start < 0:
+        target.write_text(old + f"\n{SECTION}\n\n{run}")
+        return
+    end = old.find("\n## ", start + len(SECTION))
+    end = len(old) if end < 0 else end + 1
+    head = old[:end].rstrip("\n") + "\n\n"
+    target.write_text(head + run + ("\n" + old[end:] if end < len(old) else ""))
 
 
 if __name__ == "__main__":
