@@ -33,38 +33,12 @@ class SimilarityIndex:
             raise ValueError(f"index kind must be one of {INDEX_KINDS}, got {kind!r}")
         self.embeddings = np.ascontiguousarray(embeddings, np.float32)
         self.kind, self.ivf_k, self.nlist, self.nprobe = kind, ivf_k, nlist, nprobe
-        self.use_gpu = use_gpu
+        self.use_gpu = gpu_available() if use_gpu is None else bool(use_gpu)
         self.approximate = kind == "ivf"
         self._index = None
+        self._gpu_res = None
         if self.approximate:
             self._index = self._build()
-
-    @property
-    def index(self):
-        """The FAISS index (the flat one is built on first use: exact full similarity rows do
-        not need it, and it would hold a second copy of the embeddings)."""
-        if self._index is None:
-            self._index = self._build()
-        return self._index
-
-    def _build(self):
-        import faiss
-        n, d = self.embeddings.shape
-        if self.kind == "flat":
-            index = faiss.IndexFlatIP(d)
-        else:
-            nlist = self.nlist or max(1, int(np.sqrt(max(n, 1))))
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.train(self.embeddings)
-            index.nprobe = self.nprobe
-        use_gpu = self.use_gpu
-        if use_gpu is None:
-            use_gpu = faiss.get_num_gpus() > 0 if hasattr(faiss, "get_num_gpus") else False
-        if use_gpu:
-            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-        if n:
-            index.add(self.embeddings)
-        return index
 
     @property
     def ntotal(self) -> int:
