@@ -98,6 +98,12 @@ def _embed(reid, images, boxes_per_image, size) -> torch.Tensor:
     return torch.cat([reid.embed(c).float() for c in crops.split(REID_CHUNK)]).cpu()
 
 
+def _mirror(boxes_per_image, widths) -> list[torch.Tensor]:
+    """Boxes of each image mirrored into its horizontally flipped image."""
+    from pipeline.data.transforms import flip_boxes
+    return [flip_boxes(b, w) for b, w in zip(boxes_per_image, widths)]
+
+
 def _split(t: torch.Tensor, counts) -> list[np.ndarray]:
     return [x.float().cpu().numpy() for x in t.split(list(counts))]
 
@@ -128,11 +134,11 @@ def teacher_entries(detector, reid, images, records, indices, cache_cfg) -> list
     if cache_cfg.flip:
         fl_images = [im.flip(-1) for im in images]
         widths = [im.shape[-1] for im in images]
-        mirror = lambda bs: [flip_boxes(b, w) for b, w in zip(bs, widths)]  # noqa: E731
-        fl_props = mirror(props)
+        fl_props = _mirror(props, widths)
         logits, refined = score_given_boxes(detector, fl_images, fl_props)
         counts = [len(p) for p in props]
-        flip = _view(reid, fl_images, mirror(gts), fl_props, mirror(jits), size)
+        flip = _view(reid, fl_images, _mirror(gts, widths), fl_props, _mirror(jits, widths),
+                     size)
         flip["proposal_logits"] = _split(logits, counts)
         flip["proposal_refined_boxes"] = [flip_boxes(torch.from_numpy(r), w).numpy() for r, w in
                                           zip(_split(refined, counts), widths)]

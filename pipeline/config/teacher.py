@@ -104,8 +104,8 @@ CACHE_KEY_FIELDS = ("proposals_per_image", "jitter_per_box", "jitter_min_iou", "
                     "seed")
 # Teacher settings used at inference (they change the teacher outputs for the same weights).
 DETECTOR_INFERENCE_FIELDS = ("backbone", "fpn", "fpn_channels", "box_head_dim", "min_size",
-                             "max_size", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "box_detections_per_img",
-                             "box_score_thresh")
+                             "max_size", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
+                             "box_detections_per_img", "box_score_thresh")
 REID_INFERENCE_FIELDS = ("backbone", "embed_dim", "crop_height", "crop_width")
 
 

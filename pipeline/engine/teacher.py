@@ -125,7 +125,8 @@ def train_reid(cfg: TeacherConfig, *, resume: bool = False, progress: bool = Tru
                                              r.triplet_weight),
                       max_epochs=r.epochs, scheduler=scheduler, device=device,
                       amp_dtype="bfloat16" if r.amp else None, config_dict=to_dict(cfg),
-                      progress=progress, tensorboard=False)
+                      progress=progress, tensorboard=False,
+                      keep_every_epoch=False)  # many short epochs: checkpoint_last.pt only
     trainer.train(resume=resume)
     return _export(trainer, model, reid_path(cfg), cfg)
 
