@@ -82,10 +82,15 @@ def train_student(config: str, device: str) -> Path:
     return Path(run_dir_line)
 
 
-def evaluate(name: str, checkpoint: str, model: str, out_dir: Path, device: str) -> dict:
+def newest_mtime(paths) -> float:
+    return max((ROOT / p).stat().st_mtime for p in paths)
+
+
+def evaluate(name: str, checkpoint: str, model: str, out_dir: Path, device: str,
+             inputs: list[Path]) -> dict:
+    """Score one model; reuse its metrics when they are newer than every file in ``inputs``."""
     json_path = out_dir / "metrics.json"
-    if (ROOT / json_path).exists() and (ROOT / json_path).stat().st_mtime > \
-            (ROOT / checkpoint).stat().st_mtime:
+    if (ROOT / json_path).exists() and (ROOT / json_path).stat().st_mtime > newest_mtime(inputs):
         click.echo(f"\n==> evaluate {name}: reusing {json_path}")
         return json.loads((ROOT / json_path).read_text())
     (ROOT / out_dir).mkdir(parents=True, exist_ok=True)
@@ -94,6 +99,13 @@ def evaluate(name: str, checkpoint: str, model: str, out_dir: Path, device: str)
               "--model", model, "--json", str(json_path), "--out-dir", str(out_dir),
               "--visualize", "3", "--device", device])
     return json.loads((ROOT / json_path).read_text())
+
+
+def teacher_weights() -> list[Path]:
+    from pipeline.config import load_config
+    from pipeline.config.teacher import TeacherConfig
+    out_dir = Path(load_config(ROOT / TEACHER_CONFIG, TeacherConfig).out_dir)
+    return [out_dir / "detector.pt", out_dir / "reid.pt"]
 
 
 def read_train_speed(run_dir: Path) -> float | None:
@@ -125,12 +137,13 @@ def run_demo(device: str) -> None:
     rows = []
     teacher_dir = Path("work/runs/teacher-eval")
     rows.append(Row("teacher (two-step)",
-                    evaluate("the two-step teacher", TEACHER_CONFIG, "teacher", teacher_dir, device),
-                    None))
+                    evaluate("the two-step teacher", TEACHER_CONFIG, "teacher", teacher_dir, device,
+                             teacher_weights()), None))
     for name, config in STUDENTS.items():
         run_dir = train_student(config, device)
         checkpoint = str(run_dir / "checkpoint_last.pt")
-        metrics = evaluate(name, checkpoint, "student", run_dir / "eval", device)
+        metrics = evaluate(name, checkpoint, "student", run_dir / "eval", device,
+                           [Path(checkpoint)])
         rows.append(Row(name, metrics, read_train_speed(run_dir)))
     print_table(rows)
     click.echo(f"\nPictures and curves: work/runs/*/losses.png, */eval/cmc.png, */eval/*.png")

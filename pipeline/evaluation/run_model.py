@@ -8,16 +8,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.data.images import load_image
 from pipeline.data.records import PersonSearchData
 from pipeline.evaluation.results_file import write_results
 
 
 def _load_image(path: Path, device) -> torch.Tensor:
-    """(3,H,W) float [0,1] at original size."""
-    from PIL import Image
-    with Image.open(path) as im:
-        a = np.asarray(im.convert("RGB"), np.float32) / 255.0
-    return torch.from_numpy(a).permute(2, 0, 1).contiguous().to(device)
+    """(3,H,W) float [0,1] at original size, on ``device``."""
+    return load_image(path).to(device)
 
 
 def _autocast(device, amp_dtype):
