@@ -54,7 +54,15 @@ def run_step(title: str, args: list[str]) -> str:
 
 
 def device_overrides(device: str) -> list[str]:
-    return [] if device == "cpu" else ["--set", f"train.device={device}"]
+    return [] if device == "cpu" else ["--device", device]
+
+
+def teacher_device_overrides(device: str) -> list[str]:
+    """Train the teachers and build the cache on ``device`` (the cache key ignores devices)."""
+    if device == "cpu":
+        return []
+    return ["--device", device, "--set", f"detector.device={device}",
+            "--set", f"reid.device={device}"]
 
 
 def make_data(device: str) -> None:
@@ -132,7 +140,7 @@ def run_demo(device: str) -> None:
     make_data(device)
     cache_line = run_step("stage one: teachers and the teacher cache (make teacher-cache)",
                           ["build-cache", "--config", TEACHER_CONFIG, "--train-missing",
-                           *device_overrides(device)])
+                           *teacher_device_overrides(device)])
     click.echo(f"    cache: {cache_line}")
     rows = []
     teacher_dir = Path("work/runs/teacher-eval")
