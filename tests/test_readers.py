@@ -30,8 +30,8 @@ def test_prw_reads_the_release_layout(prw):
     data = read_prw(prw)
     assert [r.name for r in data.train] == ["c1s1_000001.jpg", "c2s1_000002.jpg"]
     first = data.train[0]
-    # x, y, w, h -> x1, y1, x2, y2; negative x clipped at 0; -2 -> UNLABELED
-    np.testing.assert_array_equal(first.boxes, [[10, 20, 40, 80], [0, 5, 16.5, 45]])
+    # x, y, w, h -> x1, y1, x2, y2; a negative x is clipped at 0 keeping w; -2 -> UNLABELED
+    np.testing.assert_array_equal(first.boxes, [[10, 20, 40, 80], [0, 5, 20, 45]])
     assert first.pids.tolist() == [932, UNLABELED]
     assert (first.camera, data.train[1].camera, first.width, first.height) == (1, 2, 160, 120)
     np.testing.assert_array_equal(data.train[1].boxes, [[50, 10, 75, 80]])   # anno_file
@@ -171,7 +171,7 @@ def test_csv_export_exact_rows(prw, cuhk, tmp_path):
     rows = list(csv.reader(open(tmp_path / "prw.csv")))
     assert tuple(rows[0]) == CSV_COLUMNS
     assert rows[1] == ["train", "c1s1_000001.jpg", "10", "20", "40", "80", "932", "1"]
-    assert rows[2] == ["train", "c1s1_000001.jpg", "0", "5", "16.5", "45", "-1", "1"]
+    assert rows[2] == ["train", "c1s1_000001.jpg", "0", "5", "20", "45", "-1", "1"]
     assert rows[-1] == ["query", "c1s2_000010.jpg", "40", "30", "60", "80", "5", "1"]
     assert sum(r[0] == "gallery" for r in rows) == 3
     export_csv(read_cuhk_sysu(cuhk), tmp_path / "cuhk.csv")

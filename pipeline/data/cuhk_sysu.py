@@ -14,7 +14,7 @@ import scipy.io
 
 from .images import image_size
 from .matfile import as_string, cell_strings, field, load_mat, numbers, struct_items, xywh
-from .prw import clip_to_image, xywh_to_xyxy
+from .prw import check_inside, xywh_to_xyxy
 from .records import (UNLABELED, DatasetError, ImageRecord, PersonSearchData, QueryGallery,
                       QueryRecord)
 
@@ -112,7 +112,7 @@ def _records(root: Path, images, names: list[str], labels: dict, mat_path: Path)
         width, height = image_size(image_path)
         xywh_arr = np.array(boxes, np.float64).reshape(-1, 4)
         pids = np.array([labels.get((name, _key(b)), UNLABELED) for b in xywh_arr], np.int64)
-        xyxy = clip_to_image(xywh_to_xyxy(xywh_arr), width, height, f"{mat_path} ({name})")
+        xyxy = check_inside(xywh_to_xyxy(xywh_arr), width, height, f"{mat_path} ({name})")
         records.append(ImageRecord(name=name, path=image_path, width=width, height=height,
                                    boxes=xyxy.astype(np.float32), pids=pids, camera=None))
     return records
@@ -178,7 +178,7 @@ def read_cuhk_sysu(root: str | Path) -> PersonSearchData:
     queries = []
     for q, (qname, qbox) in enumerate(queries_ref):
         w, h = sizes[qname]
-        box = clip_to_image(xywh_to_xyxy(qbox), w, h, f"{g50_path}: query {q}")[0]
+        box = check_inside(xywh_to_xyxy(qbox), w, h, f"{g50_path}: query {q}")[0]
         queries.append(QueryRecord(image=qname, box=box.astype(np.float32), pid=q + 1))
     galleries = {n: _galleries(p, n, paths["test"] / f"TestG{n}.mat", queries_ref)
                  for n, p in protocols.items()}

@@ -39,17 +39,22 @@ def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     return out
 
 
-def clip_to_image(xyxy: np.ndarray, width: int, height: int, where: str) -> np.ndarray:
-    """Clip slightly-out boxes (the release has negative x, y); refuse boxes wholly outside."""
+def clip_xy_at_zero(xywh: np.ndarray) -> np.ndarray:
+    """PRW's rows hold slightly negative x, y: clip them at 0, keeping w and h (the convention
+    of the released evaluation code, applied before converting to corners)."""
+    out = np.asarray(xywh, dtype=np.float64).reshape(-1, 4).copy()
+    out[:, :2] = out[:, :2].clip(min=0)
+    return out
+
+
+def check_inside(xyxy: np.ndarray, width: int, height: int, where: str) -> np.ndarray:
+    """Refuse boxes that lie wholly outside their image; return the boxes unchanged."""
     outside = (xyxy[:, 0] >= width) | (xyxy[:, 1] >= height) | (xyxy[:, 2] <= 0) | (xyxy[:, 3] <= 0)
     if outside.any():
         box = xyxy[np.argmax(outside)].tolist()
         raise DatasetError(f"{where}: box {box} (x1, y1, x2, y2) lies outside the "
                            f"{width}x{height} image")
-    out = xyxy.copy()
-    out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
-    out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
-    return out
+    return xyxy
 
 
 def read_annotation(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +81,7 @@ def read_frame(root: Path, stem: str) -> ImageRecord:
     ann_path = root / "annotations" / f"{stem}.jpg.mat"
     xywh, pids = read_annotation(ann_path)
     width, height = image_size(image_path)
-    boxes = clip_to_image(xywh_to_xyxy(xywh), width, height, str(ann_path))
+    boxes = check_inside(xywh_to_xyxy(clip_xy_at_zero(xywh)), width, height, str(ann_path))
     return ImageRecord(name=f"{stem}.jpg", path=image_path, width=width, height=height,
                        boxes=boxes.astype(np.float32), pids=pids,
                        camera=camera_of(stem, str(ann_path)))
@@ -117,7 +122,8 @@ def read_queries(path: Path, test_frames: dict[str, ImageRecord]) -> list[QueryR
         frame = test_frames.get(stem)
         if frame is None:
             raise DatasetError(f"{where}: query frame {stem!r} is not in the test split")
-        box = clip_to_image(xywh_to_xyxy(xywh), frame.width, frame.height, where)[0]
+        box = check_inside(xywh_to_xyxy(clip_xy_at_zero(xywh)), frame.width, frame.height,
+                           where)[0]
         queries.append(QueryRecord(image=frame.name, box=box.astype(np.float32), pid=pid,
                                    camera=frame.camera))
     return queries
