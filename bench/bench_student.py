@@ -32,6 +32,9 @@ from pipeline.config.student import StudentConfig  # noqa: E402
 
 NO_DISTILL = [f"distill.{t}.enabled=false" for t in ("lut", "feature", "relation", "detector",
                                                      "jitter")]
+#: --modes: none (no term), cache (the config's terms, targets from the cache), cache-extra (the
+#: same with the cached boxes added to a full RoI batch), online (teachers run every step)
+MODE_OVERRIDES = {"none": NO_DISTILL, "cache-extra": ["distill.roi_share=null"]}
 
 
 def build(cfg: StudentConfig, *, use_cache: bool):
@@ -73,32 +76,49 @@ def batches(loader):
         epoch += 1
 
 
-def run_mode(cfg: StudentConfig, mode: str, steps: int, warmup: int, device: torch.device) -> dict:
-    from pipeline.engine.student import student_step
-    model, loader, optimizer, cache, needs = build(cfg, use_cache=(mode == "cache"))
-    model.to(device).train()
-    online = OnlineTeacher(cfg, needs, device) if mode == "online" else None
-    times, images = [], 0
-    it = batches(loader)
-    t0 = time.perf_counter()
-    for i in range(warmup + steps):
-        batch = next(it)
-        if online is not None:
-            batch = online.add_targets(batch)
-        losses = student_step(model, batch, device)
-        total = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
+class ModeRunner:
+    """One mode's model, loader and optimizer; ``step()`` runs and times one training step."""
+
+    def __init__(self, cfg: StudentConfig, mode: str, device: torch.device):
+        model, self.loader, self.optimizer, _, needs = build(cfg, use_cache=mode.startswith(
+            "cache"))
+        self.model = model.to(device).train()
+        self.online = OnlineTeacher(cfg, needs, device) if mode == "online" else None
+        self.mode, self.device, self.batches = mode, device, batches(self.loader)
+        self.times: list[float] = []
+        self.images = 0
+
+    def step(self, timed: bool) -> None:
+        from pipeline.engine.student import student_step
+        t0 = time.perf_counter()
+        batch = next(self.batches)
+        if self.online is not None:
+            batch = self.online.add_targets(batch)
+        total = sum(student_step(self.model, batch, self.device).values())
+        self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimizer.step()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
+        self.optimizer.step()
         float(total.detach())  # sync
-        t1 = time.perf_counter()
-        if i >= warmup:
-            times.append(t1 - t0)
-            images += len(batch[0])
-        t0 = t1
-    return {"mode": mode, "images_per_s": images / sum(times), "s_per_step": sum(times) / len(times),
-            "steps": steps, "images": images}
+        if timed:
+            self.times.append(time.perf_counter() - t0)
+            self.images += len(batch[0])
+
+    def result(self) -> dict:
+        return {"mode": self.mode, "images_per_s": self.images / sum(self.times),
+                "s_per_step": sum(self.times) / len(self.times), "steps": len(self.times),
+                "images": self.images}
+
+
+def run_modes(cfgs: dict[str, StudentConfig], steps: int, warmup: int,
+              device: torch.device) -> list[dict]:
+    """Steps of the modes interleaved round-robin, so a change in the machine's load (shared
+    machines) hits every mode alike."""
+    runners = [ModeRunner(cfg, mode, device) for mode, cfg in cfgs.items()]
+    for i in range(warmup + steps):
+        for r in runners:
+            r.step(timed=i >= warmup)
+    return [r.result() for r in runners]
 
 
 class OnlineTeacher:
@@ -215,16 +235,19 @@ def main(argv=None) -> None:
         w, h = (int(v) for v in args.size.split("x"))
         root, cache = tiny_world(Path(args.tiny_world), args.images, w, h)
         args.overrides += [f"data.root={root}", f"cache={cache}", "model.embedding_dim=256"]
-    rows = []
-    for mode in args.modes.split(","):
-        extra = NO_DISTILL if mode == "none" else []
-        cfg = load_config(args.config, StudentConfig, [*args.overrides, *extra,
-                                                       f"train.device={args.device}"])
-        r = run_mode(cfg, mode, args.steps, args.warmup, device)
-        rows.append(r)
-        print(f"{mode:8s} {r['images_per_s']:8.2f} images/s  {r['s_per_step']:7.2f} s/step",
+    cfgs = {mode: load_config(args.config, StudentConfig,
+                              [*args.overrides, *MODE_OVERRIDES.get(mode, []),
+                               f"train.device={args.device}"])
+            for mode in args.modes.split(",")}
+    rows = run_modes(cfgs, args.steps, args.warmup, device)
+    for r in rows:
+        print(f"{r['mode']:12s} {r['images_per_s']:8.2f} images/s  {r['s_per_step']:7.2f} s/step",
               flush=True)
-    labels = {"none": "no distillation", "cache": "all terms, targets from the cache",
+    cfg = cfgs[rows[0]["mode"]]
+    labels = {"none": "no distillation",
+              "cache": "all terms, targets from the cache (cached boxes share the RoI batch)",
+              "cache-extra": "all terms from the cache, cached boxes on top of the RoI batch "
+                             "(`distill.roi_share=null`)",
               "online": "all terms, teacher run online every step"}
     table = ["| mode | images/s | s/step |", "|---|---|---|"]
     for r in rows:
@@ -239,7 +262,8 @@ def main(argv=None) -> None:
         text = (f"\n## Student training throughput\n\n`{cmd}` ({datetime.date.today()}; {machine}). "
                 f"Batch {cfg.train.batch_size}, images {cfg.data.min_size}/{cfg.data.max_size}, "
                 f"{cfg.model.backbone}; mean over {args.steps} steps after "
-                f"{args.warmup} warm-up steps; a step's time includes waiting for its batch. "
+                f"{args.warmup} warm-up steps, the modes' steps interleaved; a step's time "
+                f"includes waiting for its batch. "
                 f"Load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
                 f"(other jobs share this machine). "
                 + (f"Data: {args.images} generated noise images of {args.size} with a "

@@ -25,7 +25,10 @@ def tiny_model_cfg(**kw) -> ModelConfig:
 def distill_cfg(*terms, **sections) -> DistillConfig:
     data = {t: {"enabled": True} for t in terms}
     for k, v in sections.items():
-        data.setdefault(k, {}).update(v)
+        if isinstance(v, dict):
+            data.setdefault(k, {}).update(v)
+        else:
+            data[k] = v
     return from_dict(DistillConfig, data)
 
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.ops import box_iou
 
 from pipeline.distill import losses as L
 from pipeline.distill.matching import match_to_gt, paired_iou, teacher_better_mask
@@ -125,6 +126,7 @@ def _term_after_steps(net, key, steps=5, lr=2e-3, dim=TEACHER_DIM, tg=None):
      {"feature": {"kind": "l2"}, "model": {"embedding_dim": 16}}),  # same size: no projection
     ("relation", "loss_distill_relation", {}),
     ("jitter", "loss_distill_jitter", {}),
+    ("jitter", "loss_distill_jitter", {"roi_share": None}),   # cached boxes on top of the batch
     ("detector", "loss_distill_det_cls", {"detector": {"cls_loss": "bce"}}),
     ("detector", "loss_distill_det_cls", {}),
 ])
@@ -156,3 +158,80 @@ def test_all_terms_on_images_without_any_boxes():
                 "loss_distill_det_cls", "loss_distill_det_reg", "loss_box_reg", "loss_oim"):
         assert losses[key].item() == 0.0, key
     sum(losses.values()).backward()
+
+
+# ------------------------------------------------------------------ the RoI budget
+
+def _rois(net, tg, seed=0):
+    """The RoI batch of one training step (proposals from the net's own RPN)."""
+    torch.manual_seed(seed)
+    images_t, tg = net.transform(images(len(tg)), tg)
+    features = net._features(images_t.tensors)
+    proposals, _ = net.rpn(images_t, features, tg)
+    torch.manual_seed(seed)
+    return net.roi_heads.select_training_samples(proposals, tg), tg
+
+
+def _check_members_point_at_their_cached_boxes(rois, tg):
+    boxes = torch.cat(rois.boxes)
+    for group, key in (("gt", "boxes"), ("teacher", "proposal_boxes"), ("jitter", "jitter_boxes")):
+        rows, src = rois.members[group]
+        assert torch.equal(boxes[rows], torch.cat([t[key] for t in tg])[src]), group
+
+
+@pytest.mark.parametrize("share", [0.5, 0.25])
+def test_cached_boxes_take_their_share_of_the_roi_batch(share):
+    terms = ("feature", "detector", "jitter")
+    net = _net(*terms, roi_share=share).train()          # tiny model: 16 RoIs per image
+    rois, tg = _rois(net, targets(n_props=24, n_jitter=12))
+    budget = int(share * 16)
+    assert [b.shape[0] for b in rois.boxes] == [16, 16]
+    for i, t in enumerate(tg):
+        in_image = {g: int((rois.image_ids[rows] == i).sum()) for g, (rows, _) in
+                    rois.members.items()}
+        assert sum(in_image.values()) == budget
+        assert in_image["gt"] == t["boxes"].shape[0]     # GT boxes come first
+        assert in_image["teacher"] + in_image["jitter"] == budget - in_image["gt"]
+    _check_members_point_at_their_cached_boxes(rois, tg)
+    pos = (rois.labels > 0).view(2, 16).sum(dim=1)
+    assert (pos <= 8).all()                               # positive fraction 0.5 kept
+
+
+def test_without_a_share_cached_boxes_come_on_top_of_a_full_batch():
+    net = _net("feature", "detector", "jitter", roi_share=None,
+               detector={"num_proposals": 10}).train()
+    rois, tg = _rois(net, targets(n_props=24, n_jitter=12))
+    cached = [t["boxes"].shape[0] + 10 + t["jitter_boxes"].shape[0] for t in tg]
+    assert [b.shape[0] for b in rois.boxes] == [16 + c for c in cached]
+    _check_members_point_at_their_cached_boxes(rois, tg)
+
+
+def test_no_distillation_samples_exactly_as_torchvision():
+    """Without terms the batch is torchvision's: proposals + GT, balanced sampler, same draws."""
+    from torchvision.models.detection import _utils as det_utils
+    net = _net().train()
+    torch.manual_seed(0)
+    images_t, tg = net.transform(images(), targets())
+    features = net._features(images_t.tensors)
+    proposals, _ = net.rpn(images_t, features, tg)
+    torch.manual_seed(5)
+    rois = net.roi_heads.select_training_samples(proposals, tg)
+    torch.manual_seed(5)
+    pool = [torch.cat((p, t["boxes"])) for p, t in zip(proposals, tg)]
+    matcher = net.roi_heads.proposal_matcher
+    labels = []
+    for p, t in zip(pool, tg):
+        m = matcher(box_iou(t["boxes"], p))
+        labels.append(torch.where(m >= 0, 1, torch.where(m == -1, 0, -1)))
+    pos, neg = det_utils.BalancedPositiveNegativeSampler(16, 0.5)(labels)
+    for got, p, ps, ng, lab in zip(rois.boxes, pool, pos, neg, labels):
+        keep = torch.where(ps | ng)[0]
+        assert torch.equal(got, p[keep])
+    assert torch.equal(rois.labels, torch.cat([lab[torch.where(ps | ng)[0]]
+                                               for lab, ps, ng in zip(labels, pos, neg)]))
+    assert rois.members == {}
+
+
+def test_roi_share_is_checked():
+    with pytest.raises(ValueError, match="roi_share"):
+        distill_cfg("jitter", roi_share=1.5)

@@ -221,3 +221,33 @@ def test_ddp_on_cpu_two_processes(tmp_path):
     assert len(rows) == 4  # 12 images, 2 ranks, batch 4 -> 2 steps per epoch, logged once
     stats = json.loads((tmp_path / "run" / "train_stats.json").read_text())
     assert stats["world_size"] == 2
+
+
+def _oim_worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    from pipeline.engine.distributed import cleanup, init_distributed
+    from pipeline.models.oim import IGNORE, OIMLoss
+    init_distributed("cpu")
+    oim = OIMLoss([10, 20, 30], 4, momentum=0.0, queue_size=4).train()
+    # rank 0 sees identity row 0 and one unlabeled person; rank 1 row 2 and two unlabeled
+    x = torch.eye(4)[: 2 + rank] if rank else torch.eye(4)[:2]
+    labels = torch.tensor([0, IGNORE]) if rank == 0 else torch.tensor([2, IGNORE, IGNORE])
+    oim(x, labels)
+    torch.save({k: v.clone() for k, v in oim.state_dict().items()}, f"{out}/oim{rank}.pt")
+    cleanup()
+
+
+def test_oim_tables_take_every_ranks_people_under_ddp(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_oim_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    a, b = torch.load(tmp_path / "oim0.pt"), torch.load(tmp_path / "oim1.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    eye = torch.eye(4)
+    assert torch.equal(a["lut"], torch.stack([eye[0], torch.zeros(4), eye[0]]))
+    # queue in rank order: rank 0's unlabeled row, then rank 1's two
+    assert torch.equal(a["queue"][:3], torch.stack([eye[1], eye[1], eye[2]]))
+    assert int(a["queue_ptr"]) == 3

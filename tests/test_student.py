@@ -12,8 +12,7 @@ from pipeline.engine.checkpoint import save_checkpoint
 from pipeline.models import load_searcher
 from pipeline.models.backbone import PretrainedWeightsMissing, build_resnet_c4
 from pipeline.models.oim import IGNORE, OIMLoss
-from pipeline.models.roi_heads import (add_gt_proposals, assign_targets_to_proposals,
-                                       subsample)
+from pipeline.models.roi_heads import assign_targets_to_proposals, balanced_sample
 from pipeline.models.student import build_student, build_student_from_args
 from pipeline.models.transform import PersonSearchTransform
 from torchvision.models.detection import _utils as det_utils
@@ -79,17 +78,28 @@ def test_only_unlabeled_people_give_finite_oim_and_fill_the_queue(net):
     assert net.roi_heads.oim.queue.abs().sum(dim=1).gt(0).any()
 
 
-def test_sampling_steps_with_and_without_gt():
+def test_labels_with_and_without_gt():
     matcher = det_utils.Matcher(0.5, 0.5, allow_low_quality_matches=False)
-    sampler = det_utils.BalancedPositiveNegativeSampler(4, 0.5)
-    props = [torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60]]), torch.tensor([[0.0, 0, 5, 5]])]
+    props = [torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60], [0, 0, 10, 10]]),
+             torch.tensor([[0.0, 0, 5, 5]])]
     gt = [torch.tensor([[0.0, 0, 10, 10]]), torch.zeros(0, 4)]
-    props = add_gt_proposals(props, gt)
-    assert [p.shape[0] for p in props] == [3, 1]
     idx, labels = assign_targets_to_proposals(props, gt, matcher)
     assert labels[0].tolist() == [1, 0, 1] and labels[1].tolist() == [0]
-    keep = subsample(labels, sampler)
-    assert set(keep[0].tolist()) == {0, 1, 2} and keep[1].tolist() == [0]
+    assert idx[1].tolist() == [0]
+
+
+def test_balanced_sample_matches_torchvision_and_honours_quotas():
+    labels = torch.tensor([1, 0, 0, 1, -1, 0, 1, 0, 0, 1, 0, 0])
+    for size, frac in ((4, 0.5), (6, 0.25), (32, 0.5)):
+        torch.manual_seed(3)
+        pos, neg = det_utils.BalancedPositiveNegativeSampler(size, frac)([labels])
+        want = torch.where(pos[0] | neg[0])[0]
+        torch.manual_seed(3)
+        assert torch.equal(balanced_sample(labels, size, int(size * frac)), want)
+    got = balanced_sample(labels, 5, 1)      # quotas given: 1 positive, 4 background
+    assert (labels[got] == 1).sum() == 1 and (labels[got] == 0).sum() == 4
+    assert balanced_sample(labels, 0, 0).numel() == 0
+    assert (labels[balanced_sample(labels, 100, 100)] >= 0).all()   # never an ignored row
 
 
 def test_detect_and_embed_boxes(net):

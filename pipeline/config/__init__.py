@@ -100,6 +100,8 @@ def _build(cls: type[T], data: dict, prefix: str = "") -> T:
         return cls(**kwargs)
     except TypeError as e:  # a required field is missing
         raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
+    except ValueError as e:  # a section's own check (__post_init__)
+        raise ConfigError(str(e)) from None
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:

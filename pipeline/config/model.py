@@ -97,6 +97,17 @@ class DistillConfig:
     relation: RelationDistillConfig = field(default_factory=RelationDistillConfig)
     detector: DetectorDistillConfig = field(default_factory=DetectorDistillConfig)
     jitter: JitterDistillConfig = field(default_factory=JitterDistillConfig)
+    # The cached boxes the terms train on (GT boxes for feature/relation, teacher proposals,
+    # jittered boxes) join the RoI batch as ordinary samples (they get the detection and OIM
+    # losses too). roi_share caps them at this fraction of model.roi_batch_size_per_image and
+    # the sampler fills the rest from the student's own proposals, so distillation adds no
+    # RoIs to the res5 head, the step's main cost (GT boxes first, then a random subset of
+    # the others each step). null: every cached box comes on top of a full sampled batch.
+    roi_share: float | None = 0.5
+
+    def __post_init__(self):
+        if self.roi_share is not None and not 0.0 < self.roi_share <= 1.0:
+            raise ValueError(f"distill.roi_share must be in (0, 1] or null, got {self.roi_share}")
 
     def enabled_terms(self) -> list[str]:
         return [name for name in ("lut", "feature", "relation", "detector", "jitter")

@@ -90,7 +90,10 @@ class OIMLoss(nn.Module):
 
     @torch.no_grad()
     def update(self, x: Tensor, labels: Tensor) -> None:
-        x = x.to(self.lut.dtype)
+        """Momentum update of the LUT rows and push of the unlabeled features into the queue.
+        Under DistributedDataParallel every rank applies the features of all ranks (in rank
+        order), so the tables stay identical and no rank's people are lost."""
+        x, labels = gather_from_all_ranks(x.to(self.lut.dtype), labels)
         m = self.momentum
         if m < 1.0:  # one row at a time: repeated identities update in sequence, as in OIM
             for feat, y in zip(x[labels != IGNORE], labels[labels != IGNORE]):
@@ -104,3 +107,27 @@ class OIMLoss(nn.Module):
         idx = (torch.arange(unlabeled.shape[0], device=x.device) + ptr) % size
         self.queue[idx] = unlabeled
         self.queue_ptr.fill_((ptr + unlabeled.shape[0]) % size)
+
+
+def gather_from_all_ranks(x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows of every rank's (x, labels), concatenated in rank order; unchanged outside a
+    multi-process group. Ranks may hold different numbers of rows."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, labels
+    world = dist.get_world_size()
+    count = torch.tensor([x.shape[0]], device=x.device)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    rows = max(counts)
+    padded_x = x.new_zeros((rows, x.shape[1]))
+    padded_x[: x.shape[0]] = x
+    padded_y = labels.new_full((rows,), IGNORE)
+    padded_y[: labels.shape[0]] = labels
+    all_x = [torch.empty_like(padded_x) for _ in range(world)]
+    all_y = [torch.empty_like(padded_y) for _ in range(world)]
+    dist.all_gather(all_x, padded_x)
+    dist.all_gather(all_y, padded_y)
+    return (torch.cat([t[:n] for t, n in zip(all_x, counts)]),
+            torch.cat([t[:n] for t, n in zip(all_y, counts)]))

@@ -194,7 +194,8 @@ def build_student(model_cfg: ModelConfig, distill_cfg: DistillConfig | None,
         score_thresh=m.det_score_thresh, nms_thresh=m.det_nms_thresh,
         detections_per_img=m.det_detections_per_img, oim_weight=m.oim_weight,
         feature_distill=feature, relation_distill=relation, detector_distill=detector,
-        jitter_distill=jitter)
+        jitter_distill=jitter,
+        roi_share=d.roi_share if d.enabled_terms() else None)
 
     model_args = {"version": MODEL_ARGS_VERSION, "model": to_dict(m),
                   "distill": to_dict(distill_cfg), "identity_pids": [int(p) for p in ids],
