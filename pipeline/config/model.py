@@ -103,7 +103,7 @@ class DistillConfig:
     # the sampler fills the rest from the student's own proposals, so distillation adds no
     # RoIs to the res5 head, the step's main cost (GT boxes first, then a random subset of
     # the others each step). null: every cached box comes on top of a full sampled batch.
-    roi_share: float | None = 0.5
+    roi_share: float | None = 0.75
 
     def __post_init__(self):
         if self.roi_share is not None and not 0.0 < self.roi_share <= 1.0:
