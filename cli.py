@@ -61,8 +61,9 @@ def _size_option(ctx, param, value):
 
 
 @cli.command("make-synthetic")
-@click.option("--format", "fmt", type=click.Choice(["prw", "cuhk-sysu"]), required=True,
-              help="on-disk layout to write")
+@click.option("--format", "fmt", type=click.Choice(["prw", "cuhk-sysu", "video"]), required=True,
+              help="on-disk layout to write; video: multi-camera footage of the world's test "
+                   "identities with annotations.json")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="dataset root to create (empty, new, or an earlier synthetic world)")
 @click.option("--identities", type=click.IntRange(min=4), default=60, show_default=True,
@@ -73,10 +74,21 @@ def _size_option(ctx, param, value):
               help="image WIDTHxHEIGHT")
 @click.option("--cameras", type=click.IntRange(min=2), default=3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=12.0,
+              show_default=True, help="video: length of each camera's video")
+@click.option("--fps", type=click.IntRange(min=1), default=4, show_default=True,
+              help="video: frames per second")
+@click.option("--walkers", type=click.IntRange(min=1), default=6, show_default=True,
+              help="video: test identities that walk through (each past 2 cameras)")
 @friendly_errors
-def make_synthetic_cmd(fmt, out, identities, images, size, cameras, seed):
-    """Write a synthetic person-search world in the PRW or CUHK-SYSU format; prints its root."""
+def make_synthetic_cmd(fmt, out, identities, images, size, cameras, seed, seconds, fps, walkers):
+    """Write a synthetic person-search world in the PRW or CUHK-SYSU format, or footage of one
+    (--format video, same world parameters -> the same people); prints its root."""
     from pipeline.data.synthetic import SyntheticWorldError, generate
+    if fmt == "video":
+        _make_synthetic_video(out, identities, images, size, cameras, seed, seconds, fps,
+                              walkers)
+        return
     try:
         dataset = generate(fmt, out, identities=identities, images=images, size=size,
                            cameras=cameras, seed=seed, progress=True)
@@ -89,6 +101,22 @@ def make_synthetic_cmd(fmt, out, identities, images, size, cameras, seed):
                f"{boxes} boxes ({labeled} labeled), {identities} identities, "
                f"{len(dataset.queries)} queries{extra}")
     click.echo(str(dataset.root))
+
+
+def _make_synthetic_video(out, identities, images, size, cameras, seed, seconds, fps, walkers):
+    from pipeline.data.synthetic import SyntheticWorldError
+    from pipeline.data.synthetic.video import make_synthetic_video, read_footage_truth
+    try:
+        root = make_synthetic_video(out, identities=identities, images=images, size=size,
+                                    cameras=cameras, seed=seed, seconds=seconds, fps=fps,
+                                    walkers=walkers, progress=True)
+    except SyntheticWorldError as e:
+        raise click.UsageError(str(e)) from None
+    truth = read_footage_truth(root)
+    frames = sum(len(v["frames"]) for v in truth.videos.values())
+    click.echo(f"video: {len(truth.videos)} cameras x {seconds:g} s at {fps} fps ({frames} "
+               f"frames), walkers {truth.walker_pids}; annotations in {root / 'annotations.json'}")
+    click.echo(str(root))
 
 
 # ---------------------------------------------------------------- teachers and cache (stage one)
@@ -300,6 +328,122 @@ def evaluate(dataset, root, results, checkpoint, model_kind, gallery_size, multi
         raise click.ClickException(str(e)) from None
     click.echo(table)
 
+
+
+# ---------------------------------------------------------------- footage: index, search, serve
+
+def _footage_errors(fn):
+    """The footage commands' own input errors as one-line messages."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from pipeline.gallery.store import GalleryError
+        from pipeline.inference.searching import QueryError
+        try:
+            return fn(*args, **kwargs)
+        except (GalleryError, QueryError) as e:
+            raise click.ClickException(str(e)) from None
+    return friendly_errors(wrapper)
+
+
+@cli.command("index")
+@click.option("--gallery", "gallery_dir", required=True, type=click.Path(file_okay=False),
+              help="gallery folder to create or extend")
+@click.option("--model", required=True,
+              help="student checkpoint (.pt) or two-step teacher config (.yaml)")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--camera", default=None,
+              help="camera name for every source (default: first sub-folder, or file stem)")
+@click.option("--every", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              show_default=True, help="seconds between sampled video frames")
+@click.option("--index", "index_kind", type=click.Choice(["flat", "ivf", "hnsw"]), default=None,
+              help="FAISS index: flat = exact (a new gallery's default); ivf / hnsw = "
+                   "approximate, for very large galleries (default: keep the gallery's)")
+@click.option("--min-score", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="keep detections scoring at least this")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
+              help="frames per model forward")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="decoding processes")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+@_footage_errors
+def index_cmd(gallery_dir, model, sources, camera, every, index_kind, min_score, batch_size,
+              workers, device, no_progress):
+    """Detect and embed every person in SOURCE... (image folders, videos, prw:ROOT,
+    cuhk-sysu:ROOT) into a searchable gallery. Resumes an interrupted run; a re-run embeds
+    only new frames. Prints the gallery folder last."""
+    from pipeline.gallery.store import read_manifest
+    from pipeline.inference.indexing import index_footage
+    from pathlib import Path
+    if index_kind is None:
+        manifest = read_manifest(Path(gallery_dir)) if Path(gallery_dir).is_dir() else None
+        index_kind = manifest["index"]["kind"] if manifest else "flat"
+    r = index_footage(gallery_dir, model, sources, camera=camera, every=every, device=device,
+                      batch_size=batch_size, workers=workers, min_score=min_score,
+                      index_kind=index_kind, progress=not no_progress)
+    for problem in r.skipped:
+        click.echo(f"skipped: {problem}", err=True)
+    click.echo(f"indexed {r.frames_new} new frames of {r.frames_planned} ({r.detections_new} "
+               f"people) from {r.sources} sources in {r.seconds:.1f} s "
+               f"({r.frames_per_s:.2f} frames/s)")
+    if r.gallery_frames or r.gallery_detections:
+        exact = "approximate" if r.approximate else "exact"
+        click.echo(f"gallery: {r.gallery_frames} frames, {r.gallery_detections} people, "
+                   f"{r.index_kind} index ({exact})")
+    click.echo(str(gallery_dir))
+
+
+@cli.command("search")
+@click.option("--gallery", "gallery_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--query", "image", default=None, type=click.Path(dir_okay=False),
+              help="picture of the person: a frame with --box, or a crop of them without")
+@click.option("--box", default=None, metavar="x1,y1,x2,y2", help="the person in --query (pixels)")
+@click.option("--hit", type=int, default=None, metavar="ID",
+              help="search again from detection ID of an earlier result")
+@click.option("--top", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--camera", "cameras", multiple=True, help="only these cameras (repeatable)")
+@click.option("--from", "start", type=float, default=None, metavar="SECONDS",
+              help="only frames at or after this time")
+@click.option("--to", "end", type=float, default=None, metavar="SECONDS",
+              help="only frames at or before this time")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results",
+              show_default=True, help="folder for results.json, results.csv, results.html")
+@click.option("--model", default=None, help="the gallery's model at another path")
+@click.option("--device", default="cpu", show_default=True)
+@_footage_errors
+def search_cmd(gallery_dir, image, box, hit, top, cameras, start, end, out_dir, model, device):
+    """Rank the gallery's people by similarity to the query; writes results.json, .csv and
+    .html into --out and prints the path of results.html last."""
+    from pipeline.gallery.hits import SearchFilter
+    from pipeline.gallery.report import format_time
+    from pipeline.inference.searching import search_command
+    filt = SearchFilter(tuple(cameras), start, end)
+    payload, page = search_command(gallery_dir, out_dir, image=image, box=box, hit=hit,
+                                   top=top, filt=filt, model=model, device=device)
+    approx = " (approximate index)" if payload["index"]["approximate"] else ""
+    click.echo(f"{len(payload['hits'])} hits{approx}")
+    for h in payload["hits"][:10]:
+        click.echo(f"{h['rank']:4d}  {h['similarity']:.3f}  {h['camera']:>8s}  "
+                   f"{format_time(h['time']):>8s}  {h['source']} frame {h['frame']}  id {h['id']}")
+    click.echo(str(page))
+
+
+@cli.command("serve")
+@click.option("--gallery", "gallery_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to bind (the default serves this machine only)")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--model", default=None, help="the gallery's model at another path")
+@click.option("--device", default="cpu", show_default=True)
+@_footage_errors
+def serve_cmd(gallery_dir, host, port, model, device):
+    """A local web app over a gallery: browse frames, click a person or drop a picture."""
+    import uvicorn
+
+    from pipeline.app import create_app
+    app = create_app(gallery_dir, model=model, device=device)
+    click.echo(f"serving {gallery_dir} on http://{host}:{port} (Ctrl-C stops)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 # ---------------------------------------------------------------- demo

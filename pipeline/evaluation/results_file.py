@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.records import DatasetError, PersonSearchData
+from pipeline.gallery.vectors import TEXT, l2_normalize, read_text, text_column
 
 SCHEMA = "person-search-results/1"
 QUERY_BOX_TOLERANCE = 0.5   # pixels
@@ -45,31 +46,23 @@ class SearchResults:
         return np.repeat(np.arange(len(self.offsets) - 1), np.diff(self.offsets))
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """(N,D) -> float32 rows of unit norm; zero rows stay zero (no NaN)."""
-    x = np.asarray(x, np.float32)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.where(norm > 0, x / np.where(norm > 0, norm, 1), 0).astype(np.float32)
-
-
 def write_results(path, dataset: str, gallery_images, offsets, boxes, scores, embeddings,
                   query_images, query_boxes, query_embeddings) -> Path:
     """Write a results file (shapes as in the module docstring)."""
     import h5py
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = h5py.string_dtype("utf-8")
     with h5py.File(path, "w") as f:
         f.attrs["schema"], f.attrs["dataset"] = SCHEMA, dataset
         g = f.create_group("gallery")
-        g.create_dataset("images", data=np.array(list(gallery_images), dtype=object), dtype=text)
+        g.create_dataset("images", data=text_column(gallery_images), dtype=TEXT)
         g.create_dataset("offsets", data=np.asarray(offsets, np.int64))
         g.create_dataset("boxes", data=_boxes(boxes))
         g.create_dataset("scores", data=np.asarray(scores, np.float32).ravel())
         emb = np.asarray(embeddings)
         g.create_dataset("embeddings", data=emb if emb.dtype == np.float16 else emb.astype(np.float32))
         q = f.create_group("query")
-        q.create_dataset("images", data=np.array(list(query_images), dtype=object), dtype=text)
+        q.create_dataset("images", data=text_column(query_images), dtype=TEXT)
         q.create_dataset("boxes", data=_boxes(query_boxes))
         qe = np.asarray(query_embeddings)
         q.create_dataset("embeddings", data=qe if qe.dtype == np.float16 else qe.astype(np.float32))
@@ -106,14 +99,10 @@ def _check_attrs(f, path, dataset):
                                f"not {dataset!r}")
 
 
-def _names(a) -> list[str]:
-    return [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in np.asarray(a).ravel()]
-
-
 def _validate(arr: dict, path: Path, data: PersonSearchData) -> SearchResults:
     def fail(msg):
         raise ResultsFileError(f"{path}: {msg}")
-    images, offsets = _names(arr["gallery/images"]), np.asarray(arr["gallery/offsets"])
+    images, offsets = read_text(arr["gallery/images"]), np.asarray(arr["gallery/offsets"])
     boxes, scores = arr["gallery/boxes"], arr["gallery/scores"]
     emb, q_emb = arr["gallery/embeddings"], arr["query/embeddings"]
     t = len(scores)
@@ -139,7 +128,7 @@ def _validate(arr: dict, path: Path, data: PersonSearchData) -> SearchResults:
         if not np.all(np.isfinite(a)):
             fail(f"{key} holds NaN or infinite values")
     order = _gallery_order(images, data, fail)
-    q_images, q_boxes = _names(arr["query/images"]), np.asarray(arr["query/boxes"], np.float32)
+    q_images, q_boxes = read_text(arr["query/images"]), np.asarray(arr["query/boxes"], np.float32)
     _check_queries(q_images, q_boxes, q_emb, data, fail)
     counts = np.diff(offsets)[order]
     rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in order]) \

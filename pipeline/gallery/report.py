@@ -1,0 +1,204 @@
+"""What a search leaves behind: ``results.json``, ``results.csv`` and ``results.html``.
+
+``results.json``: ``{"query": {...}, "hits": [{"rank", "similarity", "source", "frame",
+"time", "camera", "box", "id", "score", "frame_id"}, ...], "timeline": [...], "gallery",
+"model", "index", "filters", "created"}`` (``box`` x1, y1, x2, y2 in the frame's pixels,
+``time`` seconds or null for a still image). ``results.csv`` holds one row per hit (rank,
+similarity, source, frame, time, camera, box as "x1,y1,x2,y2", id, score).
+
+``results.html`` is one self-contained file (pictures inlined as data URIs, no script, no
+network): the query crop; the ranked hits as crops with similarity, camera and time, each
+opening its whole frame with the box drawn (a CSS ``:target`` overlay); and per camera a
+timeline of when the person was seen.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import datetime
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .hits import Hit, SearchFilter
+from .pictures import detection_crop, detection_in_frame
+from .store import Gallery
+
+RESULTS_JSON, RESULTS_CSV, RESULTS_HTML = "results.json", "results.csv", "results.html"
+CSV_COLUMNS = ("rank", "similarity", "source", "frame", "time", "camera", "box", "id", "score")
+
+
+def format_time(t: float | None) -> str:
+    """Seconds as m:ss.s ("still" for an image, which has no time)."""
+    if t is None:
+        return "still"
+    minutes, seconds = divmod(float(t), 60.0)
+    return f"{int(minutes)}:{seconds:04.1f}"
+
+
+def camera_timelines(gallery: Gallery, hits: list[Hit]) -> list[dict]:
+    """Per camera: the span its frames cover and where each hit falls on it.
+
+    Video frames are placed by time (seconds); a camera of still images by the frame's
+    position among that camera's frames (``axis`` says which)."""
+    rows = []
+    for camera in gallery.cameras:
+        frames = [i for i, c in enumerate(gallery.frame_camera) if c == camera]
+        times = gallery.frame_time[frames]
+        timed = not np.isnan(times).any()
+        order = {f: k for k, f in enumerate(sorted(frames, key=lambda i: (
+            gallery.frame_source[i], int(gallery.frame_index[i]))))}
+        position = (lambda f: float(gallery.frame_time[f])) if timed else \
+            (lambda f: float(order[f]))
+        marks = [{"rank": h.rank, "at": position(h.frame_id), "similarity": h.similarity,
+                  "id": h.id} for h in hits if h.camera == camera]
+        rows.append({"camera": camera, "axis": "seconds" if timed else "frame order",
+                     "start": float(np.min(times)) if timed else 0.0,
+                     "end": float(np.max(times)) if timed else float(max(len(frames) - 1, 0)),
+                     "frames": len(frames), "marks": marks})
+    return rows
+
+
+def results_payload(gallery: Gallery, query: dict, hits: list[Hit],
+                    filt: SearchFilter) -> dict:
+    return {"query": query, "hits": [h.to_dict() for h in hits],
+            "timeline": camera_timelines(gallery, hits), "gallery": str(gallery.directory),
+            "model": vars(gallery.model),
+            "index": {"kind": gallery.index_kind, "approximate": gallery.approximate},
+            "filters": {"cameras": list(filt.cameras), "start": filt.start, "end": filt.end},
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_results(out_dir, gallery: Gallery, query: dict, query_crop: bytes,
+                  hits: list[Hit], filt: SearchFilter) -> dict:
+    """Write the three files into ``out_dir``; returns the payload written as JSON."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = results_payload(gallery, query, hits, filt)
+    _replace(out / RESULTS_JSON, json.dumps(payload, indent=1))
+    write_csv(out / RESULTS_CSV, hits)
+    _replace(out / RESULTS_HTML, render_html(gallery, payload, query_crop, hits))
+    return payload
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_csv(path: Path, hits: list[Hit]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_COLUMNS)
+        for h in hits:
+            w.writerow([h.rank, f"{h.similarity:.6f}", h.source, h.frame,
+                        "" if h.time is None else f"{h.time:.3f}", h.camera,
+                        ",".join(f"{v:.2f}" for v in h.box), h.id, f"{h.score:.4f}"])
+    tmp.replace(path)
+
+
+# ------------------------------------------------------------------------------ HTML
+
+def _data_uri(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:0;background:#f4f4f6;color:#222}
+header{display:flex;gap:24px;align-items:flex-start;padding:16px 24px;background:#1f2430;color:#eee}
+header img{height:160px;border:3px solid #ffd200;border-radius:4px}
+header h1{margin:0 0 8px;font-size:22px} header p{margin:4px 0;font-size:14px;color:#ccd}
+.badge{background:#c0392b;color:#fff;padding:2px 6px;border-radius:3px;font-size:12px}
+section{padding:12px 24px} h2{font-size:17px;margin:8px 0}
+.timeline{display:grid;grid-template-columns:90px 1fr;gap:6px 12px;align-items:center}
+.timeline svg{width:100%;height:34px;background:#fff;border:1px solid #ddd;border-radius:3px}
+.grid{display:flex;flex-wrap:wrap;gap:12px}
+a.hit{display:block;width:130px;background:#fff;border:1px solid #ddd;border-radius:4px;
+ padding:6px;text-decoration:none;color:#222;font-size:12px;text-align:center}
+a.hit:hover{border-color:#ffb000} a.hit img{height:160px;max-width:118px;object-fit:contain}
+.sim{font-weight:600;font-size:14px} .rank{color:#888}
+.frame{display:none;position:fixed;inset:0;background:rgba(0,0,0,.85);z-index:5;
+ flex-direction:column;align-items:center;justify-content:center;color:#eee}
+.frame:target{display:flex} .frame img{max-width:92vw;max-height:80vh}
+.frame a{color:#ffd200;margin-top:10px;font-size:15px}
+"""
+
+
+def render_html(gallery: Gallery, payload: dict, query_crop: bytes, hits: list[Hit]) -> str:
+    esc = html.escape
+    q = payload["query"]
+    index = payload["index"]
+    approx = ' <span class="badge">approximate index</span>' if index["approximate"] else ""
+    filters = payload["filters"]
+    filter_text = ", ".join(
+        [f"cameras {', '.join(filters['cameras'])}"] * bool(filters["cameras"])
+        + [f"from {filters['start']} s"] * (filters["start"] is not None)
+        + [f"until {filters['end']} s"] * (filters["end"] is not None)) or "none"
+    head = (f'<header><img id="query" alt="query" src="{_data_uri(query_crop)}">'
+            f'<div><h1>Where else does this person appear?</h1>'
+            f'<p>query: {esc(_query_text(q))}</p>'
+            f'<p>gallery: {esc(payload["gallery"])} ({gallery.num_frames} frames, '
+            f'{gallery.num_detections} people detected)</p>'
+            f'<p>model: {esc(payload["model"]["kind"])} {esc(payload["model"]["name"])}</p>'
+            f'<p>index: {esc(index["kind"])}{approx} &middot; filters: {esc(filter_text)} '
+            f'&middot; {len(hits)} hits &middot; {esc(payload["created"])}</p></div></header>')
+    cards, frames = [], []
+    for h in hits:
+        cards.append(
+            f'<a class="hit" id="hit-{h.rank}" href="#frame-{h.rank}" data-rank="{h.rank}" '
+            f'data-id="{h.id}" data-source="{esc(h.source)}" data-frame="{h.frame}" '
+            f'data-box="{",".join(f"{v:.2f}" for v in h.box)}" '
+            f'data-similarity="{h.similarity:.6f}" data-camera="{esc(h.camera)}">'
+            f'<img alt="hit {h.rank}" src="{_data_uri(detection_crop(gallery, h.id))}"><br>'
+            f'<span class="sim">{h.similarity:.3f}</span> <span class="rank">#{h.rank}</span>'
+            f'<br>{esc(h.camera)} &middot; {format_time(h.time)}</a>')
+        frames.append(
+            f'<div class="frame" id="frame-{h.rank}"><img alt="frame of hit {h.rank}" '
+            f'src="{_data_uri(detection_in_frame(gallery, h.id))}">'
+            f'<div>#{h.rank} &middot; similarity {h.similarity:.3f} &middot; {esc(h.camera)} '
+            f'&middot; {format_time(h.time)} &middot; {esc(Path(h.source).name)} frame '
+            f'{h.frame}</div><a href="#hit-{h.rank}">close</a></div>')
+    body = (f'<section><h2>When each camera saw them</h2><div class="timeline">'
+            f'{"".join(_timeline_row(r) for r in payload["timeline"])}</div></section>'
+            f'<section><h2>Ranked matches (click one for its whole frame)</h2>'
+            f'<div class="grid">{"".join(cards) or "<p>no matches</p>"}</div></section>')
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<title>Person search results</title><style>{_STYLE}</style></head>'
+            f'<body>{head}{body}{"".join(frames)}</body></html>\n')
+
+
+def _query_text(q: dict) -> str:
+    if q.get("kind") == "hit":
+        return (f"detection {q['hit']} ({q.get('camera')}, {format_time(q.get('time'))}, "
+                f"{Path(q.get('source') or '').name} frame {q.get('frame')})")
+    where = q.get("image") or "uploaded picture"
+    return f"{where}, box {', '.join(f'{v:.0f}' for v in q['box'])}"
+
+
+def _timeline_row(row: dict) -> str:
+    span = max(row["end"] - row["start"], 1e-9)
+    x = lambda at: 2 + 96 * (at - row["start"]) / span  # noqa: E731  percent, 2% margins
+    marks = "".join(
+        f'<a href="#frame-{m["rank"]}"><circle class="mark" cx="{x(m["at"]):.2f}%" cy="17" '
+        f'r="{7 if m["rank"] == 1 else 5}" fill="{_colour(m["similarity"])}" '
+        f'data-rank="{m["rank"]}"><title>#{m["rank"]} similarity {m["similarity"]:.3f} at '
+        f'{_at_text(row, m["at"])}</title></circle></a>' for m in row["marks"])
+    label = (f'{html.escape(row["camera"])}<br><small>{_at_text(row, row["start"])}&ndash;'
+             f'{_at_text(row, row["end"])}</small>')
+    return (f'<div>{label}</div><svg data-camera="{html.escape(row["camera"])}">'
+            f'<line x1="2%" y1="17" x2="98%" y2="17" stroke="#bbb" stroke-width="4"/>'
+            f'{marks}</svg>')
+
+
+def _at_text(row: dict, at: float) -> str:
+    return format_time(at) if row["axis"] == "seconds" else f"#{int(at)}"
+
+
+def _colour(similarity: float) -> str:
+    """Red (low) to green (high) over similarity 0..1."""
+    s = float(np.clip(similarity, 0.0, 1.0))
+    return f"hsl({int(120 * s)},70%,42%)"

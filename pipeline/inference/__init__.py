@@ -1,0 +1,1 @@
+"""A model run over footage: detections + embeddings into a gallery, and query embeddings."""

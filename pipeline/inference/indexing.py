@@ -1,0 +1,228 @@
+"""`index`: run a model over footage and add every detection to a gallery.
+
+Sources are planned in the main process (video packets demuxed, nothing decoded), the frames
+not yet in the gallery are decoded by DataLoader workers in groups
+(:class:`pipeline.data.footage.FootageFrames`), detected in batches of frames of one size
+(bf16 autocast on CUDA) and committed to the gallery one chunk of about ``chunk_frames``
+frames at a time, so a run killed at any point loses at most the chunk in flight. Chunks
+and batches are cut the same way whether a run starts fresh or resumes, so a resumed run
+ends with the same detections as an uninterrupted one.
+
+Under ``torchrun`` (WORLD_SIZE > 1) process r indexes sources r::world into its own pending
+segments; after a barrier process 0 commits everything into one gallery and one index.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline.data.footage import (DEFAULT_EVERY, FootageError, FootageFrames, FrameRef,
+                                   find_sources, group_frames, plan_frames)
+from pipeline.engine import distributed as dist_utils
+from pipeline.gallery.store import FrameBlock, GalleryWriter, commit
+from .models import autocast, embedding_dim, load_model, to_numpy
+
+DEFAULT_MIN_SCORE = 0.5       # as evaluate's search threshold
+DEFAULT_BATCH = 4
+DEFAULT_CHUNK = 64            # frames per committed segment
+# tqdm's default turns a rate under 1/s into s/frame; footage people think in frames/s
+PROGRESS_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"
+
+
+@dataclass
+class IndexReport:
+    gallery: Path
+    sources: int
+    frames_planned: int
+    frames_new: int
+    detections_new: int
+    seconds: float
+    gallery_frames: int = 0
+    gallery_detections: int = 0
+    index_kind: str = "flat"
+    approximate: bool = False
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames_new / self.seconds if self.seconds > 0 else 0.0
+
+
+def gather_sources(specs, camera: str | None) -> list:
+    """Every source the SOURCE arguments name, each path once, sorted."""
+    seen = {}
+    for spec in specs:
+        for s in find_sources(str(spec), camera):
+            seen.setdefault(s.path, s)
+    return [seen[p] for p in sorted(seen)]
+
+
+def plan(sources, every: float, progress: bool) -> tuple[list[FrameRef], list[str]]:
+    """Frames of every source; unreadable sources are reported and skipped."""
+    refs, skipped = [], []
+    for s in tqdm(sources, desc="planning", unit="source", disable=not progress or
+                  len(sources) < 50):
+        try:
+            refs += plan_frames(s, every)
+        except FootageError as e:
+            skipped.append(str(e))
+            tqdm.write(f"skipping {e}", file=sys.stderr)
+    return refs, skipped
+
+
+def chunk_groups(refs: list[FrameRef], groups: list[list[int]], chunk_frames: int):
+    """Consecutive groups of about ``chunk_frames`` frames: the unit of one commit."""
+    chunks, current, size = [], [], 0
+    for g in groups:
+        current.append(g)
+        size += len(g)
+        if size >= chunk_frames:
+            chunks.append(current)
+            current, size = [], 0
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+class _Chunk:
+    """Frames of one chunk as they come back from the workers; batched detection."""
+
+    def __init__(self, searcher, device, batch_size: int, min_score: float, dim: int):
+        self.searcher, self.device = searcher, device
+        self.batch_size, self.min_score, self.dim = batch_size, min_score, dim
+        self.refs, self.sizes, self.previews, self.results = [], [], [], []
+        self._waiting: list[torch.Tensor] = []
+
+    def add(self, ref: FrameRef, image: torch.Tensor, preview: bytes) -> None:
+        size = tuple(image.shape[-2:])
+        if self._waiting and (len(self._waiting) == self.batch_size or size != self.sizes[-1]):
+            self._run()
+        self.refs.append(ref)
+        self.sizes.append(size)
+        self.previews.append(preview)
+        self._waiting.append(image)
+
+    @torch.no_grad()
+    def _run(self) -> None:
+        images = [im.to(self.device, non_blocking=True).float().div_(255.0)
+                  for im in self._waiting]
+        with autocast(self.device):
+            outs = self.searcher.detect(images)
+        for out in outs:
+            keep = out["scores"] >= self.min_score
+            self.results.append((to_numpy(out["boxes"][keep], 4), to_numpy(out["scores"][keep]),
+                                 to_numpy(out["embeddings"][keep], self.dim)))
+        self._waiting = []
+
+    def block(self) -> FrameBlock:
+        if self._waiting:
+            self._run()
+        boxes, scores, embs = zip(*self.results) if self.results else ((), (), ())
+        return FrameBlock(
+            sources=[r.source for r in self.refs], frames=np.array([r.frame for r in self.refs]),
+            times=np.array([np.nan if r.time is None else r.time for r in self.refs]),
+            cameras=[r.camera for r in self.refs],
+            widths=np.array([s[1] for s in self.sizes]), heights=np.array([s[0] for s in self.sizes]),
+            previews=self.previews, counts=np.array([len(s) for s in scores], np.int64),
+            boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32),
+            scores=np.concatenate(scores) if scores else np.zeros(0, np.float32),
+            embeddings=np.concatenate(embs) if embs else np.zeros((0, self.dim), np.float32))
+
+
+class _SkipBadFiles(torch.utils.data.Dataset):
+    """Items as (group, error message or None): a file that does not decode is skipped (and
+    retried by the next run), not fatal, and its error crosses the worker boundary as text."""
+
+    def __init__(self, frames: FootageFrames):
+        self.frames = frames
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, k: int):
+        try:
+            return self.frames[k], None
+        except FootageError as e:
+            return [], str(e)
+
+
+def index_footage(gallery_dir, model, sources, *, camera: str | None = None,
+                  every: float = DEFAULT_EVERY, device: str = "cpu",
+                  batch_size: int = DEFAULT_BATCH, workers: int = 2,
+                  min_score: float = DEFAULT_MIN_SCORE, index_kind: str = "flat",
+                  chunk_frames: int = DEFAULT_CHUNK, progress: bool = True,
+                  after_chunk: Callable[[int], None] | None = None) -> IndexReport:
+    """Build or extend the gallery at ``gallery_dir`` (see the module docstring)."""
+    start = time.perf_counter()
+    dev, _ = dist_utils.init_distributed(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {dev} requested but CUDA is not available here")
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    all_sources = gather_sources(sources, camera)
+    searcher, info = load_model(model, dev)
+    dim = embedding_dim(searcher, dev)
+    writer = GalleryWriter(gallery_dir, info, embedding_dim=dim, min_score=min_score, rank=rank)
+    try:
+        refs, skipped = plan(all_sources[rank::world], every, progress and rank == 0)
+        done = writer.done()
+        todo = [r for r in refs if (r.source, r.frame) not in done]
+        frames_new, dets_new = _run(writer, searcher, dev, todo, batch_size, workers,
+                                    min_score, dim, chunk_frames, progress and rank == 0,
+                                    after_chunk)
+    finally:
+        writer.close()
+    dist_utils.barrier()
+    report = IndexReport(Path(gallery_dir), len(all_sources), len(refs), frames_new, dets_new,
+                         0.0, skipped=skipped)
+    if rank == 0:
+        manifest = commit(gallery_dir, info, embedding_dim=dim, min_score=min_score,
+                          index_kind=index_kind)
+        report.gallery_frames, report.gallery_detections = manifest["frames"], manifest["detections"]
+        report.index_kind, report.approximate = index_kind, manifest["index"]["approximate"]
+    dist_utils.barrier()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _run(writer, searcher, dev, todo, batch_size, workers, min_score, dim, chunk_frames,
+         progress, after_chunk) -> tuple[int, int]:
+    groups = group_frames(todo)
+    chunks = chunk_groups(todo, groups, chunk_frames)
+    last_group_of_chunk = {}
+    k = 0
+    for c, chunk in enumerate(chunks):
+        k += len(chunk)
+        last_group_of_chunk[k - 1] = c
+    loader = DataLoader(_SkipBadFiles(FootageFrames(todo, groups)), batch_size=None,
+                        num_workers=workers, pin_memory=dev.type == "cuda",
+                        persistent_workers=False)
+    bar = tqdm(total=len(todo), unit=" frames", desc="indexing", disable=not progress,
+               smoothing=0.1, bar_format=PROGRESS_FORMAT)
+    frames_new = dets_new = 0
+    current = _Chunk(searcher, dev, batch_size, min_score, dim)
+    try:
+        for g, (items, error) in enumerate(loader):
+            if error:
+                tqdm.write(f"skipping {error}", file=sys.stderr)
+            for position, image, preview in items:
+                current.add(todo[position], image, preview)
+            bar.update(len(groups[g]))
+            if g in last_group_of_chunk:
+                block = current.block()
+                writer.add(block)
+                frames_new += len(block.sources)
+                dets_new += len(block.scores)
+                current = _Chunk(searcher, dev, batch_size, min_score, dim)
+                if after_chunk is not None:
+                    after_chunk(frames_new)
+    finally:
+        bar.close()
+    return frames_new, dets_new

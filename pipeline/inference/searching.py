@@ -1,0 +1,164 @@
+"""`search`: a query (an image and a box, a crop of the person, or an earlier hit) -> ranked
+detections of a gallery, written as results.json / .csv / .html.
+
+A query image is embedded by the gallery's own model (or the one given, which must be the
+same weights: the fingerprints are compared before anything is loaded). A hit's embedding is
+read from the gallery. The query's own frame is left out of the results when it is in the
+gallery: the person cannot appear twice in one frame.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.gallery.hits import DEFAULT_TOP, Hit, SearchFilter, find
+from pipeline.gallery.pictures import crop, detection_crop, jpeg_bytes
+from pipeline.gallery.report import write_results
+from pipeline.gallery.store import Gallery, GalleryError, check_same_model, open_gallery
+from .models import autocast, load_model, model_info, to_numpy
+
+MAX_IMAGE_PIXELS = 50_000_000     # an upload larger than this is refused, not decoded
+
+
+class QueryError(ValueError):
+    """The query is unusable: unreadable picture, malformed box, box outside the image."""
+
+
+@dataclass
+class Query:
+    kind: str                        # "image" (image + box), "crop" (whole picture), "hit"
+    embedding: np.ndarray            # (D,)
+    crop_jpeg: bytes                 # what the person looks like, for pages
+    box: list[float]                 # in the query picture's pixels
+    image: str | None = None         # query image path (None for uploads and hits)
+    hit: int | None = None
+    exclude_frames: tuple[int, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "image": self.image, "box": self.box, "hit": self.hit,
+                **self.extra}
+
+
+def parse_box(text: str) -> list[float]:
+    """"x1,y1,x2,y2" -> four floats; QueryError when malformed."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        box = [float(p) for p in parts]
+    except ValueError:
+        box = []
+    if len(box) != 4 or not all(np.isfinite(box)):
+        raise QueryError(f"a box is x1,y1,x2,y2 (four numbers, pixels), got {text!r}")
+    return box
+
+
+def check_box(box, width: int, height: int) -> None:
+    x1, y1, x2, y2 = box
+    if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
+        raise QueryError(f"box {','.join(f'{v:g}' for v in box)} is not inside the "
+                         f"{width}x{height} image (need 0 <= x1 < x2 <= {width}, "
+                         f"0 <= y1 < y2 <= {height})")
+
+
+def read_picture(data: bytes | str | Path, name: str = "query picture") -> np.ndarray:
+    """(H, W, 3) uint8 RGB from a file path or raw bytes; QueryError when unreadable."""
+    try:
+        source = io.BytesIO(data) if isinstance(data, bytes) else open(data, "rb")
+    except OSError as e:
+        raise QueryError(f"{name}: cannot be read ({e.strerror or e})") from None
+    try:
+        with source, Image.open(source) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise QueryError(f"{name}: {im.width}x{im.height} is too large a picture")
+            return np.array(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as e:
+        if isinstance(e, QueryError):
+            raise
+        raise QueryError(f"{name}: not a picture this toolkit can read ({e})") from None
+
+
+class QueryEmbedder:
+    """Embeds query pictures with the gallery's model, loaded on first use."""
+
+    def __init__(self, gallery: Gallery, model: str | None = None, device: str = "cpu"):
+        self.gallery, self.device = gallery, torch.device(device)
+        self.model = model or gallery.model.name
+        self._searcher = None
+
+    def searcher(self):
+        if self._searcher is None:
+            if not Path(self.model).exists():
+                raise GalleryError(f"the gallery's model {self.model} is not found here; pass "
+                                   f"the same weights with --model")
+            check_same_model(self.gallery.directory, self.gallery.model, model_info(self.model))
+            self._searcher, _ = load_model(self.model, self.device)
+        return self._searcher
+
+    @torch.no_grad()
+    def embed(self, rgb: np.ndarray, box) -> np.ndarray:
+        image = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0).to(self.device)
+        boxes = torch.tensor([box], dtype=torch.float32, device=self.device)
+        with autocast(self.device):
+            emb = self.searcher().embed_boxes([image], [boxes])[0]
+        return to_numpy(emb, emb.shape[-1])[0]
+
+
+def query_from_picture(embedder: QueryEmbedder, rgb: np.ndarray, box=None,
+                       image_path: str | None = None) -> Query:
+    """A query from a picture and a box in it; no box = the picture is the person's crop."""
+    height, width = rgb.shape[:2]
+    kind = "image" if box is not None else "crop"
+    box = [0.0, 0.0, float(width), float(height)] if box is None else [float(v) for v in box]
+    check_box(box, width, height)
+    exclude = ()
+    if image_path is not None:
+        frame = embedder.gallery.find_frame(os.path.abspath(image_path), 0)
+        exclude = () if frame is None else (frame,)
+    return Query(kind, embedder.embed(rgb, box), jpeg_bytes(crop(Image.fromarray(rgb), box)),
+                 box, image=image_path, exclude_frames=exclude)
+
+
+def query_from_hit(gallery: Gallery, hit: int) -> Query:
+    """A query from a stored detection ("search again from this match")."""
+    if not 0 <= hit < gallery.num_detections:
+        raise QueryError(f"no detection {hit} in gallery {gallery.directory} (ids 0.."
+                         f"{gallery.num_detections - 1})")
+    frame = int(gallery.detection_frame[hit])
+    extra = {"source": gallery.frame_source[frame], "frame": int(gallery.frame_index[frame]),
+             "time": gallery.frame_time_or_none(frame), "camera": gallery.frame_camera[frame]}
+    return Query("hit", gallery.embeddings([hit])[0], detection_crop(gallery, hit),
+                 [float(v) for v in gallery.boxes[hit]], hit=hit, exclude_frames=(frame,),
+                 extra=extra)
+
+
+def run_query(gallery: Gallery, query: Query, top: int = DEFAULT_TOP,
+              filt: SearchFilter = SearchFilter()) -> list[Hit]:
+    return find(gallery, query.embedding, top, filt, query.exclude_frames)
+
+
+def search_command(gallery_dir, out_dir, *, image: str | None = None, box: str | None = None,
+                   hit: int | None = None, top: int = DEFAULT_TOP,
+                   filt: SearchFilter = SearchFilter(), model: str | None = None,
+                   device: str = "cpu") -> tuple[dict, Path]:
+    """What ``cli.py search`` does; returns (results payload, results.html path)."""
+    if (image is None) == (hit is None):
+        raise QueryError("give exactly one of --query IMAGE and --hit ID")
+    if hit is not None and box is not None:
+        raise QueryError("--box goes with --query, not with --hit")
+    gallery = open_gallery(gallery_dir)
+    filt.check(gallery)
+    if hit is not None:
+        query = query_from_hit(gallery, hit)
+    else:
+        rgb = read_picture(image, image)
+        query = query_from_picture(QueryEmbedder(gallery, model, device), rgb,
+                                   None if box is None else parse_box(box), image_path=image)
+    hits = run_query(gallery, query, top, filt)
+    payload = write_results(out_dir, gallery, query.to_dict(), query.crop_jpeg, hits, filt)
+    return payload, Path(out_dir) / "results.html"
