@@ -364,11 +364,13 @@ def _footage_errors(fn):
               help="frames per model forward")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="decoding processes")
+@click.option("--chunk", type=click.IntRange(min=1), default=64, show_default=True,
+              help="frames per commit (an interrupted run loses at most one chunk)")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @_footage_errors
 def index_cmd(gallery_dir, model, sources, camera, every, index_kind, min_score, batch_size,
-              workers, device, no_progress):
+              workers, chunk, device, no_progress):
     """Detect and embed every person in SOURCE... (image folders, videos, prw:ROOT,
     cuhk-sysu:ROOT) into a searchable gallery. Resumes an interrupted run; a re-run embeds
     only new frames. Prints the gallery folder last."""
@@ -380,7 +382,7 @@ def index_cmd(gallery_dir, model, sources, camera, every, index_kind, min_score,
         index_kind = manifest["index"]["kind"] if manifest else "flat"
     r = index_footage(gallery_dir, model, sources, camera=camera, every=every, device=device,
                       batch_size=batch_size, workers=workers, min_score=min_score,
-                      index_kind=index_kind, progress=not no_progress)
+                      index_kind=index_kind, chunk_frames=chunk, progress=not no_progress)
     for problem in r.skipped:
         click.echo(f"skipped: {problem}", err=True)
     click.echo(f"indexed {r.frames_new} new frames of {r.frames_planned} ({r.detections_new} "

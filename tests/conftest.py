@@ -1,4 +1,5 @@
-"""Shared session fixtures: tiny synthetic worlds in the real PRW and CUHK-SYSU formats."""
+"""Shared session fixtures: tiny synthetic worlds in the real PRW and CUHK-SYSU formats, and
+footage of the tiny PRW world's people."""
 import pytest
 
 TINY_PRW = dict(identities=12, images=40, size=(160, 120), cameras=3, seed=0)
@@ -19,3 +20,34 @@ def synthetic_cuhk(tmp_path_factory):
     from pipeline.data.synthetic import make_synthetic
     return make_synthetic("cuhk-sysu", tmp_path_factory.mktemp("synthetic") / "cuhk",
                           **TINY_CUHK)
+
+
+@pytest.fixture(scope="session")
+def synthetic_footage(tmp_path_factory):
+    """Folder of tiny synthetic videos (3 cameras, 6 s at 2 fps, 160x120) of the tiny PRW
+    world's test identities, with annotations.json."""
+    from footage_helpers import TINY_VIDEO
+    from pipeline.data.synthetic.video import make_synthetic_video
+    return make_synthetic_video(tmp_path_factory.mktemp("footage") / "videos", **TINY_VIDEO)
+
+
+@pytest.fixture(scope="session")
+def random_student_checkpoint(tmp_path_factory):
+    """A tiny student with random weights (keeps every detection): deterministic outputs."""
+    from footage_helpers import random_student
+    return random_student(tmp_path_factory.mktemp("random-student") / "student.pt")
+
+
+@pytest.fixture(scope="session")
+def footage_gallery(tmp_path_factory, synthetic_footage, random_student_checkpoint):
+    """`cli.py index` of the tiny footage with the random student (treat as read-only);
+    index-output.txt beside it holds what the command printed."""
+    from click.testing import CliRunner
+    from cli import cli
+    from footage_helpers import index_args
+    gallery = tmp_path_factory.mktemp("footage-gallery") / "gallery"
+    r = CliRunner().invoke(cli, index_args(gallery, random_student_checkpoint,
+                                           synthetic_footage))
+    assert r.exit_code == 0, r.output
+    (gallery.parent / "index-output.txt").write_text(r.output)
+    return gallery

@@ -164,7 +164,7 @@ def video_sample_points(path: str, every: float) -> list[tuple[int, int, float]]
     if len(pts) == 0:
         raise FootageError(f"{path}: video holds no frames")
     times = (pts - pts[0]) * base
-    targets = np.arange(0.0, times[-1] + every / 2, every)
+    targets = np.arange(0.0, times[-1] + 1e-9, every)   # never past the last frame
     right = np.clip(np.searchsorted(times, targets), 0, len(times) - 1)
     left = np.clip(right - 1, 0, len(times) - 1)
     nearest = np.where(np.abs(times[left] - targets) <= np.abs(times[right] - targets),

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .faiss_index import search_index
-from .store import Gallery, GalleryError
+from .store import Gallery, GalleryError, MissingItemError
 from .vectors import l2_normalize
 
 DEFAULT_TOP = 50
@@ -25,7 +25,7 @@ class SearchFilter:
     def check(self, gallery: Gallery) -> None:
         unknown = [c for c in self.cameras if c not in set(gallery.frame_camera)]
         if unknown:
-            raise GalleryError(f"no camera {unknown[0]!r} in gallery {gallery.directory}; its "
+            raise MissingItemError(f"no camera {unknown[0]!r} in gallery {gallery.directory}; its "
                                f"cameras: {', '.join(gallery.cameras) or 'none'}")
         if self.start is not None and self.end is not None and self.start > self.end:
             raise GalleryError(f"the time window starts at {self.start} s, after its end "

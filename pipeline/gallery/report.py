@@ -38,8 +38,9 @@ def format_time(t: float | None) -> str:
     return f"{int(minutes)}:{seconds:04.1f}"
 
 
-def camera_timelines(gallery: Gallery, hits: list[Hit]) -> list[dict]:
-    """Per camera: the span its frames cover and where each hit falls on it.
+def camera_timelines(gallery: Gallery, hits: list[Hit], query_frame: int | None = None) -> list[dict]:
+    """Per camera: the span its frames cover, where each hit falls on it and (``query``,
+    else None) where the query was taken when it is a gallery frame.
 
     Video frames are placed by time (seconds); a camera of still images by the frame's
     position among that camera's frames (``axis`` says which)."""
@@ -54,7 +55,10 @@ def camera_timelines(gallery: Gallery, hits: list[Hit]) -> list[dict]:
             (lambda f: float(order[f]))
         marks = [{"rank": h.rank, "at": position(h.frame_id), "similarity": h.similarity,
                   "id": h.id} for h in hits if h.camera == camera]
+        query = (position(query_frame) if query_frame is not None
+                 and gallery.frame_camera[query_frame] == camera else None)
         rows.append({"camera": camera, "axis": "seconds" if timed else "frame order",
+                     "query": query,
                      "start": float(np.min(times)) if timed else 0.0,
                      "end": float(np.max(times)) if timed else float(max(len(frames) - 1, 0)),
                      "frames": len(frames), "marks": marks})
@@ -64,7 +68,7 @@ def camera_timelines(gallery: Gallery, hits: list[Hit]) -> list[dict]:
 def results_payload(gallery: Gallery, query: dict, hits: list[Hit],
                     filt: SearchFilter) -> dict:
     return {"query": query, "hits": [h.to_dict() for h in hits],
-            "timeline": camera_timelines(gallery, hits), "gallery": str(gallery.directory),
+            "timeline": camera_timelines(gallery, hits, query.get("frame_id")), "gallery": str(gallery.directory),
             "model": vars(gallery.model),
             "index": {"kind": gallery.index_kind, "approximate": gallery.approximate},
             "filters": {"cameras": list(filt.cameras), "start": filt.start, "end": filt.end},
@@ -187,6 +191,11 @@ def _timeline_row(row: dict) -> str:
         f'r="{7 if m["rank"] == 1 else 5}" fill="{_colour(m["similarity"])}" '
         f'data-rank="{m["rank"]}"><title>#{m["rank"]} similarity {m["similarity"]:.3f} at '
         f'{_at_text(row, m["at"])}</title></circle></a>' for m in row["marks"])
+    if row["query"] is not None:  # drawn first: the hits stay on top
+        qx = x(row["query"])
+        marks = (f'<line class="query-mark" x1="{qx:.2f}%" x2="{qx:.2f}%" y1="3" y2="31" '
+                 f'stroke="#ffb000" stroke-width="4"><title>the query, at '
+                 f'{_at_text(row, row["query"])}</title></line>') + marks
     label = (f'{html.escape(row["camera"])}<br><small>{_at_text(row, row["start"])}&ndash;'
              f'{_at_text(row, row["end"])}</small>')
     return (f'<div>{label}</div><svg data-camera="{html.escape(row["camera"])}">'

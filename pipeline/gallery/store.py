@@ -57,6 +57,10 @@ class GalleryError(ValueError):
     """A gallery folder is missing, malformed, busy or used inconsistently. Names the folder."""
 
 
+class MissingItemError(GalleryError):
+    """A frame, detection or camera the gallery does not hold."""
+
+
 class ModelMismatchError(GalleryError):
     """The gallery's embeddings come from another model than the one at hand."""
 
@@ -231,17 +235,25 @@ class GalleryWriter:
         for sub in (SEGMENTS, PENDING):
             (self.directory / sub).mkdir(parents=True, exist_ok=True)
         self._lock = _Lock(self.directory, f"{LOCK}.rank-{self.rank}")
-        manifest = read_manifest(self.directory)
-        if manifest is not None:
-            check_same_model(self.directory, ModelInfo.from_dict(manifest["model"]), model)
-            _check_settings(self.directory, manifest, self.embedding_dim, self.min_score)
-        for path in _pending_files(self.directory):
-            p = _read_json(path, "pending list")
-            check_same_model(self.directory, ModelInfo.from_dict(p["model"]), model)
-            _check_settings(self.directory, p, self.embedding_dim, self.min_score)
+        try:
+            self._check_existing()
+        except BaseException:
+            self._lock.release()
+            raise
         self.pending_path = self.directory / PENDING / f"rank-{self.rank}.json"
         self.pending = (_read_json(self.pending_path, "pending list")["segments"]
                         if self.pending_path.is_file() else [])
+
+    def _check_existing(self) -> None:
+        """The committed gallery and any unfinished run must use this model and settings."""
+        manifest = read_manifest(self.directory)
+        if manifest is not None:
+            check_same_model(self.directory, ModelInfo.from_dict(manifest["model"]), self.model)
+            _check_settings(self.directory, manifest, self.embedding_dim, self.min_score)
+        for path in _pending_files(self.directory):
+            p = _read_json(path, "pending list")
+            check_same_model(self.directory, ModelInfo.from_dict(p["model"]), self.model)
+            _check_settings(self.directory, p, self.embedding_dim, self.min_score)
 
     def done(self) -> set[tuple[str, int]]:
         """(source, frame) of every frame in a committed or pending segment (all ranks)."""
@@ -433,7 +445,7 @@ class Gallery:
     def preview(self, frame_id: int) -> bytes:
         """The stored preview JPEG of a frame (b"" when none was stored)."""
         if not 0 <= frame_id < self.num_frames:
-            raise GalleryError(f"gallery {self.directory} has no frame {frame_id}")
+            raise MissingItemError(f"gallery {self.directory} has no frame {frame_id}")
         path, row = self._segment_of(frame_id, self.segment_frames)
         with h5py.File(path, "r") as f:
             return bytes(f["frames/preview"][row].tobytes())
@@ -444,7 +456,7 @@ class Gallery:
         out = np.zeros((len(rows), self.manifest["embedding_dim"]), np.float32)
         for k, row in enumerate(rows):
             if not 0 <= row < self.num_detections:
-                raise GalleryError(f"gallery {self.directory} has no detection {row}")
+                raise MissingItemError(f"gallery {self.directory} has no detection {row}")
             path, local = self._segment_of(int(row), self.segment_detections)
             with h5py.File(path, "r") as f:
                 out[k] = f["detections/embeddings"][local]

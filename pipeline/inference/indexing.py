@@ -24,8 +24,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.data.footage import (DEFAULT_EVERY, FootageError, FootageFrames, FrameRef,
+from pipeline.data.footage import (DEFAULT_EVERY, VIDEO_GROUP, FootageFrames, FrameRef,
                                    find_sources, group_frames, plan_frames)
+from pipeline.data.records import DatasetError
 from pipeline.engine import distributed as dist_utils
 from pipeline.gallery.store import FrameBlock, GalleryWriter, commit
 from .models import autocast, embedding_dim, load_model, to_numpy
@@ -72,7 +73,7 @@ def plan(sources, every: float, progress: bool) -> tuple[list[FrameRef], list[st
                   len(sources) < 50):
         try:
             refs += plan_frames(s, every)
-        except FootageError as e:
+        except DatasetError as e:   # FootageError, or an image that does not decode
             skipped.append(str(e))
             tqdm.write(f"skipping {e}", file=sys.stderr)
     return refs, skipped
@@ -150,7 +151,7 @@ class _SkipBadFiles(torch.utils.data.Dataset):
     def __getitem__(self, k: int):
         try:
             return self.frames[k], None
-        except FootageError as e:
+        except DatasetError as e:
             return [], str(e)
 
 
@@ -194,7 +195,7 @@ def index_footage(gallery_dir, model, sources, *, camera: str | None = None,
 
 def _run(writer, searcher, dev, todo, batch_size, workers, min_score, dim, chunk_frames,
          progress, after_chunk) -> tuple[int, int]:
-    groups = group_frames(todo)
+    groups = group_frames(todo, min(VIDEO_GROUP, chunk_frames))  # a group never spans chunks
     chunks = chunk_groups(todo, groups, chunk_frames)
     last_group_of_chunk = {}
     k = 0

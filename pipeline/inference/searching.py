@@ -20,7 +20,8 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.gallery.hits import DEFAULT_TOP, Hit, SearchFilter, find
 from pipeline.gallery.pictures import crop, detection_crop, jpeg_bytes
 from pipeline.gallery.report import write_results
-from pipeline.gallery.store import Gallery, GalleryError, check_same_model, open_gallery
+from pipeline.gallery.store import (Gallery, GalleryError, MissingItemError, check_same_model,
+                                    open_gallery)
 from .models import autocast, load_model, model_info, to_numpy
 
 MAX_IMAGE_PIXELS = 50_000_000     # an upload larger than this is refused, not decoded
@@ -42,8 +43,9 @@ class Query:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        frame = self.exclude_frames[0] if self.exclude_frames else None
         return {"kind": self.kind, "image": self.image, "box": self.box, "hit": self.hit,
-                **self.extra}
+                "frame_id": frame, **self.extra}
 
 
 def parse_box(text: str) -> list[float]:
@@ -77,10 +79,12 @@ def read_picture(data: bytes | str | Path, name: str = "query picture") -> np.nd
             if im.width * im.height > MAX_IMAGE_PIXELS:
                 raise QueryError(f"{name}: {im.width}x{im.height} is too large a picture")
             return np.array(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as e:
+    except UnidentifiedImageError:
+        raise QueryError(f"{name}: not a picture this toolkit can read") from None
+    except (OSError, Image.DecompressionBombError, ValueError) as e:
         if isinstance(e, QueryError):
             raise
-        raise QueryError(f"{name}: not a picture this toolkit can read ({e})") from None
+        raise QueryError(f"{name}: the picture does not decode ({e})") from None
 
 
 class QueryEmbedder:
@@ -127,13 +131,13 @@ def query_from_picture(embedder: QueryEmbedder, rgb: np.ndarray, box=None,
 def query_from_hit(gallery: Gallery, hit: int) -> Query:
     """A query from a stored detection ("search again from this match")."""
     if not 0 <= hit < gallery.num_detections:
-        raise QueryError(f"no detection {hit} in gallery {gallery.directory} (ids 0.."
+        raise MissingItemError(f"no detection {hit} in gallery {gallery.directory} (ids 0.."
                          f"{gallery.num_detections - 1})")
     frame = int(gallery.detection_frame[hit])
     extra = {"source": gallery.frame_source[frame], "frame": int(gallery.frame_index[frame]),
              "time": gallery.frame_time_or_none(frame), "camera": gallery.frame_camera[frame]}
     return Query("hit", gallery.embeddings([hit])[0], detection_crop(gallery, hit),
-                 [float(v) for v in gallery.boxes[hit]], hit=hit, exclude_frames=(frame,),
+                 [round(float(v), 2) for v in gallery.boxes[hit]], hit=hit, exclude_frames=(frame,),
                  extra=extra)
 
 

@@ -1,0 +1,168 @@
+// The search app's page: browse frames, click a person or drop a picture, see ranked hits.
+"use strict";
+const $ = (id) => document.getElementById(id);
+let gallery = null;
+
+function fmtTime(t) {
+  if (t === null || t === undefined) return "still";
+  const m = Math.floor(t / 60), s = t - 60 * m;
+  return `${m}:${s.toFixed(1).padStart(4, "0")}`;
+}
+
+function status(text, error = false) {
+  $("status").textContent = text;
+  $("status").className = error ? "error" : "";
+}
+
+async function getJSON(url, options) {
+  const r = await fetch(url, options);
+  const body = await r.json().catch(() => ({detail: r.statusText}));
+  if (!r.ok) throw new Error(body.detail || r.statusText);
+  return body;
+}
+
+async function loadGallery() {
+  gallery = await getJSON("/api/gallery");
+  const idx = gallery.index.approximate ? ` <span class="approx">${gallery.index.kind}, approximate</span>` : "";
+  $("summary").innerHTML = `${gallery.frames} frames, ${gallery.detections} people, ` +
+    `${gallery.cameras.length} cameras${idx}`;
+  const select = $("camera");
+  select.innerHTML = "";
+  for (const c of gallery.cameras) {
+    const o = document.createElement("option");
+    o.value = c.name;
+    o.textContent = `${c.name} (${c.frames} frames)`;
+    select.appendChild(o);
+  }
+  await loadFrames();
+}
+
+async function loadFrames() {
+  const q = new URLSearchParams({camera: $("camera").value, limit: "500"});
+  if ($("from").value !== "") q.set("start", $("from").value);
+  if ($("to").value !== "") q.set("end", $("to").value);
+  try {
+    const data = await getJSON(`/api/frames?${q}`);
+    $("frame-count").textContent = `${data.total} frames` + (data.total > data.frames.length ? `, first ${data.frames.length} shown` : "");
+    const list = $("frames");
+    list.innerHTML = "";
+    for (const f of data.frames) {
+      const li = document.createElement("li");
+      li.className = "frame-thumb";
+      li.dataset.frameId = f.id;
+      li.innerHTML = `<img loading="lazy" src="/api/frames/${f.id}/image" alt="">` +
+        `<span>${fmtTime(f.time)}<br><small>${f.name} #${f.frame} · ${f.people} people</small></span>`;
+      li.onclick = () => showFrame(f.id);
+      list.appendChild(li);
+    }
+  } catch (e) { status(e.message, true); }
+}
+
+async function showFrame(frameId, pickedDetection = null) {
+  const f = await getJSON(`/api/frames/${frameId}`);
+  for (const li of document.querySelectorAll("#frames li")) li.classList.toggle("current", li.dataset.frameId == frameId);
+  $("frame-title").textContent = `${f.camera} · ${fmtTime(f.time)} · ${f.name} frame ${f.frame} — click a person to search`;
+  const view = $("frame-view");
+  for (const old of view.querySelectorAll(".person")) old.remove();
+  const img = $("frame-image");
+  img.dataset.frameId = frameId;
+  img.src = `/api/frames/${frameId}/image`;
+  // smaller boxes on top, so that a person standing in front of another stays clickable
+  const area = (b) => (b[2] - b[0]) * (b[3] - b[1]);
+  const byArea = [...f.detections].sort((a, b) => area(b.box) - area(a.box));
+  byArea.forEach((d, k) => { d.layer = k + 1; });
+  for (const d of f.detections) {
+    const [x1, y1, x2, y2] = d.box;
+    const box = document.createElement("div");
+    box.className = "person" + (d.id === pickedDetection ? " picked" : "");
+    box.dataset.detectionId = d.id;
+    box.dataset.box = d.box.join(",");
+    box.title = `person ${d.id} (score ${d.score.toFixed(2)}): click to search`;
+    Object.assign(box.style, {left: `${100 * x1 / f.width}%`, top: `${100 * y1 / f.height}%`,
+      width: `${100 * (x2 - x1) / f.width}%`, height: `${100 * (y2 - y1) / f.height}%`,
+      zIndex: d.layer});
+    box.onclick = () => searchHit(d.id);
+    view.appendChild(box);
+  }
+}
+
+async function searchHit(id) {
+  status(`searching for person ${id}…`);
+  try {
+    showResults(await getJSON(`/api/search?${new URLSearchParams({hit: id, top: "50"})}`));
+  } catch (e) { status(e.message, true); }
+}
+
+async function searchPicture(file) {
+  status(`searching for the person in ${file.name}…`);
+  const form = new FormData();
+  form.append("picture", file);
+  form.append("box", $("upload-box").value);
+  form.append("top", "50");
+  try {
+    showResults(await getJSON("/api/search", {method: "POST", body: form}));
+  } catch (e) { status(e.message, true); }
+}
+
+function showResults(r) {
+  const approx = r.index.approximate ? " (approximate index)" : "";
+  status(`${r.hits.length} matches${approx}`);
+  const crop = $("query-crop");
+  crop.src = r.query.crop;
+  crop.style.display = "block";
+  $("query-text").textContent = r.query.kind === "hit"
+    ? `person ${r.query.hit}: ${r.query.camera} · ${fmtTime(r.query.time)}`
+    : `your picture${r.query.kind === "image" ? ", box " + r.query.box.map(Math.round).join(",") : ""}`;
+  drawTimeline(r.timeline);
+  const list = $("hits");
+  list.innerHTML = "";
+  for (const h of r.hits) {
+    const li = document.createElement("li");
+    li.className = "hit";
+    Object.assign(li.dataset, {rank: h.rank, id: h.id, frameId: h.frame_id, source: h.source,
+      frame: h.frame, box: h.box.join(","), similarity: h.similarity, camera: h.camera});
+    li.innerHTML = `<img src="${h.crop}" alt="match ${h.rank}"><br>` +
+      `<span class="sim">${h.similarity.toFixed(3)}</span> #${h.rank}<br>${h.camera} · ${fmtTime(h.time)}`;
+    li.title = "open this frame (click a person there to search again)";
+    li.onclick = () => showFrame(h.frame_id, h.id);
+    list.appendChild(li);
+  }
+}
+
+function drawTimeline(rows) {
+  const box = $("timeline");
+  box.innerHTML = "<h2>When each camera saw them</h2>";
+  for (const row of rows) {
+    const span = Math.max(row.end - row.start, 1e-9);
+    const marks = row.marks.map((m) => {
+      const x = 2 + 96 * (m.at - row.start) / span;
+      const hue = Math.round(120 * Math.max(0, Math.min(1, m.similarity)));
+      const at = row.axis === "seconds" ? fmtTime(m.at) : `#${m.at}`;
+      return `<circle class="mark" data-rank="${m.rank}" data-id="${m.id}" cx="${x}%" cy="13" r="${m.rank === 1 ? 7 : 5}" ` +
+        `fill="hsl(${hue},70%,42%)"><title>#${m.rank} similarity ${m.similarity.toFixed(3)} at ${at}</title></circle>`;
+    }).join("");
+    let query = "";
+    if (row.query !== null) {
+      const qx = 2 + 96 * (row.query - row.start) / span;
+      query = `<line class="query-mark" x1="${qx}%" x2="${qx}%" y1="2" y2="24" stroke="#ffb000" stroke-width="4"><title>the query</title></line>`;
+    }
+    const div = document.createElement("div");
+    div.className = "camera";
+    div.innerHTML = `<span>${row.camera}</span><svg data-camera="${row.camera}">` +
+      `<line x1="2%" y1="13" x2="98%" y2="13" stroke="#bbb" stroke-width="4"/>${query}${marks}</svg>`;
+    box.appendChild(div);
+  }
+}
+
+function setupDrop() {
+  const drop = $("drop");
+  $("upload").onchange = (e) => { if (e.target.files.length) searchPicture(e.target.files[0]); };
+  for (const ev of ["dragenter", "dragover"]) document.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add("over"); });
+  for (const ev of ["dragleave", "drop"]) document.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.remove("over"); });
+  document.addEventListener("drop", (e) => { if (e.dataTransfer.files.length) searchPicture(e.dataTransfer.files[0]); });
+}
+
+$("camera").onchange = loadFrames;
+$("apply").onclick = loadFrames;
+setupDrop();
+loadGallery().catch((e) => status(e.message, true));

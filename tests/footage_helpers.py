@@ -1,0 +1,71 @@
+"""Footage for tests: tiny synthetic videos of the tiny PRW world's people, a random-weight
+tiny student (detections and embeddings are deterministic, identities are not learned), and
+galleries written straight through the store library."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from conftest import TINY_PRW
+from pipeline.gallery.store import FrameBlock, GalleryWriter, ModelInfo, commit
+
+# the tiny PRW world's people walking past its 3 cameras: 6 s at 2 fps, 160x120
+TINY_VIDEO = dict(**TINY_PRW, seconds=6.0, fps=2, walkers=3, passers=1)
+FOOTAGE_FRAMES = 36     # 3 cameras x 12 frames, all sampled with --every 0.5
+FAKE_MODEL = ModelInfo("student", "fake.pt", "f" * 64)
+
+
+def index_args(gallery, model, *sources, chunk=4):
+    """`cli.py index` over the tiny footage: every frame, every detection, small chunks."""
+    return ["index", "--gallery", str(gallery), "--model", str(model), *map(str, sources),
+            "--every", "0.5", "--min-score", "0", "--workers", "1", "--chunk", str(chunk),
+            "--no-progress"]
+
+
+def random_student(path: Path) -> Path:
+    """A tiny student with random weights, every detection kept (score threshold 0)."""
+    from pipeline.engine.checkpoint import save_checkpoint
+    from pipeline.models.student import build_student
+    from student_helpers import PIDS, tiny_model_cfg
+    torch.manual_seed(0)
+    net = build_student(tiny_model_cfg(det_score_thresh=0.0, rpn_post_nms_top_n_test=10),
+                        None, PIDS)
+    return Path(save_checkpoint(path, net.eval()))
+
+
+def jpeg(width=32, height=24, colour=(90, 120, 200)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def fake_block(sources, frames, *, times=None, cameras=None, per_frame=2, dim=8, seed=0,
+               size=(32, 24)) -> FrameBlock:
+    """Frames with ``per_frame`` random detections each (boxes inside ``size``)."""
+    g = np.random.default_rng(seed)
+    n = len(sources)
+    t = n * per_frame
+    xy = g.uniform(0, [size[0] / 2, size[1] / 2], (t, 2))
+    boxes = np.concatenate([xy, xy + g.uniform(2, [size[0] / 2, size[1] / 2], (t, 2))], 1)
+    return FrameBlock(
+        sources=list(sources), frames=np.asarray(frames, np.int64),
+        times=np.asarray([np.nan] * n if times is None else times, np.float64),
+        cameras=list(cameras or ["cam1"] * n), widths=np.full(n, size[0]),
+        heights=np.full(n, size[1]), previews=[jpeg(*size)] * n,
+        counts=np.full(n, per_frame, np.int64), boxes=boxes.astype(np.float32),
+        scores=g.uniform(0.5, 1, t).astype(np.float32),
+        embeddings=g.standard_normal((t, dim)).astype(np.float32))
+
+
+def fake_gallery(directory: Path, blocks, *, kind="flat", dim=8, model=FAKE_MODEL) -> Path:
+    """A committed gallery of the given FrameBlocks."""
+    w = GalleryWriter(directory, model, embedding_dim=dim, min_score=0.5)
+    for b in blocks:
+        w.add(b)
+    w.close()
+    commit(directory, model, embedding_dim=dim, min_score=0.5, index_kind=kind)
+    return directory
