@@ -419,9 +419,13 @@ def search_cmd(gallery_dir, image, box, hit, top, cameras, start, end, out_dir, 
     from pipeline.gallery.hits import SearchFilter
     from pipeline.gallery.report import format_time
     from pipeline.inference.searching import search_command
+    embedder_for = None
+    if image is not None:  # only a picture needs the model (and torch)
+        from pipeline.inference.query_model import QueryEmbedder
+        embedder_for = functools.partial(QueryEmbedder, model=model, device=device)
     filt = SearchFilter(tuple(cameras), start, end)
     payload, page = search_command(gallery_dir, out_dir, image=image, box=box, hit=hit,
-                                   top=top, filt=filt, model=model, device=device)
+                                   top=top, filt=filt, embedder_for=embedder_for)
     approx = " (approximate index)" if payload["index"]["approximate"] else ""
     click.echo(f"{len(payload['hits'])} hits{approx}")
     for h in payload["hits"][:10]:

@@ -1,4 +1,5 @@
-"""`make demo`: the whole pipeline on a synthetic PRW-format world, end to end.
+"""`make demo`: the whole pipeline on a synthetic PRW-format world, end to end, ending with
+the distilled student searching synthetic footage of the same world's people.
 
 Each step is one of the toolkit's own commands, run as a subprocess so the demo exercises
 exactly what a user types. Every step is skipped when its product already exists, so a second
@@ -27,6 +28,11 @@ STUDENTS = {  # table label -> student config; both train from the one teacher c
 # On a GPU the same demo runs bigger: more data, larger images, longer training.
 GPU_DATA = ["--identities", "150", "--images", "1200", "--size", "640x480"]
 CPU_DATA = []
+DISTILLED = "student R18, all distillation"     # the student that searches the footage
+FOOTAGE_ROOT = Path("work/data/synthetic-footage")
+FOOTAGE_GALLERY = Path("work/gallery/synthetic-footage")
+FOOTAGE_RESULTS = Path("work/runs/footage-search")
+FOOTAGE_EVERY = "0.5"                           # seconds between indexed video frames
 
 
 @dataclass
@@ -72,6 +78,45 @@ def make_data(device: str) -> None:
     extra = GPU_DATA if device != "cpu" else CPU_DATA
     run_step("make a synthetic PRW-format world",
              ["make-synthetic", "--format", "prw", "--out", str(DATA_ROOT), "--seed", "0", *extra])
+
+
+def make_footage(device: str) -> None:
+    """Videos of the same world's test identities (same world parameters as make_data)."""
+    from pipeline.data.synthetic.video import ANNOTATIONS
+    if (ROOT / FOOTAGE_ROOT / ANNOTATIONS).exists():
+        click.echo(f"\n==> synthetic footage: reusing {FOOTAGE_ROOT}")
+        return
+    extra = GPU_DATA if device != "cpu" else CPU_DATA
+    run_step("make synthetic footage: the world's test identities walking past 3 cameras",
+             ["make-synthetic", "--format", "video", "--out", str(FOOTAGE_ROOT), "--seed", "0",
+              *extra])
+
+
+def footage_search(checkpoint: str, device: str, evaluated_top1: float) -> str:
+    """Index the footage with ``checkpoint``, score its top hits against the annotations,
+    search one walker; returns the path of the results page."""
+    from pipeline.data.synthetic.video import read_footage_truth
+    from pipeline.evaluation.footage import score_footage, walker_detections
+    from pipeline.gallery.store import open_gallery
+    make_footage(device)
+    run_step("index the footage with the distilled student (resumes; only new frames)",
+             ["index", "--gallery", str(FOOTAGE_GALLERY), "--model", checkpoint,
+              str(FOOTAGE_ROOT), "--every", FOOTAGE_EVERY, *device_overrides(device)])
+    gallery = open_gallery(ROOT / FOOTAGE_GALLERY)
+    truth = read_footage_truth(ROOT / FOOTAGE_ROOT)
+    score = score_footage(gallery, truth)
+    click.echo(f"\nfootage: the top hit is the query's walker for {100 * score.top1:.1f}% of "
+               f"{score.queries} queries ({100 * score.cross_camera_top1:.1f}% of "
+               f"{score.cross_camera_queries} when only other cameras may answer); the "
+               f"student's evaluated PRW top-1 is {100 * evaluated_top1:.1f}%")
+    walkers = walker_detections(gallery, truth)
+    if not walkers:
+        raise click.ClickException("the student found none of the footage's walkers")
+    first = min(truth.walker_pids, key=lambda p: (p not in walkers.values(), p))
+    query = max((d for d, p in walkers.items() if p == first), key=lambda d: gallery.scores[d])
+    return run_step(f"search the footage for walker {first} (detection {query})",
+                    ["search", "--gallery", str(FOOTAGE_GALLERY), "--hit", str(query),
+                     "--out", str(FOOTAGE_RESULTS)])
 
 
 def configured_run_dir(config: str) -> Path:
@@ -155,4 +200,9 @@ def run_demo(device: str) -> None:
         rows.append(Row(name, metrics, read_train_speed(run_dir)))
     print_table(rows)
     click.echo(f"\nPictures and curves: work/runs/*/losses.png, */eval/cmc.png, */eval/*.png")
-    click.echo(f"demo finished in {(time.time() - start) / 60:.1f} min")
+    distilled = next(r for r in rows if r.name == DISTILLED)
+    page = footage_search(str(configured_run_dir(STUDENTS[DISTILLED]) / "checkpoint_last.pt"),
+                          device, distilled.metrics["top1"])
+    click.echo(f"demo finished in {(time.time() - start) / 60:.1f} min; the search results "
+               "page (open it in a browser):")
+    click.echo(str(ROOT / page))

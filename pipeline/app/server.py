@@ -24,9 +24,9 @@ from pipeline.gallery.pictures import detection_crop
 from pipeline.gallery.report import results_payload
 from pipeline.gallery.store import (Gallery, GalleryError, MissingItemError, ModelMismatchError,
                                     open_gallery)
-from pipeline.inference.searching import (QueryEmbedder, QueryError, parse_box,
-                                          query_from_hit, query_from_picture, read_picture,
-                                          run_query)
+from pipeline.inference.query_model import QueryEmbedder
+from pipeline.inference.searching import (QueryError, parse_box, query_from_hit,
+                                          query_from_picture, read_picture, run_query)
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024

@@ -15,6 +15,8 @@ from .store import Gallery, GalleryError
 CROP_HEIGHT = 160             # crops are scaled to this height for pages
 JPEG_QUALITY = 85
 BOX_COLOUR = (255, 210, 0)
+NO_PICTURE = (128, 128, 128)  # stands in for a frame stored without its preview ...
+BLANK_MAX_SIDE = 320          # ... at most this large
 
 
 def jpeg_bytes(image: Image.Image, quality: int = JPEG_QUALITY) -> bytes:
@@ -41,9 +43,10 @@ def crop(image: Image.Image, box, sx: float = 1.0, sy: float = 1.0,
          height: int = CROP_HEIGHT) -> Image.Image:
     """The box (original pixels, scaled by sx, sy into ``image``) cut out, ``height`` tall."""
     x1, y1, x2, y2 = (float(v) for v in box)
-    left, top = max(0, int(np.floor(x1 * sx))), max(0, int(np.floor(y1 * sy)))
-    right = min(image.width, max(left + 1, int(np.ceil(x2 * sx))))
-    bottom = min(image.height, max(top + 1, int(np.ceil(y2 * sy))))
+    left = int(np.clip(np.floor(x1 * sx), 0, image.width - 1))
+    top = int(np.clip(np.floor(y1 * sy), 0, image.height - 1))
+    right = int(np.clip(np.ceil(x2 * sx), left + 1, image.width))
+    bottom = int(np.clip(np.ceil(y2 * sy), top + 1, image.height))
     piece = image.crop((left, top, right, bottom))
     width = max(1, round(piece.width * height / max(piece.height, 1)))
     return piece.resize((width, height), Image.BILINEAR)
@@ -59,15 +62,23 @@ def with_box(image: Image.Image, box, sx: float = 1.0, sy: float = 1.0) -> Image
     return out
 
 
+def _frame_or_blank(gallery: Gallery, frame: int) -> tuple[Image.Image, float, float]:
+    """The stored preview, or a grey frame of the original size when none was stored."""
+    if gallery.preview(frame):
+        return preview_image(gallery, frame)
+    w, h = int(gallery.frame_width[frame]), int(gallery.frame_height[frame])
+    scale = min(1.0, BLANK_MAX_SIDE / max(w, h, 1))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return Image.new("RGB", size, NO_PICTURE), size[0] / w, size[1] / h
+
+
 def detection_crop(gallery: Gallery, det: int) -> bytes:
     """JPEG crop of one stored detection."""
-    frame = int(gallery.detection_frame[det])
-    image, sx, sy = preview_image(gallery, frame)
+    image, sx, sy = _frame_or_blank(gallery, int(gallery.detection_frame[det]))
     return jpeg_bytes(crop(image, gallery.boxes[det], sx, sy))
 
 
 def detection_in_frame(gallery: Gallery, det: int) -> bytes:
     """JPEG of the detection's whole frame with its box drawn."""
-    frame = int(gallery.detection_frame[det])
-    image, sx, sy = preview_image(gallery, frame)
+    image, sx, sy = _frame_or_blank(gallery, int(gallery.detection_frame[det]))
     return jpeg_bytes(with_box(image, gallery.boxes[det], sx, sy))

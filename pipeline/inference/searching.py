@@ -1,10 +1,10 @@
 """`search`: a query (an image and a box, a crop of the person, or an earlier hit) -> ranked
 detections of a gallery, written as results.json / .csv / .html.
 
-A query image is embedded by the gallery's own model (or the one given, which must be the
-same weights: the fingerprints are compared before anything is loaded). A hit's embedding is
-read from the gallery. The query's own frame is left out of the results when it is in the
-gallery: the person cannot appear twice in one frame.
+A query picture is embedded by a :class:`pipeline.inference.query_model.QueryEmbedder` (the
+gallery's own model); a hit's embedding is read from the gallery, so searching from a hit
+needs neither the model nor torch. The query's own frame is left out of the results when it
+is in the gallery: the person cannot appear twice in one frame.
 """
 from __future__ import annotations
 
@@ -13,16 +13,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Callable
+
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.gallery.hits import DEFAULT_TOP, Hit, SearchFilter, find
 from pipeline.gallery.pictures import crop, detection_crop, jpeg_bytes
 from pipeline.gallery.report import write_results
-from pipeline.gallery.store import (Gallery, GalleryError, MissingItemError, check_same_model,
-                                    open_gallery)
-from .models import autocast, load_model, model_info, to_numpy
+from pipeline.gallery.store import Gallery, MissingItemError, open_gallery
 
 MAX_IMAGE_PIXELS = 50_000_000     # an upload larger than this is refused, not decoded
 
@@ -87,35 +86,9 @@ def read_picture(data: bytes | str | Path, name: str = "query picture") -> np.nd
         raise QueryError(f"{name}: the picture does not decode ({e})") from None
 
 
-class QueryEmbedder:
-    """Embeds query pictures with the gallery's model, loaded on first use."""
-
-    def __init__(self, gallery: Gallery, model: str | None = None, device: str = "cpu"):
-        self.gallery, self.device = gallery, torch.device(device)
-        self.model = model or gallery.model.name
-        self._searcher = None
-
-    def searcher(self):
-        if self._searcher is None:
-            if not Path(self.model).exists():
-                raise GalleryError(f"the gallery's model {self.model} is not found here; pass "
-                                   f"the same weights with --model")
-            check_same_model(self.gallery.directory, self.gallery.model, model_info(self.model))
-            self._searcher, _ = load_model(self.model, self.device)
-        return self._searcher
-
-    @torch.no_grad()
-    def embed(self, rgb: np.ndarray, box) -> np.ndarray:
-        image = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0).to(self.device)
-        boxes = torch.tensor([box], dtype=torch.float32, device=self.device)
-        with autocast(self.device):
-            emb = self.searcher().embed_boxes([image], [boxes])[0]
-        return to_numpy(emb, emb.shape[-1])[0]
-
-
-def query_from_picture(embedder: QueryEmbedder, rgb: np.ndarray, box=None,
-                       image_path: str | None = None) -> Query:
-    """A query from a picture and a box in it; no box = the picture is the person's crop."""
+def query_from_picture(embedder, rgb: np.ndarray, box=None, image_path: str | None = None) -> Query:
+    """A query from a picture and a box in it; no box = the picture is the person's crop.
+    ``embedder``: a QueryEmbedder (``.gallery``, ``.embed(rgb, box)``)."""
     height, width = rgb.shape[:2]
     kind = "image" if box is not None else "crop"
     box = [0.0, 0.0, float(width), float(height)] if box is None else [float(v) for v in box]
@@ -148,9 +121,10 @@ def run_query(gallery: Gallery, query: Query, top: int = DEFAULT_TOP,
 
 def search_command(gallery_dir, out_dir, *, image: str | None = None, box: str | None = None,
                    hit: int | None = None, top: int = DEFAULT_TOP,
-                   filt: SearchFilter = SearchFilter(), model: str | None = None,
-                   device: str = "cpu") -> tuple[dict, Path]:
-    """What ``cli.py search`` does; returns (results payload, results.html path)."""
+                   filt: SearchFilter = SearchFilter(),
+                   embedder_for: Callable[[Gallery], object] | None = None) -> tuple[dict, Path]:
+    """What ``cli.py search`` does; returns (results payload, results.html path).
+    ``embedder_for(gallery)`` makes the QueryEmbedder a query picture needs."""
     if (image is None) == (hit is None):
         raise QueryError("give exactly one of --query IMAGE and --hit ID")
     if hit is not None and box is not None:
@@ -161,7 +135,7 @@ def search_command(gallery_dir, out_dir, *, image: str | None = None, box: str |
         query = query_from_hit(gallery, hit)
     else:
         rgb = read_picture(image, image)
-        query = query_from_picture(QueryEmbedder(gallery, model, device), rgb,
+        query = query_from_picture(embedder_for(gallery), rgb,
                                    None if box is None else parse_box(box), image_path=image)
     hits = run_query(gallery, query, top, filt)
     payload = write_results(out_dir, gallery, query.to_dict(), query.crop_jpeg, hits, filt)

@@ -1,0 +1,36 @@
+"""Embedding query pictures with the model that made a gallery."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.gallery.store import Gallery, GalleryError, check_same_model
+from .models import autocast, load_model, model_info, to_numpy
+
+
+class QueryEmbedder:
+    """Embeds query pictures with the gallery's model, loaded on first use."""
+
+    def __init__(self, gallery: Gallery, model: str | None = None, device: str = "cpu"):
+        self.gallery, self.device = gallery, torch.device(device)
+        self.model = model or gallery.model.name
+        self._searcher = None
+
+    def searcher(self):
+        if self._searcher is None:
+            if not Path(self.model).exists():
+                raise GalleryError(f"the gallery's model {self.model} is not found here; pass "
+                                   f"the same weights with --model")
+            check_same_model(self.gallery.directory, self.gallery.model, model_info(self.model))
+            self._searcher, _ = load_model(self.model, self.device)
+        return self._searcher
+
+    @torch.no_grad()
+    def embed(self, rgb: np.ndarray, box) -> np.ndarray:
+        image = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0).to(self.device)
+        boxes = torch.tensor([box], dtype=torch.float32, device=self.device)
+        with autocast(self.device):
+            emb = self.searcher().embed_boxes([image], [boxes])[0]
+        return to_numpy(emb, emb.shape[-1])[0]
