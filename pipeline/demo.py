@@ -96,7 +96,7 @@ def footage_search(checkpoint: str, device: str, evaluated_top1: float) -> str:
     """Index the footage with ``checkpoint``, score its top hits against the annotations,
     search one walker; returns the path of the results page."""
     from pipeline.data.synthetic.video import read_footage_truth
-    from pipeline.evaluation.footage import score_footage, walker_detections
+    from pipeline.evaluation.footage import best_views, score_footage
     from pipeline.gallery.store import open_gallery
     make_footage(device)
     run_step("index the footage with the distilled student (resumes; only new frames)",
@@ -109,12 +109,12 @@ def footage_search(checkpoint: str, device: str, evaluated_top1: float) -> str:
                f"{score.queries} queries ({100 * score.cross_camera_top1:.1f}% of "
                f"{score.cross_camera_queries} when only other cameras may answer); the "
                f"student's evaluated PRW top-1 is {100 * evaluated_top1:.1f}%")
-    walkers = walker_detections(gallery, truth)
-    if not walkers:
+    views = best_views(gallery, truth)   # the best-framed walker asks; see best_views
+    if not views:
         raise click.ClickException("the student found none of the footage's walkers")
-    first = min(truth.walker_pids, key=lambda p: (p not in walkers.values(), p))
-    query = max((d for d, p in walkers.items() if p == first), key=lambda d: gallery.scores[d])
-    return run_step(f"search the footage for walker {first} (detection {query})",
+    walker, (query, iou) = max(views.items(), key=lambda v: (v[1][1], -v[0]))
+    return run_step(f"search the footage for walker {walker}, from the detection that frames "
+                    f"them best (detection {query}, IoU {iou:.2f})",
                     ["search", "--gallery", str(FOOTAGE_GALLERY), "--hit", str(query),
                      "--out", str(FOOTAGE_RESULTS)])
 

@@ -51,3 +51,32 @@ def footage_gallery(tmp_path_factory, synthetic_footage, random_student_checkpoi
     assert r.exit_code == 0, r.output
     (gallery.parent / "index-output.txt").write_text(r.output)
     return gallery
+
+
+@pytest.fixture(scope="session")
+def footage_teacher(tmp_path_factory):
+    """YAML config of a small trained two-step teacher (footage_helpers.trained_teacher)."""
+    from footage_helpers import trained_teacher
+    return trained_teacher(tmp_path_factory.mktemp("footage-teacher"))
+
+
+@pytest.fixture(scope="session")
+def teacher_footage(tmp_path_factory):
+    """Videos of the footage teacher's world: its test identities, with annotations.json."""
+    from footage_helpers import TEACHER_FOOTAGE
+    from pipeline.data.synthetic.video import make_synthetic_video
+    return make_synthetic_video(tmp_path_factory.mktemp("teacher-footage") / "videos",
+                                **TEACHER_FOOTAGE)
+
+
+@pytest.fixture(scope="session")
+def teacher_gallery(tmp_path_factory, footage_teacher, teacher_footage):
+    """`cli.py index` of that footage with the trained teacher (treat as read-only)."""
+    from click.testing import CliRunner
+    from cli import cli
+    gallery = tmp_path_factory.mktemp("teacher-gallery") / "gallery"
+    r = CliRunner().invoke(cli, ["index", "--gallery", str(gallery), "--model",
+                                 str(footage_teacher), str(teacher_footage), "--every", "0.5",
+                                 "--workers", "1", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    return gallery

@@ -21,6 +21,7 @@ from PIL import Image
 
 from cli import cli
 from pipeline.data.synthetic.video import read_footage_truth
+from pipeline.evaluation.footage import best_views
 from pipeline.gallery.store import open_gallery
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,17 +94,12 @@ def app_url(teacher_gallery):
 
 
 def walker_queries(gallery_dir, footage_root):
-    """(detection id, frame id, walker pid) of detections covering an annotated walker, the
-    most confident first."""
+    """(detection id, frame id, walker pid) of the detection that frames each walker best,
+    the best framed first: the people a person would click on."""
     g = open_gallery(gallery_dir)
     truth = read_footage_truth(footage_root)
-    found = []
-    for det in np.argsort(-g.scores):
-        f = int(g.detection_frame[det])
-        pid = truth.identity(g.frame_source[f], int(g.frame_index[f]), g.boxes[det])
-        if pid is not None and pid >= 0:
-            found.append((int(det), f, pid))
-    return found, truth
+    views = sorted(best_views(g, truth).items(), key=lambda v: -v[1][1])
+    return [(det, int(g.detection_frame[det]), pid) for pid, (det, _) in views], truth
 
 
 def identity_of(truth, element):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.data.records import UNLABELED
+from pipeline.data.synthetic.video import box_iou_one
 from pipeline.gallery.hits import SearchFilter, find
 from pipeline.gallery.store import Gallery
 
@@ -57,6 +58,26 @@ def score_footage(gallery: Gallery, truth, min_iou: float = MIN_IOU) -> FootageS
             cross.append(bool(top) and labels.get(top[0].id) == pid)
     return FootageScore(len(same), float(np.mean(same)) if same else 0.0, cross_n,
                         float(np.mean(cross)) if cross else 0.0)
+
+
+def best_views(gallery: Gallery, truth, min_iou: float = MIN_IOU) -> dict[int, tuple[int, float]]:
+    """Walker pid -> (detection, IoU) of the detection that frames that walker best (highest
+    IoU with the annotated box, then highest score): the picture a person would click on.
+    Walkers never detected with IoU >= ``min_iou`` are left out."""
+    best: dict[int, tuple[int, float, float]] = {}
+    for det in range(gallery.num_detections):
+        f = int(gallery.detection_frame[det])
+        boxes, pids = truth.people(gallery.frame_source[f], int(gallery.frame_index[f]))
+        if len(boxes) == 0:
+            continue
+        iou = box_iou_one(gallery.boxes[det], boxes)
+        k = int(np.argmax(iou))
+        pid, score = int(pids[k]), float(gallery.scores[det])
+        if pid == UNLABELED or iou[k] < min_iou:
+            continue
+        if pid not in best or (iou[k], score) > best[pid][1:]:
+            best[pid] = (det, float(iou[k]), score)
+    return {pid: (det, iou) for pid, (det, iou, _) in best.items()}
 
 
 def _seen_on(labels: dict[int, int], gallery: Gallery, pid: int, cameras) -> bool:

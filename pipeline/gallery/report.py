@@ -54,7 +54,8 @@ def camera_timelines(gallery: Gallery, hits: list[Hit], query_frame: int | None 
         position = (lambda f: float(gallery.frame_time[f])) if timed else \
             (lambda f: float(order[f]))
         marks = [{"rank": h.rank, "at": position(h.frame_id), "similarity": h.similarity,
-                  "id": h.id} for h in hits if h.camera == camera]
+                  "strength": _strength(h.similarity, hits), "id": h.id}
+                 for h in hits if h.camera == camera]
         query = (position(query_frame) if query_frame is not None
                  and gallery.frame_camera[query_frame] == camera else None)
         rows.append({"camera": camera, "axis": "seconds" if timed else "frame order",
@@ -63,6 +64,13 @@ def camera_timelines(gallery: Gallery, hits: list[Hit], query_frame: int | None 
                      "end": float(np.max(times)) if timed else float(max(len(frames) - 1, 0)),
                      "frames": len(frames), "marks": marks})
     return rows
+
+
+def _strength(similarity: float, hits: list[Hit]) -> float:
+    """0 (the least similar hit) .. 1 (the most): how strongly a timeline mark is drawn."""
+    sims = [h.similarity for h in hits]
+    span = max(sims) - min(sims)
+    return round((similarity - min(sims)) / span, 4) if span > 0 else 1.0
 
 
 def results_payload(gallery: Gallery, query: dict, hits: list[Hit],
@@ -188,9 +196,10 @@ def _timeline_row(row: dict) -> str:
     x = lambda at: 2 + 96 * (at - row["start"]) / span  # noqa: E731  percent, 2% margins
     marks = "".join(
         f'<a href="#frame-{m["rank"]}"><circle class="mark" cx="{x(m["at"]):.2f}%" cy="17" '
-        f'r="{7 if m["rank"] == 1 else 5}" fill="{_colour(m["similarity"])}" '
-        f'data-rank="{m["rank"]}"><title>#{m["rank"]} similarity {m["similarity"]:.3f} at '
-        f'{_at_text(row, m["at"])}</title></circle></a>' for m in row["marks"])
+        f'r="{7 if m["rank"] == 1 else 5}" fill="{_colour(m["strength"])}" '
+        f'fill-opacity="{0.35 + 0.65 * m["strength"]:.2f}" data-rank="{m["rank"]}"><title>'
+        f'#{m["rank"]} similarity {m["similarity"]:.3f} at {_at_text(row, m["at"])}</title>'
+        f'</circle></a>' for m in sorted(row["marks"], key=lambda m: -m["rank"]))
     if row["query"] is not None:  # drawn first: the hits stay on top
         qx = x(row["query"])
         marks = (f'<line class="query-mark" x1="{qx:.2f}%" x2="{qx:.2f}%" y1="3" y2="31" '
@@ -207,7 +216,6 @@ def _at_text(row: dict, at: float) -> str:
     return format_time(at) if row["axis"] == "seconds" else f"#{int(at)}"
 
 
-def _colour(similarity: float) -> str:
-    """Red (low) to green (high) over similarity 0..1."""
-    s = float(np.clip(similarity, 0.0, 1.0))
-    return f"hsl({int(120 * s)},70%,42%)"
+def _colour(strength: float) -> str:
+    """Red (the least similar hit) to green (the most similar)."""
+    return f"hsl({int(120 * float(np.clip(strength, 0.0, 1.0)))},70%,42%)"

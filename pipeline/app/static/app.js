@@ -81,7 +81,11 @@ async function showFrame(frameId, pickedDetection = null) {
     Object.assign(box.style, {left: `${100 * x1 / f.width}%`, top: `${100 * y1 / f.height}%`,
       width: `${100 * (x2 - x1) / f.width}%`, height: `${100 * (y2 - y1) / f.height}%`,
       zIndex: d.layer});
-    box.onclick = () => searchHit(d.id);
+    box.onclick = () => {
+      for (const other of view.querySelectorAll(".person")) other.classList.remove("picked");
+      box.classList.add("picked");
+      searchHit(d.id);
+    };
     view.appendChild(box);
   }
 }
@@ -134,12 +138,14 @@ function drawTimeline(rows) {
   box.innerHTML = "<h2>When each camera saw them</h2>";
   for (const row of rows) {
     const span = Math.max(row.end - row.start, 1e-9);
-    const marks = row.marks.map((m) => {
+    // the best hits drawn last (on top), strongest in colour
+    const marks = [...row.marks].sort((a, b) => b.rank - a.rank).map((m) => {
       const x = 2 + 96 * (m.at - row.start) / span;
-      const hue = Math.round(120 * Math.max(0, Math.min(1, m.similarity)));
+      const hue = Math.round(120 * m.strength);
       const at = row.axis === "seconds" ? fmtTime(m.at) : `#${m.at}`;
       return `<circle class="mark" data-rank="${m.rank}" data-id="${m.id}" cx="${x}%" cy="13" r="${m.rank === 1 ? 7 : 5}" ` +
-        `fill="hsl(${hue},70%,42%)"><title>#${m.rank} similarity ${m.similarity.toFixed(3)} at ${at}</title></circle>`;
+        `fill="hsl(${hue},70%,42%)" fill-opacity="${(0.35 + 0.65 * m.strength).toFixed(2)}">` +
+        `<title>#${m.rank} similarity ${m.similarity.toFixed(3)} at ${at}</title></circle>`;
     }).join("");
     let query = "";
     if (row.query !== null) {
