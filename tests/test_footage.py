@@ -182,3 +182,48 @@ def test_cli_make_synthetic_video(tmp_path):
     assert r.exit_code == 0, r.output
     assert r.output.strip().splitlines()[-1] == str(out)
     assert json.loads((out / ANNOTATIONS).read_text())["params"]["walkers"] == 2
+
+
+def test_footage_scoring_by_hand(tmp_path):
+    """Walkers 7 and 9 on cameras a and b, walker 11 on camera a only, one passer-by; every
+    detection sits on its annotated box, with embeddings whose answers are worked out below."""
+    from footage_helpers import fake_gallery
+    from pipeline.evaluation.footage import best_views, score_footage, walker_detections
+    from pipeline.gallery.store import FrameBlock, open_gallery
+    from pipeline.gallery.vectors import l2_normalize
+    e = np.eye(4)
+    people = {  # (video, frame) -> [(box, pid, embedding)]
+        ("a.mp4", 0): [([0, 0, 10, 20], 7, e[0]), ([20, 0, 30, 20], 9, e[1]),
+                       ([40, 0, 50, 20], 11, e[3])],
+        ("a.mp4", 1): [([1, 0, 11, 20], 7, e[0] + 0.1 * e[2]), ([40, 0, 50, 20], -1, e[2]),
+                       ([50, 0, 60, 20], 11, e[3])],
+        ("b.mp4", 0): [([5, 0, 15, 20], 9, e[0] + 0.3 * e[1]),   # 9 looks like 7 here
+                       ([25, 0, 35, 20], 7, e[0] + 0.2 * e[2])],
+    }
+    videos = {}
+    for (name, frame), ps in people.items():
+        videos.setdefault(name, {"file": name, "camera": name[0], "fps": 1, "frames": []})
+        videos[name]["frames"].append({"frame": frame, "time": float(frame),
+                                       "boxes": [b for b, _, _ in ps],
+                                       "pids": [p for _, p, _ in ps]})
+    (tmp_path / "truth").mkdir()
+    (tmp_path / "truth" / ANNOTATIONS).write_text(json.dumps(
+        {"schema": "synthetic-footage/1", "params": {}, "walker_pids": [7, 9, 11],
+         "videos": list(videos.values())}))
+    truth = read_footage_truth(tmp_path / "truth")
+    blocks = [FrameBlock([f"/v/{name}"], np.array([frame]), np.array([float(frame)]),
+                         [name[0]], np.array([64]), np.array([32]), [b""], np.array([len(ps)]),
+                         np.array([b for b, _, _ in ps], np.float32),
+                         np.full(len(ps), 0.9, np.float32),
+                         l2_normalize(np.array([v for _, _, v in ps])))
+              for (name, frame), ps in people.items()]
+    g = open_gallery(fake_gallery(tmp_path / "g", blocks, dim=4))
+    assert sorted(walker_detections(g, truth).values()) == [7, 7, 7, 9, 9, 11, 11]
+    score = score_footage(g, truth)
+    # any camera: every walker's top hit is itself elsewhere (7: the nearest 7, 9@a -> 9@b,
+    # 11 -> 11) except 9@b, which looks like 7 and finds 7@a0 (cos 0.958)
+    assert (score.queries, score.top1) == (7, pytest.approx(6 / 7))
+    # other cameras only: 11 is seen on one camera (no such query); 9@b still finds a 7
+    assert (score.cross_camera_queries, score.cross_camera_top1) == (5, pytest.approx(4 / 5))
+    views = best_views(g, truth)
+    assert set(views) == {7, 9, 11} and all(iou == pytest.approx(1) for _, iou in views.values())

@@ -23,7 +23,7 @@ class SearchFilter:
     end: float | None = None
 
     def check(self, gallery: Gallery) -> None:
-        unknown = [c for c in self.cameras if c not in set(gallery.frame_camera)]
+        unknown = [c for c in self.cameras if c not in gallery.cameras]
         if unknown:
             raise MissingItemError(f"no camera {unknown[0]!r} in gallery {gallery.directory}; its "
                                f"cameras: {', '.join(gallery.cameras) or 'none'}")
@@ -60,7 +60,8 @@ def allowed_frames(gallery: Gallery, filt: SearchFilter, exclude_frames=()) -> n
     filt.check(gallery)
     ok = np.ones(gallery.num_frames, bool)
     if filt.cameras:
-        ok &= np.isin(np.asarray(gallery.frame_camera, dtype=object), list(filt.cameras))
+        wanted = [gallery.cameras.index(c) for c in filt.cameras]
+        ok &= np.isin(gallery.frame_camera_id, wanted)
     t = gallery.frame_time
     if filt.start is not None:
         ok &= ~np.isnan(t) & (t >= filt.start)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import functools
 import json
 import os
 import uuid
@@ -403,6 +404,7 @@ class Gallery:
     segment_frames: np.ndarray       # (S+1,) first frame row of each segment
     segment_detections: np.ndarray   # (S+1,) first detection row of each segment
     _index: object = field(default=None, repr=False)
+    _frame_rows: dict | None = field(default=None, repr=False)
 
     @property
     def num_frames(self) -> int:
@@ -420,9 +422,15 @@ class Gallery:
     def approximate(self) -> bool:
         return bool(self.manifest["index"]["approximate"])
 
-    @property
+    @functools.cached_property
     def cameras(self) -> list[str]:
         return sorted(set(self.frame_camera))
+
+    @functools.cached_property
+    def frame_camera_id(self) -> np.ndarray:
+        """(F,) int: each frame's camera as its position in :attr:`cameras`."""
+        row = {c: i for i, c in enumerate(self.cameras)}
+        return np.array([row[c] for c in self.frame_camera], np.int64)
 
     def frame_time_or_none(self, frame_id: int) -> float | None:
         t = float(self.frame_time[frame_id])
@@ -433,7 +441,7 @@ class Gallery:
 
     def find_frame(self, source: str, frame: int) -> int | None:
         """Row of the frame (source path as stored, frame index), or None."""
-        if not hasattr(self, "_frame_rows"):
+        if self._frame_rows is None:
             self._frame_rows = {(s, int(i)): k for k, (s, i) in
                                 enumerate(zip(self.frame_source, self.frame_index))}
         return self._frame_rows.get((source, int(frame)))
@@ -463,7 +471,7 @@ class Gallery:
         return out
 
     def index(self):
-        """The FAISS index (loaded once); an exact one built here if the file is stale."""
+        """The FAISS index (loaded once); GalleryError when it does not match the tables."""
         if self._index is None:
             entry = self.manifest["index"]
             index = read_index(self.directory / entry["file"])

@@ -3,8 +3,9 @@
 Sources are planned in the main process (video packets demuxed, nothing decoded), the frames
 not yet in the gallery are decoded by DataLoader workers in groups
 (:class:`pipeline.data.footage.FootageFrames`), detected in batches of frames of one size
-(bf16 autocast on CUDA) and committed to the gallery one chunk of about ``chunk_frames``
-frames at a time, so a run killed at any point loses at most the chunk in flight. Chunks
+(bf16 autocast on CUDA) and written to the gallery one chunk of about ``chunk_frames``
+frames at a time (a pending segment each; the run's end commits them all), so a run killed
+at any point loses at most the chunk in flight. Chunks
 and batches are cut the same way whether a run starts fresh or resumes, so a resumed run
 ends with the same detections as an uninterrupted one.
 
