@@ -380,11 +380,17 @@ def index_cmd(gallery_dir, model, sources, camera, every, index_kind, min_score,
     if index_kind is None:
         manifest = read_manifest(Path(gallery_dir)) if Path(gallery_dir).is_dir() else None
         index_kind = manifest["index"]["kind"] if manifest else "flat"
-    r = index_footage(gallery_dir, model, sources, camera=camera, every=every, device=device,
-                      batch_size=batch_size, workers=workers, min_score=min_score,
-                      index_kind=index_kind, chunk_frames=chunk, progress=not no_progress)
+    try:
+        r = index_footage(gallery_dir, model, sources, camera=camera, every=every,
+                          device=device, batch_size=batch_size, workers=workers,
+                          min_score=min_score, index_kind=index_kind, chunk_frames=chunk,
+                          progress=not no_progress)
+    except ValueError as e:  # e.g. a CUDA device on a machine without one
+        raise click.ClickException(str(e)) from None
     for problem in r.skipped:
         click.echo(f"skipped: {problem}", err=True)
+    if r.rank != 0:  # under torchrun process 0 reports for all
+        return
     click.echo(f"indexed {r.frames_new} new frames of {r.frames_planned} ({r.detections_new} "
                f"people) from {r.sources} sources in {r.seconds:.1f} s "
                f"({r.frames_per_s:.2f} frames/s)")

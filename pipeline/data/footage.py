@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from . import read_dataset
 from .images import image_size, load_rgb
 from .records import DATASETS, DatasetError
 
@@ -108,7 +109,6 @@ def _folder_sources(folder: Path, camera: str | None) -> list[Source]:
 
 
 def _release_sources(release: str, root: str) -> list[Source]:
-    from . import read_dataset
     data = read_dataset(release, root)
     return sorted((Source(os.path.abspath(r.path), "image",
                           f"c{r.camera}" if r.camera is not None else release)

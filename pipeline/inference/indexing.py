@@ -52,6 +52,7 @@ class IndexReport:
     index_kind: str = "flat"
     approximate: bool = False
     skipped: list[str] = field(default_factory=list)
+    rank: int = 0                      # this process under torchrun (0 commits and reports)
 
     @property
     def frames_per_s(self) -> float:
@@ -181,9 +182,9 @@ def index_footage(gallery_dir, model, sources, *, camera: str | None = None,
                                     after_chunk)
     finally:
         writer.close()
-    dist_utils.barrier()
-    report = IndexReport(Path(gallery_dir), len(all_sources), len(refs), frames_new, dets_new,
-                         0.0, skipped=skipped)
+    planned, frames_new, dets_new = _sum_over_processes([len(refs), frames_new, dets_new], dev)
+    report = IndexReport(Path(gallery_dir), len(all_sources), planned, frames_new, dets_new,
+                         0.0, skipped=skipped, rank=rank)
     if rank == 0:
         manifest = commit(gallery_dir, info, embedding_dim=dim, min_score=min_score,
                           index_kind=index_kind)
@@ -192,6 +193,15 @@ def index_footage(gallery_dir, model, sources, *, camera: str | None = None,
     dist_utils.barrier()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _sum_over_processes(counts: list[int], device) -> list[int]:
+    """The counts summed over every torchrun process (also a barrier); as given otherwise."""
+    if not dist_utils.is_distributed():
+        return counts
+    t = torch.tensor(counts, dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(t)
+    return [int(v) for v in t.tolist()]
 
 
 def _run(writer, searcher, dev, todo, batch_size, workers, min_score, dim, chunk_frames,

@@ -14,6 +14,9 @@ import numpy as np
 import torch
 
 from cache.key import file_fingerprint
+from pipeline.config import load_config
+from pipeline.config.teacher import TeacherConfig
+from pipeline.engine.teacher import detector_path, reid_path
 from pipeline.gallery.store import ModelInfo
 from pipeline.models import load_searcher
 
@@ -34,9 +37,6 @@ def model_info(spec: str | Path) -> ModelInfo:
             raise FileNotFoundError(f"student checkpoint {spec} not found (MODEL is a student "
                                     "checkpoint or a teacher YAML config)")
         return ModelInfo(kind, spec, file_fingerprint(spec))
-    from pipeline.config import load_config
-    from pipeline.config.teacher import TeacherConfig
-    from pipeline.engine.teacher import detector_path, reid_path
     cfg = load_config(spec, TeacherConfig)
     parts = [file_fingerprint(p) for p in (detector_path(cfg), reid_path(cfg))]
     return ModelInfo(kind, spec, hashlib.sha256("\n".join(parts).encode()).hexdigest())
