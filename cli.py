@@ -180,7 +180,7 @@ def cache_info_cmd(path):
     pids, _, counts = c.identity_table()
     rows = [("file", path), ("size", f"{os.path.getsize(path) / 1e6:.2f} MB"),
             ("schema version", m.schema_version), ("dataset", m.dataset),
-            ("created", m.created), ("images", m.num_images), ("feature dim", m.embedding_dim),
+            ("created", m.created), ("images", m.num_images), ("embedding dim", m.embedding_dim),
             ("float16", m.float16), ("flip view", m.has_flip),
             ("proposals per image", m.proposals_per_image),
             ("proposal rows", m.num_proposals), ("jitter per box", m.jitter_per_box),

@@ -44,7 +44,7 @@ def write_config(tmp_path, root, *, terms=ALL_TERMS, cache=None, flip=True, epoc
     if "detector" in terms:
         distill["detector"]["num_proposals"] = 8
     cfg = {
-        "data": {"dataset": "prw", "root": str(root), "min_size": 96, "max_size": 128,
+        "data": {"dataset": "prw", "root": str(root),
                  "flip": flip, "workers": 0},
         "model": TINY_MODEL, "distill": distill,
         "train": {"epochs": epochs, "batch_size": batch_size or 4, "lr": 0.01,
