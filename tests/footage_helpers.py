@@ -28,8 +28,8 @@ def index_args(gallery, model, *sources, chunk=4):
 
 def random_student(path: Path) -> Path:
     """A tiny student with random weights, every detection kept (score threshold 0)."""
-    from pipeline.engine.checkpoint import save_checkpoint
-    from pipeline.models.student import build_student
+    from pipeline.distill.student import build_student
+    from pipeline.models.checkpoint import save_checkpoint
     from student_helpers import PIDS, tiny_model_cfg
     torch.manual_seed(0)
     net = build_student(tiny_model_cfg(det_score_thresh=0.0, rpn_post_nms_top_n_test=10),
@@ -102,7 +102,7 @@ def trained_teacher(base: Path) -> Path:
     from pipeline.config import from_dict, to_dict
     from pipeline.config.teacher import TeacherConfig
     from pipeline.data.synthetic import make_synthetic
-    from pipeline.engine.teacher import train_detector, train_reid
+    from pipeline.stages.teachers import train_detector, train_reid
     root = make_synthetic("prw", base / "world", **TEACHER_WORLD)
     tree = {k: dict(v) for k, v in TEACHER_TREE.items()}
     tree["data"]["root"] = str(root)

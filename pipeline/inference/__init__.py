@@ -1,1 +1,3 @@
-"""A model run over footage: detections + embeddings into a gallery, and query embeddings."""
+"""Where a network meets images: a searcher (student, two-step teacher) loaded once and run over
+a dataset or footage, giving detections and embeddings (results files, galleries), and query
+embeddings for search."""

@@ -30,7 +30,8 @@ from pipeline.data.footage import (DEFAULT_EVERY, VIDEO_GROUP, FootageFrames, Fr
 from pipeline.data.records import DatasetError
 from pipeline.engine import distributed as dist_utils
 from pipeline.gallery.store import FrameBlock, GalleryWriter, commit
-from .models import autocast, embedding_dim, load_model, to_numpy
+from pipeline.models.precision import autocast
+from .searchers import embedding_dim, load_model, to_numpy
 
 DEFAULT_MIN_SCORE = 0.5       # as evaluate's search threshold
 DEFAULT_BATCH = 4

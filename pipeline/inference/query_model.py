@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from pipeline.gallery.store import Gallery, GalleryError, check_same_model
-from .models import autocast, load_model, model_info, to_numpy
+from pipeline.models.precision import autocast
+from .searchers import load_model, model_info, to_numpy
 
 
 class QueryEmbedder:

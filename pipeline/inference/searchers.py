@@ -1,10 +1,7 @@
-"""Which model a MODEL argument names, its fingerprint, and loading it (the one place that
-calls :func:`pipeline.models.load_searcher` for footage).
-
-MODEL is a student checkpoint (``checkpoint_last.pt``) or a two-step teacher's YAML config
-(its ``out_dir`` holds ``detector.pt`` and ``reid.pt``). The fingerprint hashes the CONTENT
-of the weights, so a gallery notices a retrained checkpoint at the same path.
-"""
+"""Loading a searcher for use: a student from its checkpoint, or the two-step teacher from its
+YAML config (its ``out_dir`` holds both trained parts); which kind a MODEL argument names and
+the fingerprint of its weights (their CONTENT, so a gallery notices a retrained checkpoint at
+the same path)."""
 from __future__ import annotations
 
 import hashlib
@@ -16,15 +13,30 @@ import torch
 from cache.key import file_fingerprint
 from pipeline.config import load_config
 from pipeline.config.teacher import TeacherConfig
-from pipeline.engine.teacher import detector_path, reid_path
 from pipeline.gallery.store import ModelInfo
-from pipeline.models import load_searcher
+from pipeline.models.precision import autocast
+from pipeline.models.searcher import Searcher
+from pipeline.models.student import load_student
+from pipeline.models.two_step import load_two_step
 
+MODEL_KINDS = ("student", "teacher")
 TEACHER_SUFFIXES = (".yaml", ".yml")
 PROBE_SIZE = 64                  # pixels of the blank image that reveals the embedding size
 
 
+def load_searcher(source: str | Path, model_kind: str = "student",
+                  device: str | torch.device = "cpu") -> Searcher:
+    """``model_kind`` "student": ``source`` is a student checkpoint; "teacher": ``source`` is a
+    teacher YAML config. In eval mode on ``device``."""
+    if model_kind == "student":
+        return load_student(source, device)
+    if model_kind == "teacher":
+        return load_two_step(source, device)
+    raise ValueError(f"unknown model kind {model_kind!r}; expected one of {MODEL_KINDS}")
+
+
 def model_kind(spec: str | Path) -> str:
+    """MODEL is a teacher when it is a YAML config, else a student checkpoint."""
     return "teacher" if Path(spec).suffix.lower() in TEACHER_SUFFIXES else "student"
 
 
@@ -38,26 +50,18 @@ def model_info(spec: str | Path) -> ModelInfo:
                                     "checkpoint or a teacher YAML config)")
         return ModelInfo(kind, spec, file_fingerprint(spec))
     cfg = load_config(spec, TeacherConfig)
-    parts = [file_fingerprint(p) for p in (detector_path(cfg), reid_path(cfg))]
+    parts = [file_fingerprint(cfg.checkpoint(part)) for part in ("detector", "reid")]
     return ModelInfo(kind, spec, hashlib.sha256("\n".join(parts).encode()).hexdigest())
 
 
-def load_model(spec: str | Path, device: str | torch.device = "cpu"):
+def load_model(spec: str | Path, device: str | torch.device = "cpu") -> tuple[Searcher, ModelInfo]:
     """(searcher in eval mode on ``device``, its ModelInfo)."""
     info = model_info(spec)
     return load_searcher(spec, info.kind, device), info
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (as ``evaluate`` runs models), nothing elsewhere."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 @torch.no_grad()
-def embedding_dim(searcher, device) -> int:
+def embedding_dim(searcher: Searcher, device) -> int:
     """The size of the searcher's embeddings, from one box on a blank image."""
     image = torch.zeros(3, PROBE_SIZE, PROBE_SIZE, device=device)
     box = torch.tensor([[8.0, 4.0, 40.0, 60.0]], device=device)
@@ -66,5 +70,6 @@ def embedding_dim(searcher, device) -> int:
 
 
 def to_numpy(t: torch.Tensor, cols: int | None = None) -> np.ndarray:
+    """float32 NumPy copy; (-1, cols) when ``cols`` is given, else flat."""
     a = t.detach().float().cpu().numpy()
     return a.reshape(-1, cols) if cols else a.ravel()
