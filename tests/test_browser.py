@@ -29,7 +29,7 @@ CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run", "--window-size=1400,900")
-WAIT = 90          # seconds a page may take on a loaded 2-core machine
+WAIT = 300         # seconds a page or the server may take on a loaded 2-core machine
 
 
 @pytest.fixture(scope="module")
