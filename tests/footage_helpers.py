@@ -80,7 +80,7 @@ def fake_gallery(directory: Path, blocks, *, kind="flat", dim=8, model=FAKE_MODE
 TEACHER_WORLD = dict(identities=30, images=100, size=(128, 96), cameras=3, seed=0)
 TEACHER_FOOTAGE = dict(**TEACHER_WORLD, seconds=6.0, fps=2, walkers=3, passers=1)
 TEACHER_TREE = {
-    "data": {"dataset": "prw", "workers": 0, "min_size": 96, "max_size": 128},
+    "data": {"dataset": "prw", "workers": 0},
     "detector": {"backbone": "resnet18", "fpn_channels": 32, "box_head_dim": 128,
                  "min_size": 96, "max_size": 128, "rpn_pre_nms_top_n_train": 300,
                  "rpn_post_nms_top_n_train": 100, "rpn_pre_nms_top_n_test": 200,
@@ -88,7 +88,7 @@ TEACHER_TREE = {
                  "box_detections_per_img": 20, "box_score_thresh": 0.05, "epochs": 6,
                  "batch_size": 4, "lr": 0.02, "warmup_iters": 10, "milestones": [5],
                  "workers": 0},
-    "reid": {"backbone": "resnet18", "embed_dim": 32, "crop_height": 48, "crop_width": 24,
+    "reid": {"backbone": "resnet18", "embedding_dim": 32, "crop_height": 48, "crop_width": 24,
              "ids_per_batch": 4, "crops_per_id": 4, "epochs": 30, "lr": 0.001,
              "warmup_iters": 5, "milestones": [], "workers": 0},
     "cache": {"workers": 0},

@@ -85,6 +85,17 @@ def test_video_sampling_keeps_frame_index_and_time(tmp_path):
         video_sample_points(path, 0)
 
 
+@pytest.mark.parametrize("name,codec", [("v.avi", "mpeg4"), ("v.mkv", "libx264"),
+                                        ("v.mov", "libx264")])
+def test_every_container_samples_and_decodes_the_same_frames(tmp_path, name, codec):
+    path = write_video(tmp_path / name, fps=4, count=20, codec=codec)
+    refs = plan_frames(find_sources(str(path))[0], 1.0)
+    assert [(r.frame, r.time) for r in refs] == [(0, 0.0), (4, 1.0), (8, 2.0), (12, 3.0),
+                                                 (16, 4.0)]
+    for ref, rgb in zip(refs, load_frames(refs)):
+        assert np.abs(rgb.reshape(-1, 3).mean(0) - COLOURS[ref.frame]).max() < 8, ref.frame
+
+
 def test_decoded_frames_are_the_sampled_ones_in_any_group(tmp_path):
     path = write_video(tmp_path / "v.mp4", fps=4, count=20)
     source = find_sources(str(path))[0]
