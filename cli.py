@@ -421,7 +421,7 @@ def search_cmd(gallery_dir, image, box, hit, top, cameras, start, end, out_dir, 
     """Rank the gallery's people by similarity to the query; writes results.json, .csv and
     .html into --out and prints the path of results.html last."""
     embedder_for = None
-    if image is not None:  # only a picture needs the model
+    if image is not None or model is not None:  # a picture needs the model; a named one is checked
         embedder_for = functools.partial(QueryEmbedder, model=model, device=device)
     filt = SearchFilter(tuple(cameras), start, end)
     payload, page = search_command(gallery_dir, out_dir, image=image, box=box, hit=hit,

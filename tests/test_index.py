@@ -152,6 +152,9 @@ def test_another_model_is_refused_by_index_and_search(reference, tmp_path):
     Image.new("RGB", (40, 30)).save(tmp_path / "p.png")
     r = CliRunner().invoke(cli, index_args(reference, other, tmp_path))
     assert r.exit_code != 0 and "student.pt" in r.output and "other.pt" in r.output, r.output
+    r = CliRunner().invoke(cli, ["search", "--gallery", str(reference), "--hit", "0",
+                                 "--model", str(other), "--out", str(tmp_path / "h")])
+    assert r.exit_code != 0 and "other.pt" in r.output, r.output
     r = CliRunner().invoke(cli, ["search", "--gallery", str(reference), "--query",
                                  str(tmp_path / "p.png"), "--model", str(other), "--out",
                                  str(tmp_path / "r")])

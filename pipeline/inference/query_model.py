@@ -19,12 +19,17 @@ class QueryEmbedder:
         self.model = model or gallery.model.name
         self._searcher = None
 
+    def check(self) -> None:
+        """The model must be there and hold the gallery's weights (ModelMismatchError naming
+        both otherwise); nothing is loaded."""
+        if not Path(self.model).exists():
+            raise GalleryError(f"the gallery's model {self.model} is not found here; pass "
+                               f"the same weights with --model")
+        check_same_model(self.gallery.directory, self.gallery.model, model_info(self.model))
+
     def searcher(self):
         if self._searcher is None:
-            if not Path(self.model).exists():
-                raise GalleryError(f"the gallery's model {self.model} is not found here; pass "
-                                   f"the same weights with --model")
-            check_same_model(self.gallery.directory, self.gallery.model, model_info(self.model))
+            self.check()
             self._searcher, _ = load_model(self.model, self.device)
         return self._searcher
 

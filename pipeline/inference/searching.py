@@ -124,19 +124,23 @@ def search_command(gallery_dir, out_dir, *, image: str | None = None, box: str |
                    filt: SearchFilter = SearchFilter(),
                    embedder_for: Callable[[Gallery], object] | None = None) -> tuple[dict, Path]:
     """What ``cli.py search`` does; returns (results payload, results.html path).
-    ``embedder_for(gallery)`` makes the QueryEmbedder a query picture needs."""
+    ``embedder_for(gallery)`` makes the QueryEmbedder a query picture needs; given with a hit,
+    its model is only checked against the gallery's."""
     if (image is None) == (hit is None):
         raise QueryError("give exactly one of --query IMAGE and --hit ID")
     if hit is not None and box is not None:
         raise QueryError("--box goes with --query, not with --hit")
     gallery = open_gallery(gallery_dir)
     filt.check(gallery)
+    embedder = embedder_for(gallery) if embedder_for is not None else None
     if hit is not None:
+        if embedder is not None:   # a model was named: it must be the gallery's
+            embedder.check()
         query = query_from_hit(gallery, hit)
     else:
         rgb = read_picture(image, image)
-        query = query_from_picture(embedder_for(gallery), rgb,
-                                   None if box is None else parse_box(box), image_path=image)
+        query = query_from_picture(embedder, rgb, None if box is None else parse_box(box),
+                                   image_path=image)
     hits = run_query(gallery, query, top, filt)
     payload = write_results(out_dir, gallery, query.to_dict(), query.crop_jpeg, hits, filt)
     return payload, Path(out_dir) / "results.html"
