@@ -275,9 +275,12 @@ def train_student_cmd(config_path, overrides, resume, device, no_progress):
               help="flat = exact; ivf = approximate (flagged in the output)")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--batch-size", type=int, default=2, show_default=True)
+@click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch",
+              show_default=True, help="run the student in PyTorch or ONNX Runtime (--checkpoint "
+              "a .pt is exported to OUT_DIR/model.onnx first; a .onnx file runs as is)")
 @friendly_errors
 def evaluate(dataset, root, results, checkpoint, model_kind, gallery_size, multi_view, det_thresh,
-             json_path, per_query, visualize, out_dir, index, device, batch_size):
+             json_path, per_query, visualize, out_dir, index, device, batch_size, runtime):
     """Search mAP / top-k and detection AP / recall with the standard protocols."""
     from pipeline.data import read_dataset
     from pipeline.evaluation.command import default_out_dir, evaluate_command, \
@@ -291,7 +294,8 @@ def evaluate(dataset, root, results, checkpoint, model_kind, gallery_size, multi
     try:
         if checkpoint is not None:
             results = results_from_checkpoint(checkpoint, model_kind, data, out_dir,
-                                              device=device, batch_size=batch_size)
+                                              device=device, batch_size=batch_size,
+                                              runtime=runtime)
         table, _ = evaluate_command(
             data, results, gallery_size=None if gallery_size is None else int(gallery_size),
             multi_view=multi_view, det_thresh=det_thresh, index=index, json_path=json_path,
@@ -300,6 +304,34 @@ def evaluate(dataset, root, results, checkpoint, model_kind, gallery_size, multi
         raise click.ClickException(str(e)) from None
     click.echo(table)
 
+
+
+# ---------------------------------------------------------------- deployment
+
+@cli.command("export")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="a trained student, e.g. RUN/checkpoint_last.pt")
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="file to write")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="run one random frame through PyTorch and ONNX Runtime and compare")
+@friendly_errors
+def export_cmd(checkpoint, fmt, out, verify):
+    """Export a student for deployment: one ONNX file with a gallery mode (image -> boxes,
+    scores, embeddings) and a query mode (image + boxes -> embeddings); prints its path last."""
+    import os
+
+    from pipeline.engine.checkpoint import CheckpointError
+    from pipeline.inference.onnx_export import OnnxExportError, export_checkpoint, \
+        verify_export
+    try:
+        path = export_checkpoint(checkpoint, out)
+        if verify:
+            click.echo(verify_export(checkpoint, path), err=True)
+    except (CheckpointError, OnnxExportError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{fmt}: {os.path.getsize(path) / 1e6:.1f} MB", err=True)
+    click.echo(str(path))
 
 
 # ---------------------------------------------------------------- demo

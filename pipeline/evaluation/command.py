@@ -12,8 +12,11 @@ from pipeline.evaluation.results_file import read_results
 METRIC_KEYS = ("mAP", "top1", "top5", "top10", "det_ap", "det_recall")
 
 
-def results_from_checkpoint(checkpoint, model_kind, data, out_dir, *, device, batch_size):
-    """Run the model of ``checkpoint`` over the dataset; -> path of the written results file."""
+def results_from_checkpoint(checkpoint, model_kind, data, out_dir, *, device, batch_size,
+                            runtime="torch"):
+    """Run the model of ``checkpoint`` over the dataset; -> path of the written results file.
+    runtime "onnx": the student in ONNX Runtime (a .pt checkpoint is exported to
+    out_dir/model.onnx first)."""
     try:
         from pipeline.models import load_searcher
     except ImportError as e:
@@ -21,7 +24,15 @@ def results_from_checkpoint(checkpoint, model_kind, data, out_dir, *, device, ba
                            f"available ({e})") from None
     import torch
     from pipeline.evaluation.run_model import run_searcher
-    searcher = load_searcher(checkpoint, model_kind, device)
+    if runtime == "onnx":  # lazy like the rest: scoring a results file needs no model code
+        from pipeline.inference.onnx_export import onnx_searcher
+        if model_kind != "student":
+            raise RuntimeError("--runtime onnx runs the student only (the two-step teacher "
+                               "is not exported)")
+        searcher = onnx_searcher(checkpoint, Path(out_dir) / "model.onnx", device=device)
+        device = "cpu"  # frames go to ONNX Runtime as NumPy arrays
+    else:
+        searcher = load_searcher(checkpoint, model_kind, device)
     amp = torch.bfloat16 if str(device).startswith("cuda") else None
     return run_searcher(searcher, data, Path(out_dir) / "results.h5", device=device,
                         batch_size=batch_size, amp_dtype=amp)

@@ -31,15 +31,18 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
+from torchvision.ops import box_iou
 
-from pipeline.models.student import PersonSearchNet
+from pipeline.inference.onnx_runtime import ONNX_FORMAT, OnnxSearcher
+from pipeline.models.student import PersonSearchNet, load_student
 from pipeline.models.transform import PersonSearchTransform, resize_boxes
 
-ONNX_FORMAT = "person-search-onnx/1"
 ONNX_OPSET = 17
 GRAPH_INPUTS = ("image", "query_boxes", "min_size", "max_size")
 GRAPH_OUTPUTS = ("boxes", "scores", "embeddings")
 TRACE_SIZE = (192, 256)  # (H, W) of the example image the exporter traces with
+AGREEMENT_IOU = 0.99      # matched boxes, ONNX Runtime vs PyTorch, at least this IoU
+AGREEMENT_COSINE = 0.999  # and their embeddings at least this cosine
 
 
 class OnnxExportError(RuntimeError):
@@ -281,3 +284,107 @@ def _write_atomic(model: onnx.ModelProto, path: Path) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def export_checkpoint(checkpoint: str | Path, out_path: str | Path) -> Path:
+    """The student of a training checkpoint (``RUN/checkpoint_last.pt``) as an ONNX file."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.suffix in (".yaml", ".yml"):
+        raise OnnxExportError(f"{checkpoint} is a teacher config: only the end-to-end student "
+                              "exports to ONNX (the two-step teacher runs in PyTorch)")
+    return export_student(load_student(checkpoint, "cpu"), out_path)
+
+
+def onnx_searcher(checkpoint: str | Path, export_path: str | Path, *, device: str = "cpu",
+                  threads: int | None = None) -> OnnxSearcher:
+    """An ONNX Runtime searcher for ``checkpoint``: a .onnx file as it is, a training
+    checkpoint exported to ``export_path`` first (every time: never a stale export)."""
+    path = Path(checkpoint)
+    if path.suffix != ".onnx":
+        path = export_checkpoint(checkpoint, export_path)
+    return OnnxSearcher(path, device=device, threads=threads)
+
+
+# ------------------------------------------------------------------ agreement with PyTorch
+
+def _match(ref_boxes: Tensor, got_boxes: Tensor) -> tuple[Tensor, Tensor]:
+    """Greedy one-to-one matching by IoU, best pairs first: ((P,2) rows [ref, got], (P,) IoU)."""
+    iou = box_iou(ref_boxes, got_boxes) if len(ref_boxes) and len(got_boxes) else \
+        torch.zeros(len(ref_boxes), len(got_boxes))
+    pairs = []
+    while iou.numel() and iou.max() > 0:
+        k = int(iou.argmax())
+        i, j = divmod(k, iou.shape[1])
+        pairs.append((i, j, float(iou[i, j])))
+        iou[i, :], iou[:, j] = -1, -1
+    rows = torch.tensor([[i, j] for i, j, _ in pairs], dtype=torch.int64).reshape(-1, 2)
+    return rows, torch.tensor([v for _, _, v in pairs])
+
+
+def _cosine(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise cosine; 1 where both rows are zero (a box whose RoI samples all fall outside
+    the feature map embeds to zero in both runtimes: they agree)."""
+    both_zero = (a.norm(dim=1) == 0) & (b.norm(dim=1) == 0)
+    return torch.where(both_zero, torch.ones_like(a[:, 0]), F.cosine_similarity(a, b, dim=1))
+
+
+def agreement(net: PersonSearchNet, searcher: OnnxSearcher, images: list[Tensor],
+              query_boxes: list[Tensor]) -> dict:
+    """How closely ``searcher`` (ONNX Runtime) reproduces ``net`` (PyTorch) on ``images``:
+    detections per image in each, the smallest IoU of one-to-one matched boxes, the smallest
+    cosine of their embeddings, the largest score difference, and the smallest cosine of the
+    query-mode embeddings of ``query_boxes``. Unmatched detections count as IoU 0.
+
+    PyTorch runs one image at a time as ONNX Runtime does: a batch pads every image to the
+    largest, which changes the features near the right and bottom edges."""
+    net = net.eval()
+    out = {"torch_counts": [], "onnx_counts": [], "min_iou": 1.0, "min_cosine": 1.0,
+           "max_score_diff": 0.0, "min_query_cosine": 1.0}
+    with torch.no_grad():
+        refs = [net.detect([image])[0] for image in images]
+        ref_queries = [net.embed_boxes([image], [b])[0] for image, b in zip(images, query_boxes)]
+    for image, ref, qb, ref_q in zip(images, refs, query_boxes, ref_queries):
+        got = searcher.detect([image])[0]
+        out["torch_counts"].append(len(ref["boxes"]))
+        out["onnx_counts"].append(len(got["boxes"]))
+        rows, ious = _match(ref["boxes"], got["boxes"])
+        if len(rows) < max(len(ref["boxes"]), len(got["boxes"])):
+            out["min_iou"] = 0.0
+        if len(rows):
+            i, j = rows[:, 0], rows[:, 1]
+            cos = _cosine(ref["embeddings"][i], got["embeddings"][j])
+            out["min_iou"] = min(out["min_iou"], float(ious.min()))
+            out["min_cosine"] = min(out["min_cosine"], float(cos.min()))
+            out["max_score_diff"] = max(out["max_score_diff"],
+                                        float((ref["scores"][i] - got["scores"][j]).abs().max()))
+        if len(qb):
+            got_q = searcher.embed_boxes([image], [qb])[0]
+            out["min_query_cosine"] = min(out["min_query_cosine"],
+                                          float(_cosine(ref_q, got_q).min()))
+    return out
+
+
+def agrees(report: dict) -> bool:
+    """Same detection counts, matched boxes and embeddings within the agreement limits."""
+    return (report["torch_counts"] == report["onnx_counts"]
+            and report["min_iou"] >= AGREEMENT_IOU and report["min_cosine"] >= AGREEMENT_COSINE
+            and report["min_query_cosine"] >= AGREEMENT_COSINE)
+
+
+def verify_export(checkpoint: str | Path, onnx_path: str | Path) -> str:
+    """Run one random frame at the model's input size through both runtimes; -> a one-line
+    summary, or OnnxExportError when they disagree."""
+    net = load_student(checkpoint, "cpu")
+    searcher = OnnxSearcher(onnx_path)
+    h = int(searcher.min_size)
+    w = int(min(searcher.max_size, round(h * 4 / 3)))
+    image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0))
+    boxes = torch.tensor([[0.1 * w, 0.1 * h, 0.4 * w, 0.9 * h], [0.5 * w, 0.2 * h, 0.7 * w, h]])
+    report = agreement(net, searcher, [image], [boxes])
+    text = (f"checked on a random {w}x{h} frame: detections {report['torch_counts'][0]} "
+            f"(PyTorch) / {report['onnx_counts'][0]} (ONNX Runtime), matched boxes IoU >= "
+            f"{report['min_iou']:.4f}, embeddings cosine >= {report['min_cosine']:.5f}, "
+            f"query embeddings cosine >= {report['min_query_cosine']:.5f}")
+    if not agrees(report):
+        raise OnnxExportError(f"{onnx_path} disagrees with PyTorch: {text}")
+    return text
