@@ -2,6 +2,20 @@
 
     .venv/bin/python bench/bench_inference.py --device cuda            # the issue's setting
     .venv/bin/python bench/bench_inference.py --device cpu --quick     # a small smoke run
+    .venv/bin/python bench/bench_inference.py --cpu-table \
+        --checkpoint work/runs/student-synthetic-r18-all/checkpoint_last.pt  # CPU: see below
+
+--cpu-table: frames/s on the CPU, PyTorch vs ONNX Runtime (and the other fast modes), R18 and
+R50 students and a ResNet-50 SeqNet-style baseline (the R50 student in PyTorch float32, the
+published settings), at each of --threads, all modes interleaved frame by frame so that load
+from other jobs hits every mode alike; ratios to the baseline at the same thread count. The
+frames are 1920x1080 mosaics of synthetic test scenes, scaled so the people reach the network
+at the size the trained student saw (about 64-144 px tall at 900/1500): a trained student then
+finds a realistic number of people (printed per mode). Models run with the published PRW
+inference settings (900/1500, RoIAlign 14, 6000/300 proposals, <= 100 detections) unless a
+mode says otherwise; --r50-checkpoint gives trained R50 weights, else they are random and the
+R50 keeps every proposal as a candidate (score threshold off) and is capped at the R18's
+detection count, so its embedding work is the same as a trained one's.
 
 Frames are 1920x1080 (resized by the network to --min-size/--max-size, 900/1500 standard).
 Inference modes: float32, bf16 autocast, bf16 + channels-last, bf16 + torch.compile of the
@@ -15,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime
+import os
 import platform
 import statistics
 import sys
@@ -33,6 +49,8 @@ from pipeline.config import from_dict  # noqa: E402
 from pipeline.config.model import DistillConfig, ModelConfig  # noqa: E402
 from pipeline.models.student import build_student, load_student  # noqa: E402
 from student_step import TERMS, random_targets  # noqa: E402
+from cpu_modes import Mode, mosaic_frames, people_scale, published_settings, runner, \
+    temporary_workdir  # noqa: E402
 
 NUM_IDS = 500
 EMB_DIM = 256
@@ -139,6 +157,89 @@ def training_row(args, frames, terms, amp: bool):
     return len(batch) / statistics.median(times), peak
 
 
+# ------------------------------------------------------------------ CPU table (--cpu-table)
+
+BASELINE = "R50 student, PyTorch float32 (SeqNet-style baseline)"
+
+
+def cpu_modes(args) -> list[tuple[str, str | None, Mode]]:
+    """(backbone, checkpoint, mode) rows; the first is the baseline."""
+    r18, r50 = ("resnet18", args.checkpoint), ("resnet50", args.r50_checkpoint)
+    fewer = {"rpn_post_nms_top_n_test": args.proposals}
+    small = {"min_size": args.small_size,
+             "max_size": round(args.small_size * 1500 / 900)}
+    rows = [(*r50, Mode(BASELINE)),
+            (*r50, Mode("R50 student, ONNX Runtime", "onnx")),
+            (*r18, Mode("R18 student, PyTorch float32")),
+            (*r18, Mode("R18 student, PyTorch bf16", bf16=True)),
+            (*r18, Mode("R18 student, PyTorch float32 channels-last", channels_last=True)),
+            (*r18, Mode("R18 student, ONNX Runtime", "onnx")),
+            (*r18, Mode(f"R18 student, ONNX Runtime, {args.proposals} proposals", "onnx",
+                        settings=fewer)),
+            (*r18, Mode(f"R18 student, ONNX Runtime, input {args.small_size}", "onnx",
+                        settings=small)),
+            (*r18, Mode(f"R18 student, ONNX Runtime, input {args.small_size}, "
+                        f"{args.proposals} proposals", "onnx", settings={**fewer, **small}))]
+    return [r for i, r in enumerate(rows)   # the baseline always: ratios are to it
+            if i == 0 or not args.only or any(k in r[2].label for k in args.only)]
+
+
+def thread_counts(spec: list[str]) -> list[int]:
+    counts = [os.cpu_count() if t == "all" else int(t) for t in spec]
+    return sorted(set(counts), key=counts.index)
+
+
+def cpu_table(args) -> str:
+    """Interleaved frames/s of every mode at every thread count; -> markdown table."""
+    scale = people_scale(args.checkpoint, args.data_root)
+    frames = mosaic_frames(args.data_root, args.frames, tile_scale=scale, tiles=args.tiles)
+    threads = thread_counts(args.threads)
+    base = published_settings()
+    rows = cpu_modes(args)
+    with temporary_workdir() as workdir:
+        dets = {}
+        runners = {}
+        for backbone, ckpt, mode in rows:       # R18 first: the R50's cap comes from it
+            if backbone == "resnet50" and not ckpt:
+                continue
+            runners[mode.label] = runner(ckpt, backbone, mode, base, Path(workdir))
+        r18_dets = None
+        for backbone, ckpt, mode in rows:
+            if mode.label in runners and backbone == "resnet18" and r18_dets is None:
+                out = runners[mode.label].detect(frames[:2])
+                r18_dets = max(1, round(statistics.mean(len(o["boxes"]) for o in out)))
+        for backbone, ckpt, mode in rows:
+            if mode.label not in runners:   # random R50: every proposal may become a detection
+                cap = {"det_detections_per_img": r18_dets or 100, "det_score_thresh": -1.0}
+                runners[mode.label] = runner(ckpt, backbone, mode, {**base, **cap}, Path(workdir))
+        times = {(m.label, t): [] for _, _, m in rows for t in threads}
+        cpu_times = copy.deepcopy(times)
+        for it in range(args.warmup + args.iters):
+            for frame in frames:
+                for _, _, mode in rows:
+                    for t in threads:
+                        torch.set_num_threads(t)
+                        t0, c0 = time.perf_counter(), time.process_time()
+                        out = runners[mode.label].detect([frame], threads=t)[0]
+                        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+                        if it >= args.warmup:
+                            times[(mode.label, t)].append(elapsed)
+                            cpu_times[(mode.label, t)].append(cpu)
+                            dets.setdefault(mode.label, []).append(len(out["boxes"]))
+            print(f"  round {it + 1}/{args.warmup + args.iters} done", flush=True)
+    fps = {k: 1.0 / statistics.median(v) for k, v in times.items()}
+    cpu_s = {k: statistics.median(v) for k, v in cpu_times.items()}
+    head = "| mode | detections/frame | " + " | ".join(
+        f"{t} threads: frames/s | x baseline | CPU s/frame" for t in threads) + " |"
+    lines = [head, "|---|---|" + "---|---|---|" * len(threads)]
+    for _, _, mode in rows:
+        cells = [f"{fps[(mode.label, t)]:.3f} | {fps[(mode.label, t)] / fps[(BASELINE, t)]:.2f}x"
+                 f" | {cpu_s[(mode.label, t)]:.2f}" for t in threads]
+        lines.append(f"| {mode.label} | {statistics.mean(dets[mode.label]):.1f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def machine(device: str) -> str:
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                 if l.startswith("model name")), platform.machine())
@@ -156,12 +257,33 @@ def main() -> None:
     p.add_argument("--max-size", type=int, default=1500)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--train-batch", type=int, default=5)
-    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--iters", type=int, default=None,
+                   help="timed iterations (default 10; --cpu-table: rounds over the frames, 2)")
     p.add_argument("--modes", nargs="+",
                    default=["float32", "bf16", "bf16+channels_last", "bf16+compile"])
     p.add_argument("--quick", action="store_true", help="small frames and few iterations (CPU)")
     p.add_argument("--record", action="store_true", help="append the table to BENCHMARKS.md")
+    p.add_argument("--cpu-table", action="store_true",
+                   help="CPU: PyTorch vs ONNX Runtime, R18 / R50 students vs the baseline")
+    p.add_argument("--r50-checkpoint", default=None, help="--cpu-table: trained R50 weights")
+    p.add_argument("--data-root", default="work/data/synthetic-prw",
+                   help="--cpu-table: synthetic PRW world whose test scenes make the frames")
+    p.add_argument("--frames", type=int, default=3, help="--cpu-table: distinct frames")
+    p.add_argument("--tiles", type=int, default=6, help="--cpu-table: scenes per frame")
+    p.add_argument("--warmup", type=int, default=1, help="--cpu-table: untimed rounds")
+    p.add_argument("--threads", nargs="+", default=["2", "all"],
+                   help="--cpu-table: thread counts ('all' = every core)")
+    p.add_argument("--proposals", type=int, default=100,
+                   help="--cpu-table: proposals kept in the fewer-proposals modes")
+    p.add_argument("--small-size", type=int, default=600,
+                   help="--cpu-table: shorter side in the small-input modes")
+    p.add_argument("--only", nargs="+", default=None,
+                   help="--cpu-table: modes whose label contains one of these")
     args = p.parse_args()
+    if args.cpu_table:
+        args.iters = args.iters or 2
+        return cpu_table_main(args)
+    args.iters = args.iters or 10
     if args.quick:
         args.frame, args.min_size, args.max_size = "480x270", 270, 480
         args.batch, args.train_batch, args.iters = 2, 2, 2
@@ -195,6 +317,25 @@ def main() -> None:
                     f"- machine: {machine(args.device)}\n- command: `python bench/bench_inference.py "
                     f"{' '.join(sys.argv[1:])}`\n- date: {datetime.date.today()}\n"
                     f"- detections per frame (fp32): {per_frame:.1f}\n\n{text}\n")
+
+
+def cpu_table_main(args) -> None:
+    if not args.checkpoint:
+        raise SystemExit("--cpu-table needs --checkpoint (a trained R18 student)")
+    load = os.getloadavg()
+    print(f"# {machine('cpu')}\n# load average before: {load[0]:.2f}", flush=True)
+    table = cpu_table(args)
+    load_after = os.getloadavg()
+    print("\n" + table)
+    if args.record:
+        r50 = args.r50_checkpoint or "random weights, detections capped at the R18's count"
+        with open(ROOT / "BENCHMARKS.md", "a") as f:
+            f.write(f"\n## CPU inference on full-size frames: PyTorch vs ONNX Runtime\n\n"
+                    f"- machine: {machine('cpu')}\n- command: `python bench/bench_inference.py "
+                    f"{' '.join(sys.argv[1:])}`\n- date: {datetime.date.today()}\n"
+                    f"- load average (1 min) before / after: {load[0]:.2f} / "
+                    f"{load_after[0]:.2f}\n- R18: {args.checkpoint}; R50: {r50}\n\n"
+                    f"{table}\n")
 
 
 if __name__ == "__main__":

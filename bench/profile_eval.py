@@ -4,8 +4,9 @@
         --checkpoint work/runs/student-synthetic-r18-all/checkpoint_last.pt --model student
 
 Everything after the options this script knows is handed to `evaluate` unchanged (so
-`--runtime onnx`, `--batch-size 4`, ... profile those paths). Prints the wall time of the whole
-command, a table of its phases (model loading, image decoding, gallery detection, query
+`--runtime onnx`, `--batch-size 4`, ... profile those paths). Prints the wall time and the CPU
+time of the whole command (CPU time barely moves when other jobs share the cores; wall time
+does), a table of its phases (model loading, image decoding, gallery detection, query
 embedding, scoring, pictures; cumulative seconds of the functions that do each), and the
 functions that took the most time themselves (cProfile "tottime": torch operators show up by
 name, e.g. ``torch.conv2d``). --stats FILE keeps the raw pstats for snakeviz / pstats.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import sys
 import tempfile
@@ -26,37 +28,33 @@ sys.path.insert(0, str(ROOT))
 
 import cli  # noqa: E402
 
-#: phase -> (file suffix, function name) whose cumulative time is the phase's
+#: phase -> the project function whose cumulative time is the phase's (the outermost call
+#: when several project functions share the name, e.g. PersonSearchNet.detect and
+#: PersonSearchRoIHeads.detect)
 PHASES = {
-    "load the model": ("inference/searchers.py", "load_searcher"),
-    "decode images": ("data/images.py", "load_image"),
-    "gallery: detect": ("", "detect"),
-    "queries: embed_boxes": ("", "embed_boxes"),
-    "write results file": ("results_file.py", "write_results"),
-    "score (evaluate_command)": ("evaluation/command.py", "evaluate_command"),
-    "pictures": ("evaluation/command.py", "write_pictures"),
+    "load the model": "load_searcher",
+    "export to ONNX (--runtime onnx)": "export_checkpoint",
+    "decode images": "load_image",
+    "gallery: detect": "detect",
+    "queries: embed_boxes": "embed_boxes",
+    "write results file": "write_results",
+    "score (evaluate_command)": "evaluate_command",
+    "pictures": "write_pictures",
 }
-LEGACY_LOAD = ("models/__init__.py", "load_searcher")  # before pipeline/inference existed
 
 
 def phase_seconds(stats: pstats.Stats) -> dict[str, float]:
-    """Cumulative seconds per phase (the outermost call of each matching function; a function
-    matched by name only counts once per file, the largest)."""
-    out = {}
-    for phase, (suffix, name) in PHASES.items():
-        found = [v[3] for (file, _, func), v in stats.stats.items()
-                 if func == name and file.replace("\\", "/").endswith(suffix)
-                 and "site-packages" not in file]
-        if not found and (suffix, name) == PHASES["load the model"]:
-            found = [v[3] for (file, _, func), v in stats.stats.items()
-                     if func == LEGACY_LOAD[1] and file.endswith(LEGACY_LOAD[0])]
-        out[phase] = max(found, default=0.0)
-    return out
+    """Cumulative seconds per phase, from the project's own functions only."""
+    project = str(ROOT)
+    return {phase: max((v[3] for (file, _, func), v in stats.stats.items()
+                        if func == name and file.startswith(project)
+                        and "site-packages" not in file), default=0.0)
+            for phase, name in PHASES.items()}
 
 
-def top_functions(stats: pstats.Stats, sort: str, count: int) -> str:
+def top_functions(profiler: cProfile.Profile, sort: str, count: int) -> str:
     buf = io.StringIO()
-    pstats.Stats(stats, stream=buf).strip_dirs().sort_stats(sort).print_stats(count)
+    pstats.Stats(profiler, stream=buf).strip_dirs().sort_stats(sort).print_stats(count)
     lines = buf.getvalue().splitlines()
     start = next((i for i, l in enumerate(lines) if l.strip().startswith("ncalls")), 0)
     return "\n".join(lines[start:])
@@ -72,22 +70,24 @@ def main() -> None:
             evaluate_args += ["--out-dir", tmp]
         argv = ["evaluate", *evaluate_args]
         profiler = cProfile.Profile()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         profiler.enable()
         try:
             cli.cli.main(argv, standalone_mode=False)
         finally:
             profiler.disable()
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     stats = pstats.Stats(profiler)
     if args.stats:
         stats.dump_stats(args.stats)
-    print(f"\n# python cli.py {' '.join(argv)}\n# wall {wall:.1f} s (under cProfile)\n")
+    load = os.getloadavg()[0]
+    print(f"\n# python cli.py {' '.join(argv)}\n# wall {wall:.1f} s, CPU {cpu:.1f} s (all "
+          f"threads; under cProfile), load average {load:.2f} at the end\n")
     print("| phase | seconds |\n|---|---|")
     for phase, seconds in phase_seconds(stats).items():
         print(f"| {phase} | {seconds:.2f} |")
     print(f"\n## top {args.top} functions by own time\n")
-    print(top_functions(stats, "tottime", args.top))
+    print(top_functions(profiler, "tottime", args.top))
 
 
 if __name__ == "__main__":

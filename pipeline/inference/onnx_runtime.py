@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from pipeline.inference.input_size import proportional_max_size
+
 ONNX_FORMAT = "person-search-onnx/1"   # the format onnx_export.py writes
 QUIET = 3                              # ORT log level "error": the optional inputs are intended
 
@@ -66,6 +68,9 @@ class OnnxSearcher:
             raise OnnxModelError(f"{self.path}: no such ONNX file")
         options = ort.SessionOptions()
         options.log_severity_level = QUIET
+        # idle threads sleep instead of spinning: on a CPU shared with other jobs a spinning
+        # pool took 2.8x the wall time (bench_inference.py --cpu-table, BENCHMARKS.md)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = int(threads)
         try:
@@ -97,8 +102,8 @@ class OnnxSearcher:
             raise ValueError(f"input size needs 0 < min_size <= max_size, got {min_size}, "
                              f"{max_size}")
         self.min_size = float(min_size)
-        self.max_size = float(max_size) if max_size is not None else \
-            float(round(min_size * self.trained_max_size / self.trained_min_size))
+        self.max_size = float(max_size) if max_size is not None else float(
+            proportional_max_size(min_size, self.trained_min_size, self.trained_max_size))
 
     def _feeds(self, image: np.ndarray, boxes: np.ndarray | None = None) -> dict:
         if image.ndim != 3 or image.shape[0] != 3:
