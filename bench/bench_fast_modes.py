@@ -1,6 +1,6 @@
 """What each fast inference mode costs in accuracy: search mAP / top-1 / detection AP of one
-trained student on the synthetic PRW world, PyTorch float32 vs ONNX Runtime, bf16, fewer
-proposals and smaller input sizes.
+trained student on the synthetic PRW world, PyTorch float32 vs ONNX Runtime, bf16, int8 (ONNX
+Runtime, calibrated on 8 training frames), fewer proposals and smaller input sizes.
 
     .venv/bin/python bench/bench_fast_modes.py \
         --checkpoint work/runs/student-synthetic-r18-all/checkpoint_last.pt [--record]
@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 
-from cpu_modes import Mode, runner, temporary_workdir  # noqa: E402
+from cpu_modes import Mode, calibration_images, runner, temporary_workdir  # noqa: E402
 from pipeline.data import read_dataset  # noqa: E402
 from pipeline.engine.checkpoint import read_checkpoint  # noqa: E402
 from pipeline.evaluation.command import evaluate_command  # noqa: E402
@@ -42,6 +42,7 @@ def modes(trained: dict, sizes: list[float], proposal_share: float) -> list[Mode
     fewer = {"rpn_post_nms_top_n_test": max(1, round(trained["rpn_post_nms_top_n_test"]
                                                       * proposal_share))}
     out = [Mode(REFERENCE), Mode("PyTorch bf16", bf16=True), Mode("ONNX Runtime", "onnx"),
+           Mode("ONNX Runtime int8", "onnx", int8=True),
            Mode(f"ONNX Runtime, proposals x{proposal_share:.2f} "
                 f"({fewer['rpn_post_nms_top_n_test']})", "onnx", settings=fewer)]
     for f in sizes:
@@ -53,7 +54,8 @@ def modes(trained: dict, sizes: list[float], proposal_share: float) -> list[Mode
 
 
 def evaluate_mode(args, data, mode: Mode, workdir: Path) -> tuple[dict, float]:
-    searcher = runner(args.checkpoint, None, mode, {}, workdir)
+    searcher = runner(args.checkpoint, None, mode, {}, workdir,
+                      calibration_images(args.root) if mode.int8 else None)
     start = time.perf_counter()
     results = run_searcher(searcher, data, workdir / "results.h5", device="cpu",
                            batch_size=1, progress=False)

@@ -174,6 +174,7 @@ def cpu_modes(args) -> list[tuple[str, str | None, Mode]]:
             (*r18, Mode("R18 student, PyTorch bf16", bf16=True)),
             (*r18, Mode("R18 student, PyTorch float32 channels-last", channels_last=True)),
             (*r18, Mode("R18 student, ONNX Runtime", "onnx")),
+            (*r18, Mode("R18 student, ONNX Runtime int8", "onnx", int8=True)),
             (*r18, Mode(f"R18 student, ONNX Runtime, {args.proposals} proposals", "onnx",
                         settings=fewer)),
             (*r18, Mode(f"R18 student, ONNX Runtime, input {args.small_size}", "onnx",
@@ -196,13 +197,15 @@ def cpu_table(args) -> str:
     threads = thread_counts(args.threads)
     base = published_settings()
     rows = cpu_modes(args)
+    calibration = mosaic_frames(args.data_root, 4, tile_scale=scale, tiles=args.tiles,
+                                seed=1, split="train") if any(m.int8 for _, _, m in rows) else None
     with temporary_workdir() as workdir:
         dets = {}
         runners = {}
         for backbone, ckpt, mode in rows:       # R18 first: the R50's cap comes from it
             if backbone == "resnet50" and not ckpt:
                 continue
-            runners[mode.label] = runner(ckpt, backbone, mode, base, Path(workdir))
+            runners[mode.label] = runner(ckpt, backbone, mode, base, Path(workdir), calibration)
         r18_dets = None
         for backbone, ckpt, mode in rows:
             if mode.label in runners and backbone == "resnet18" and r18_dets is None:

@@ -19,7 +19,7 @@ from PIL import Image
 from pipeline.config import from_dict
 from pipeline.config.model import ModelConfig
 from pipeline.data import read_dataset
-from pipeline.data.images import load_rgb
+from pipeline.data.images import load_image, load_rgb
 from pipeline.engine.checkpoint import load_checkpoint, read_checkpoint
 from pipeline.inference.onnx_export import export_student
 from pipeline.inference.onnx_runtime import OnnxSearcher
@@ -39,6 +39,7 @@ class Mode:
     runtime: str = "torch"
     bf16: bool = False
     channels_last: bool = False
+    int8: bool = False            # ONNX Runtime only: convolutions quantized, calibrated
     settings: dict = field(default_factory=dict)
 
 
@@ -85,8 +86,11 @@ class TorchRunner:
 class OnnxRunner:
     """One ONNX Runtime session per thread count (ORT fixes the count at session creation)."""
 
-    def __init__(self, net, mode: Mode, workdir: Path):
-        self.path = export_student(net, Path(workdir) / f"{abs(hash(mode.label))}.onnx")
+    def __init__(self, net, mode: Mode, workdir: Path, calibration=None):
+        if mode.int8 and not calibration:
+            raise ValueError(f"{mode.label}: int8 needs calibration images")
+        self.path = export_student(net, Path(workdir) / f"{abs(hash(mode.label))}.onnx",
+                                   int8_calibration=calibration if mode.int8 else None)
         self.sessions: dict[int | None, OnnxSearcher] = {}
 
     def searcher(self, threads: int | None = None) -> OnnxSearcher:
@@ -101,25 +105,30 @@ class OnnxRunner:
         return self.searcher().embed_boxes(images, boxes)
 
 
-def runner(checkpoint, backbone, mode: Mode, base: dict, workdir: Path):
+def runner(checkpoint, backbone, mode: Mode, base: dict, workdir: Path, calibration=None):
+    """A TorchRunner or OnnxRunner of ``mode``; ``calibration`` images for int8 modes."""
     net = student_with(checkpoint, backbone, **{**base, **mode.settings})
-    return OnnxRunner(net, mode, workdir) if mode.runtime == "onnx" else TorchRunner(net, mode)
+    if mode.runtime == "onnx":
+        return OnnxRunner(net, mode, workdir, calibration)
+    return TorchRunner(net, mode)
 
 
 # ------------------------------------------------------------------ frames
 
 def mosaic_frames(data_root, count: int, *, size=(1920, 1080), tile_scale: float,
-                  tiles: int = 6, seed: int = 0) -> list[torch.Tensor]:
-    """``count`` frames of ``size`` (W, H): a grey, noisy ground with ``tiles`` synthetic test
-    scenes, each scaled by ``tile_scale``, on distinct cells of a grid. (3, H, W) in [0, 1]."""
+                  tiles: int = 6, seed: int = 0, split: str = "test") -> list[torch.Tensor]:
+    """``count`` frames of ``size`` (W, H): a grey, noisy ground with ``tiles`` synthetic
+    scenes of ``split``, each scaled by ``tile_scale``, on distinct cells of a grid.
+    (3, H, W) in [0, 1]."""
     data = read_dataset("prw", data_root)
+    records = data.gallery if split == "test" else data.train
     rng = np.random.default_rng(seed)
     width, height = size
     frames = []
     for _ in range(count):
         canvas = np.clip(rng.normal(128, 12, (height, width, 3)), 0, 255).astype(np.uint8)
-        picks = rng.choice(len(data.gallery), tiles, replace=False)
-        scenes = [Image.fromarray(load_rgb(data.gallery[i].path)) for i in picks]
+        picks = rng.choice(len(records), tiles, replace=False)
+        scenes = [Image.fromarray(load_rgb(records[i].path)) for i in picks]
         tw, th = (max(1, round(d * tile_scale)) for d in scenes[0].size)
         cells = [(r, c) for r in range(height // th) for c in range(width // tw)]
         for scene, k in zip(scenes, rng.choice(len(cells), tiles, replace=False)):
@@ -145,3 +154,10 @@ def people_scale(checkpoint, data_root, frame_size=(1920, 1080), settings=None) 
 
 def temporary_workdir():
     return tempfile.TemporaryDirectory(prefix="bench-onnx-")
+
+
+def calibration_images(data_root, count: int = 8) -> list[torch.Tensor]:
+    """Training-split frames for int8 calibration (never the test frames that are scored)."""
+    train = read_dataset("prw", data_root).train
+    picks = np.linspace(0, len(train) - 1, count).astype(int)
+    return [load_image(train[i].path) for i in picks]

@@ -60,10 +60,40 @@ def top_functions(profiler: cProfile.Profile, sort: str, count: int) -> str:
     return "\n".join(lines[start:])
 
 
+def flops_per_frame(checkpoint: str, model_kind: str, root: str, dataset: str, frames: int,
+                    depth: int = 3) -> str:
+    """Multiply-adds per gallery frame of the PyTorch model and the modules that spend them
+    (torch's FlopCounterMode on ``frames`` gallery frames, detect only)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipeline.data import read_dataset
+    from pipeline.data.images import load_image
+    from pipeline.models import load_searcher
+    data = read_dataset(dataset, root)
+    images = [load_image(r.path) for r in data.gallery[:frames]]
+    searcher = load_searcher(checkpoint, model_kind, "cpu")
+    counter = FlopCounterMode(display=False, depth=depth)
+    with torch.inference_mode(), counter:
+        out = searcher.detect(images)
+    per_frame = lambda flops: flops / 2 / len(images) / 1e9   # 2 FLOPs per multiply-add
+    lines = [f"\n## multiply-adds per frame ({len(images)} gallery frames, "
+             f"{sum(len(o['boxes']) for o in out) / len(images):.1f} detections per frame)\n",
+             "| module | GMACs/frame | share |", "|---|---|---|"]
+    total = counter.get_total_flops()
+    for name, counts in sorted(counter.get_flop_counts().items(),
+                               key=lambda kv: -sum(kv[1].values()))[:8]:
+        flops = sum(counts.values())
+        lines.append(f"| {name} | {per_frame(flops):.2f} | {100 * flops / total:.0f}% |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--top", type=int, default=25, help="functions listed")
     p.add_argument("--stats", default=None, help="also write the raw pstats here")
+    p.add_argument("--flops", type=int, default=0, metavar="N",
+                   help="also count the PyTorch model's multiply-adds on N gallery frames")
     args, evaluate_args = p.parse_known_args()
     with tempfile.TemporaryDirectory() as tmp:
         if "--out-dir" not in evaluate_args:
@@ -88,6 +118,11 @@ def main() -> None:
         print(f"| {phase} | {seconds:.2f} |")
     print(f"\n## top {args.top} functions by own time\n")
     print(top_functions(profiler, "tottime", args.top))
+    if args.flops:
+        opt = lambda name, default=None: evaluate_args[evaluate_args.index(name) + 1] \
+            if name in evaluate_args else default
+        print(flops_per_frame(opt("--checkpoint"), opt("--model", "student"), opt("--root"),
+                              opt("--dataset"), args.flops))
 
 
 if __name__ == "__main__":

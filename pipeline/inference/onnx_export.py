@@ -241,9 +241,50 @@ def _example_image() -> Tensor:
     return torch.rand(3, *TRACE_SIZE, generator=g)
 
 
-def export_student(net: PersonSearchNet, out_path: str | Path) -> Path:
+def _calibration_feeds(net: PersonSearchNet, images: list[Tensor], sizes) -> tuple[list, list]:
+    """Inputs of the gallery graph and of the query graph for int8 calibration: the images,
+    and for queries the student's own detections in them (realistic RoIs)."""
+    sizes = {"min_size": sizes[0].numpy(), "max_size": sizes[1].numpy()}
+    gallery, query = [], []
+    with torch.no_grad():
+        for image in images:
+            gallery.append({"image": image.numpy(), **sizes})
+            boxes = net.detect([image])[0]["boxes"][:32]
+            if len(boxes):
+                query.append({"image": image.numpy(), "query_boxes": boxes.numpy(), **sizes})
+    return gallery, query or [{"image": images[0].numpy(), "query_boxes": np.array(
+        [[0, 0, images[0].shape[-1] / 2, images[0].shape[-2]]], np.float32), **sizes}]
+
+
+def quantize_int8(model: onnx.ModelProto, feeds: list[dict]) -> onnx.ModelProto:
+    """Static int8 quantization of the convolutions (QDQ, per-channel weights, activation
+    ranges from ``feeds``); boxes, NMS and the embedding's last layers stay float32."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, \
+        quantize_static  # onnxruntime's quantization tools load only when asked for
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter(feeds)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(model, src)
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, op_types_to_quantize=["Conv"],
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        return onnx.load(str(dst))
+
+
+def export_student(net: PersonSearchNet, out_path: str | Path, *,
+                   int8_calibration: list[Tensor] | None = None) -> Path:
     """Write ``net`` (eval mode is set here) as one ONNX file; -> its path. Atomic: a
-    temporary file renamed into place, so an interrupted export leaves no half file."""
+    temporary file renamed into place, so an interrupted export leaves no half file.
+
+    int8_calibration: images (3,H,W) in [0,1] to calibrate int8 convolutions on; None keeps
+    float32 (see BENCHMARKS.md "Fast inference modes" for what int8 costs in mAP)."""
     if not isinstance(net, PersonSearchNet):
         raise OnnxExportError(f"only the end-to-end student exports to ONNX, not "
                               f"{type(net).__name__}")
@@ -261,9 +302,13 @@ def export_student(net: PersonSearchNet, out_path: str | Path) -> Path:
     query = _trace(QueryGraph(net).eval(), (image, box, *sizes),
                    ("image", "query_boxes", "min_size", "max_size"), ("embeddings",),
                    {"image": hw, "query_boxes": {0: "N"}, "embeddings": {0: "N"}})
+    if int8_calibration:
+        gallery_feeds, query_feeds = _calibration_feeds(net, int8_calibration, sizes)
+        gallery, query = quantize_int8(gallery, gallery_feeds), quantize_int8(query, query_feeds)
     dim = int(net.roi_heads.reid_head.dim)
     metadata = {"format": ONNX_FORMAT, "min_size": min_size, "max_size": max_size,
-                "embedding_dim": dim, "model_args": json.dumps(net.model_args or {})}
+                "embedding_dim": dim, "model_args": json.dumps(net.model_args or {}),
+                "precision": "int8" if int8_calibration else "float32"}
     model = combine_modes(gallery, query, min_size=min_size, max_size=max_size,
                           embedding_dim=dim, metadata=metadata)
     try:
