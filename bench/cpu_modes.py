@@ -20,10 +20,11 @@ from pipeline.config import from_dict
 from pipeline.config.model import ModelConfig
 from pipeline.data import read_dataset
 from pipeline.data.images import load_image, load_rgb
-from pipeline.engine.checkpoint import load_checkpoint, read_checkpoint
 from pipeline.inference.onnx_export import export_student
 from pipeline.inference.onnx_runtime import OnnxSearcher
-from pipeline.models.student import build_student, build_student_from_args
+from pipeline.models.checkpoint import load_state, read_checkpoint
+from pipeline.models.student import TRAINING_ONLY, build_network, build_oim, \
+    model_config_from_args
 
 PUBLISHED = ModelConfig()  # PRW / CUHK-SYSU: 900/1500, RoIAlign 14, 6000/300 proposals
 #: inference settings that set the cost of a frame; everything else comes from the checkpoint
@@ -51,14 +52,17 @@ def student_with(checkpoint: str | None, backbone: str = "resnet18", **settings)
     """The student of ``checkpoint`` (random weights of ``backbone`` when None) with its
     inference settings replaced by ``settings``; eval mode, CPU."""
     if checkpoint:
-        args = copy.deepcopy(read_checkpoint(checkpoint)["model_args"])
+        ckpt = read_checkpoint(checkpoint)
+        args = copy.deepcopy(ckpt["model_args"])
         args["model"].update(settings)
-        net = build_student_from_args(args)
-        load_checkpoint(checkpoint, net)
+        cfg = model_config_from_args(args)
+        net = build_network(cfg, build_oim(cfg, np.asarray(args["identity_pids"])), args)
+        load_state(net, {k: v for k, v in ckpt["model"].items()
+                         if not k.startswith(TRAINING_ONLY)}, source=str(checkpoint))
     else:
         torch.manual_seed(0)
         cfg = from_dict(ModelConfig, {"backbone": backbone, **settings})
-        net = build_student(cfg, None, np.arange(RANDOM_IDS))
+        net = build_network(cfg, build_oim(cfg, np.arange(RANDOM_IDS)))
     return net.eval()
 
 

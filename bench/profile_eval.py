@@ -69,7 +69,7 @@ def flops_per_frame(checkpoint: str, model_kind: str, root: str, dataset: str, f
 
     from pipeline.data import read_dataset
     from pipeline.data.images import load_image
-    from pipeline.models import load_searcher
+    from pipeline.inference.searchers import load_searcher
     data = read_dataset(dataset, root)
     images = [load_image(r.path) for r in data.gallery[:frames]]
     searcher = load_searcher(checkpoint, model_kind, "cpu")

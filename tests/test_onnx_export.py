@@ -15,11 +15,11 @@ from click.testing import CliRunner
 import cli
 from pipeline.data import read_dataset
 from pipeline.data.images import load_image
-from pipeline.engine.checkpoint import save_checkpoint
+from pipeline.distill.student import build_student
 from pipeline.inference.onnx_export import AGREEMENT_COSINE, AGREEMENT_IOU, agreement, \
     export_student
 from pipeline.inference.onnx_runtime import OnnxModelError, OnnxSearcher
-from pipeline.models.student import build_student
+from pipeline.models.checkpoint import save_checkpoint
 
 from student_helpers import PIDS, tiny_model_cfg
 

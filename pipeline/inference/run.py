@@ -1,5 +1,5 @@
-"""Run any Searcher (CONTRACTS.md section 3) over a dataset's gallery and queries and write the
-results file (schema "person-search-results/1")."""
+"""Run a :class:`~pipeline.models.searcher.Searcher` over a dataset's gallery and queries and
+write the results file (:mod:`pipeline.gallery.results_file`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,14 @@ from tqdm import tqdm
 
 from pipeline.data.images import load_image
 from pipeline.data.records import PersonSearchData
-from pipeline.evaluation.results_file import write_results
+from pipeline.gallery.results_file import write_results
+from pipeline.inference.onnx_export import onnx_searcher
+from pipeline.inference.searchers import load_searcher
+from pipeline.models.precision import autocast
+from pipeline.models.searcher import Searcher
+
+
+RUNTIMES = ("torch", "onnx")
 
 
 def _load_image(path: Path, device) -> torch.Tensor:
@@ -18,19 +25,34 @@ def _load_image(path: Path, device) -> torch.Tensor:
     return load_image(path).to(device)
 
 
-def _autocast(device, amp_dtype):
-    """bf16 autocast on CUDA, and on the CPU when asked for (1.8x on CPUs with native bf16;
-    BENCHMARKS.md "Fast inference modes" has what it costs in mAP)."""
-    kind = torch.device(device).type
-    return torch.autocast(kind, dtype=amp_dtype, enabled=amp_dtype is not None)
+def results_from_model(source, model_kind: str, data: PersonSearchData, out_path, *,
+                       device="cpu", batch_size: int = 2, progress: bool = True,
+                       runtime: str = "torch") -> Path:
+    """Load a searcher (a student checkpoint, or a teacher config with ``model_kind``
+    "teacher") and write its results file over ``data``; bf16 on CUDA. ``runtime`` "onnx":
+    the student in ONNX Runtime, a .pt checkpoint exported beside ``out_path`` (model.onnx)
+    first, a .onnx file as it is."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; expected one of {RUNTIMES}")
+    if runtime == "onnx":
+        if model_kind != "student":
+            raise RuntimeError("--runtime onnx runs the student only (the two-step teacher is "
+                               "not exported)")
+        searcher = onnx_searcher(source, Path(out_path).parent / "model.onnx", device=device)
+        device = "cpu"   # frames reach ONNX Runtime as NumPy arrays, whatever its provider
+    else:
+        searcher = load_searcher(source, model_kind, device)
+    return run_searcher(searcher, data, out_path, device=device, batch_size=batch_size,
+                        amp=True, progress=progress)
 
 
-def run_searcher(searcher, data: PersonSearchData, out_path, *, device, batch_size: int = 2,
-                 amp_dtype=None, progress: bool = True) -> Path:
-    """Detect in every gallery image, embed every query box, write the results file."""
+def run_searcher(searcher: Searcher, data: PersonSearchData, out_path, *, device,
+                 batch_size: int = 2, amp: bool = False, progress: bool = True) -> Path:
+    """Detect in every gallery image, embed every query box, write the results file. ``amp``:
+    bf16 autocast on CUDA."""
     boxes, scores, embs, counts = [], [], [], []
     gallery = data.gallery
-    with torch.no_grad(), _autocast(device, amp_dtype):
+    with torch.no_grad(), autocast(device, amp):
         for s in tqdm(range(0, len(gallery), batch_size), desc="gallery", disable=not progress):
             images = [_load_image(r.path, device) for r in gallery[s:s + batch_size]]
             for out in searcher.detect(images):
