@@ -182,7 +182,14 @@ def cpu_modes(args) -> list[tuple[str, str | None, Mode]]:
             (*r18, Mode(f"R18 student, ONNX Runtime, input {args.small_size}", "onnx",
                         settings=small)),
             (*r18, Mode(f"R18 student, ONNX Runtime, input {args.small_size}, "
-                        f"{args.proposals} proposals", "onnx", settings={**fewer, **small}))]
+                        f"{args.proposals} proposals", "onnx", settings={**fewer, **small})),
+            (*r18, Mode(f"R18 student, PyTorch bf16, {args.proposals} proposals", bf16=True,
+                        settings=fewer)),
+            (*r18, Mode(f"R18 student, PyTorch bf16, input {args.small_size}, "
+                        f"{args.proposals} proposals", bf16=True, settings={**fewer, **small})),
+            (*r18, Mode(f"R18 student, ONNX Runtime int8, input {args.small_size}, "
+                        f"{args.proposals} proposals", "onnx", int8=True,
+                        settings={**fewer, **small}))]
     return [r for i, r in enumerate(rows)   # the baseline always: ratios are to it
             if i == 0 or not args.only or any(k in r[2].label for k in args.only)]
 
@@ -199,7 +206,7 @@ def cpu_table(args) -> str:
     threads = thread_counts(args.threads)
     base = published_settings()
     rows = cpu_modes(args)
-    calibration = mosaic_frames(args.data_root, 4, tile_scale=scale, tiles=args.tiles,
+    calibration = mosaic_frames(args.data_root, 2, tile_scale=scale, tiles=args.tiles,
                                 seed=1, split="train") if any(m.int8 for _, _, m in rows) else None
     with temporary_workdir() as workdir:
         dets = {}

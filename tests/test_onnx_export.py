@@ -217,3 +217,40 @@ def test_cli_evaluate_runtime_onnx_matches_torch(checkpoint, synthetic_prw, tmp_
         str(tmp_path / "again.json"), "--det-thresh", "0.3"])
     assert out.exit_code == 0, out.output
     assert json.loads((tmp_path / "again.json").read_text())["mAP"] == metrics["onnx"]["mAP"]
+
+
+# ------------------------------------------------------------------ input size
+
+def test_set_input_size_on_each_kind_of_searcher(net, onnx_path):
+    from pipeline.inference.input_size import input_size, set_input_size
+    from pipeline.models.two_step import TwoStepSearcher
+    torch_net = tiny_student()
+    assert input_size(torch_net) == (96.0, 128.0)
+    set_input_size(torch_net, 48)                           # trained 96/128: keeps 3:4
+    assert input_size(torch_net) == (48.0, 64.0)
+    image = torch.rand(3, 120, 160, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch_net.detect([image])                           # runs at the new size
+        features = torch_net.transform([image])[0].tensors
+    assert features.shape[-2:] == (64, 64)                  # 48x64, padded to 32
+    onnx = set_input_size(OnnxSearcher(onnx_path), 72, 100)
+    assert input_size(onnx) == (72.0, 100.0)
+
+    class Detector:                                         # the teacher's detector has a
+        transform = torch_net.transform                     # torchvision transform too
+    two_step = TwoStepSearcher.__new__(TwoStepSearcher)
+    two_step.detector = Detector()
+    set_input_size(two_step, 60, 80)
+    assert input_size(two_step) == (60.0, 80.0)
+    with pytest.raises(ValueError):
+        set_input_size(torch_net, 0)
+    with pytest.raises(TypeError):
+        set_input_size(object(), 60)
+
+
+def test_evaluate_refuses_onnx_for_the_teacher_in_one_line(synthetic_prw, tmp_path):
+    out = CliRunner().invoke(cli.cli, [
+        "evaluate", "--dataset", "prw", "--root", str(synthetic_prw), "--teacher-config",
+        "configs/synthetic/teacher.yaml", "--runtime", "onnx", "--json", str(tmp_path / "m.json")])
+    assert out.exit_code != 0 and "Traceback" not in out.output
+    assert "runs the student only" in out.output
