@@ -43,6 +43,7 @@ def modes(trained: dict, sizes: list[float], proposal_share: float) -> list[Mode
                                                       * proposal_share))}
     out = [Mode(REFERENCE), Mode("PyTorch bf16", bf16=True), Mode("ONNX Runtime", "onnx"),
            Mode("ONNX Runtime int8", "onnx", int8=True),
+           Mode(f"PyTorch bf16, proposals x{proposal_share:.2f}", bf16=True, settings=fewer),
            Mode(f"ONNX Runtime, proposals x{proposal_share:.2f} "
                 f"({fewer['rpn_post_nms_top_n_test']})", "onnx", settings=fewer)]
     for f in sizes:

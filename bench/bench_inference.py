@@ -15,7 +15,8 @@ finds a realistic number of people (printed per mode). Models run with the publi
 inference settings (900/1500, RoIAlign 14, 6000/300 proposals, <= 100 detections) unless a
 mode says otherwise; --r50-checkpoint gives trained R50 weights, else they are random and the
 R50 keeps every proposal as a candidate (score threshold off) and is capped at the R18's
-detection count, so its embedding work is the same as a trained one's.
+detection count, so its embedding work is the same as a trained one's. int8 modes are
+calibrated on two mosaics of training scenes.
 
 Frames are 1920x1080 (resized by the network to --min-size/--max-size, 900/1500 standard).
 Inference modes: float32, bf16 autocast, bf16 + channels-last, bf16 + torch.compile of the
@@ -53,6 +54,7 @@ from pipeline.models.student import load_student  # noqa: E402
 from student_step import TERMS, random_targets  # noqa: E402
 from cpu_modes import Mode, mosaic_frames, people_scale, published_settings, runner, \
     temporary_workdir  # noqa: E402
+from pipeline.inference.input_size import proportional_max_size  # noqa: E402
 
 NUM_IDS = 500
 EMB_DIM = 256
@@ -165,31 +167,28 @@ BASELINE = "R50 student, PyTorch float32 (SeqNet-style baseline)"
 
 
 def cpu_modes(args) -> list[tuple[str, str | None, Mode]]:
-    """(backbone, checkpoint, mode) rows; the first is the baseline."""
+    """(backbone, checkpoint, mode) rows; the first is the baseline. The last rows are the
+    footage settings: fewer proposals (--proposals) and smaller inputs (--small-sizes)."""
     r18, r50 = ("resnet18", args.checkpoint), ("resnet50", args.r50_checkpoint)
-    fewer = {"rpn_post_nms_top_n_test": args.proposals}
-    small = {"min_size": args.small_size,
-             "max_size": round(args.small_size * 1500 / 900)}
+    n = args.proposals
+    fewer = {"rpn_post_nms_top_n_test": n}
+
+    def small(size):
+        return {"min_size": size, "max_size": proportional_max_size(size, 900, 1500), **fewer}
     rows = [(*r50, Mode(BASELINE)),
             (*r50, Mode("R50 student, ONNX Runtime", "onnx")),
             (*r18, Mode("R18 student, PyTorch float32")),
             (*r18, Mode("R18 student, PyTorch bf16", bf16=True)),
-            (*r18, Mode("R18 student, PyTorch float32 channels-last", channels_last=True)),
             (*r18, Mode("R18 student, ONNX Runtime", "onnx")),
             (*r18, Mode("R18 student, ONNX Runtime int8", "onnx", int8=True)),
-            (*r18, Mode(f"R18 student, ONNX Runtime, {args.proposals} proposals", "onnx",
-                        settings=fewer)),
-            (*r18, Mode(f"R18 student, ONNX Runtime, input {args.small_size}", "onnx",
-                        settings=small)),
-            (*r18, Mode(f"R18 student, ONNX Runtime, input {args.small_size}, "
-                        f"{args.proposals} proposals", "onnx", settings={**fewer, **small})),
-            (*r18, Mode(f"R18 student, PyTorch bf16, {args.proposals} proposals", bf16=True,
-                        settings=fewer)),
-            (*r18, Mode(f"R18 student, PyTorch bf16, input {args.small_size}, "
-                        f"{args.proposals} proposals", bf16=True, settings={**fewer, **small})),
-            (*r18, Mode(f"R18 student, ONNX Runtime int8, input {args.small_size}, "
-                        f"{args.proposals} proposals", "onnx", int8=True,
-                        settings={**fewer, **small}))]
+            (*r18, Mode(f"R18 student, PyTorch bf16, {n} proposals", bf16=True, settings=fewer))]
+    rows += [(*r18, Mode(f"R18 student, PyTorch bf16, {n} proposals, input {size}", bf16=True,
+                         settings=small(size))) for size in args.small_sizes]
+    size = args.small_sizes[len(args.small_sizes) // 2]
+    rows += [(*r18, Mode(f"R18 student, ONNX Runtime, {n} proposals, input {size}", "onnx",
+                         settings=small(size))),
+             (*r18, Mode(f"R18 student, ONNX Runtime int8, {n} proposals, input {size}", "onnx",
+                         int8=True, settings=small(size)))]
     return [r for i, r in enumerate(rows)   # the baseline always: ratios are to it
             if i == 0 or not args.only or any(k in r[2].label for k in args.only)]
 
@@ -199,57 +198,63 @@ def thread_counts(spec: list[str]) -> list[int]:
     return sorted(set(counts), key=counts.index)
 
 
-def cpu_table(args) -> str:
-    """Interleaved frames/s of every mode at every thread count; -> markdown table."""
+def build_runners(args, rows, frames, workdir: Path) -> dict:
+    """label -> runner. A random-weight R50 keeps every proposal as a candidate and is capped
+    at the trained R18's detections per frame, so its embedding work matches a trained one."""
+    base = published_settings()
+    scale = people_scale(args.checkpoint, args.data_root)
+    calibration = mosaic_frames(args.data_root, 2, tile_scale=scale, tiles=args.tiles, seed=1,
+                                split="train") if any(m.int8 for _, _, m in rows) else None
+    runners = {m.label: runner(ckpt, backbone, m, base, workdir, calibration)
+               for backbone, ckpt, m in rows if backbone == "resnet18" or ckpt}
+    first_r18 = next(m.label for backbone, _, m in rows if backbone == "resnet18")
+    r18_dets = statistics.mean(len(o["boxes"]) for o in runners[first_r18].detect(frames[:2]))
+    cap = {"det_detections_per_img": max(1, round(r18_dets)), "det_score_thresh": -1.0}
+    for backbone, ckpt, m in rows:
+        if m.label not in runners:
+            runners[m.label] = runner(ckpt, backbone, m, {**base, **cap}, workdir)
+    return runners
+
+
+def time_modes(args, rows, runners, frames, threads) -> tuple[dict, dict, dict, list]:
+    """Every mode on every frame at every thread count, round after round; -> per (label,
+    threads) wall and CPU seconds, per label detection counts, and the load seen each round."""
+    wall = {(m.label, t): [] for _, _, m in rows for t in threads}
+    cpu, dets, loads = copy.deepcopy(wall), {}, []
+    for it in range(args.warmup + args.iters):
+        for frame in frames:
+            for (_, _, mode), t in ((r, t) for r in rows for t in threads):
+                torch.set_num_threads(t)
+                t0, c0 = time.perf_counter(), time.process_time()
+                out = runners[mode.label].detect([frame], threads=t)[0]
+                if it >= args.warmup:
+                    wall[(mode.label, t)].append(time.perf_counter() - t0)
+                    cpu[(mode.label, t)].append(time.process_time() - c0)
+                    dets.setdefault(mode.label, []).append(len(out["boxes"]))
+        loads.append(os.getloadavg()[0])
+        print(f"  round {it + 1}/{args.warmup + args.iters} done, load {loads[-1]:.2f}",
+              flush=True)
+    return wall, cpu, dets, loads
+
+
+def cpu_table(args) -> tuple[str, list]:
+    """Interleaved frames/s of every mode at every thread count; -> (markdown, loads)."""
     scale = people_scale(args.checkpoint, args.data_root)
     frames = mosaic_frames(args.data_root, args.frames, tile_scale=scale, tiles=args.tiles)
-    threads = thread_counts(args.threads)
-    base = published_settings()
-    rows = cpu_modes(args)
-    calibration = mosaic_frames(args.data_root, 2, tile_scale=scale, tiles=args.tiles,
-                                seed=1, split="train") if any(m.int8 for _, _, m in rows) else None
+    threads, rows = thread_counts(args.threads), cpu_modes(args)
     with temporary_workdir() as workdir:
-        dets = {}
-        runners = {}
-        for backbone, ckpt, mode in rows:       # R18 first: the R50's cap comes from it
-            if backbone == "resnet50" and not ckpt:
-                continue
-            runners[mode.label] = runner(ckpt, backbone, mode, base, Path(workdir), calibration)
-        r18_dets = None
-        for backbone, ckpt, mode in rows:
-            if mode.label in runners and backbone == "resnet18" and r18_dets is None:
-                out = runners[mode.label].detect(frames[:2])
-                r18_dets = max(1, round(statistics.mean(len(o["boxes"]) for o in out)))
-        for backbone, ckpt, mode in rows:
-            if mode.label not in runners:   # random R50: every proposal may become a detection
-                cap = {"det_detections_per_img": r18_dets or 100, "det_score_thresh": -1.0}
-                runners[mode.label] = runner(ckpt, backbone, mode, {**base, **cap}, Path(workdir))
-        times = {(m.label, t): [] for _, _, m in rows for t in threads}
-        cpu_times = copy.deepcopy(times)
-        for it in range(args.warmup + args.iters):
-            for frame in frames:
-                for _, _, mode in rows:
-                    for t in threads:
-                        torch.set_num_threads(t)
-                        t0, c0 = time.perf_counter(), time.process_time()
-                        out = runners[mode.label].detect([frame], threads=t)[0]
-                        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-                        if it >= args.warmup:
-                            times[(mode.label, t)].append(elapsed)
-                            cpu_times[(mode.label, t)].append(cpu)
-                            dets.setdefault(mode.label, []).append(len(out["boxes"]))
-            print(f"  round {it + 1}/{args.warmup + args.iters} done", flush=True)
-    fps = {k: 1.0 / statistics.median(v) for k, v in times.items()}
-    cpu_s = {k: statistics.median(v) for k, v in cpu_times.items()}
+        runners = build_runners(args, rows, frames, Path(workdir))
+        wall, cpu, dets, loads = time_modes(args, rows, runners, frames, threads)
+    fps = {k: 1.0 / statistics.median(v) for k, v in wall.items()}
     head = "| mode | detections/frame | " + " | ".join(
         f"{t} threads: frames/s | x baseline | CPU s/frame" for t in threads) + " |"
     lines = [head, "|---|---|" + "---|---|---|" * len(threads)]
-    for _, _, mode in rows:
-        cells = [f"{fps[(mode.label, t)]:.3f} | {fps[(mode.label, t)] / fps[(BASELINE, t)]:.2f}x"
-                 f" | {cpu_s[(mode.label, t)]:.2f}" for t in threads]
-        lines.append(f"| {mode.label} | {statistics.mean(dets[mode.label]):.1f} | "
+    for _, _, m in rows:
+        cells = [f"{fps[(m.label, t)]:.3f} | {fps[(m.label, t)] / fps[(BASELINE, t)]:.2f}x | "
+                 f"{statistics.median(cpu[(m.label, t)]):.2f}" for t in threads]
+        lines.append(f"| {m.label} | {statistics.mean(dets[m.label]):.1f} | "
                      + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines), loads
 
 
 def machine(device: str) -> str:
@@ -287,8 +292,8 @@ def main() -> None:
                    help="--cpu-table: thread counts ('all' = every core)")
     p.add_argument("--proposals", type=int, default=100,
                    help="--cpu-table: proposals kept in the fewer-proposals modes")
-    p.add_argument("--small-size", type=int, default=600,
-                   help="--cpu-table: shorter side in the small-input modes")
+    p.add_argument("--small-sizes", type=int, nargs="+", default=[750, 600, 450],
+                   help="--cpu-table: shorter sides of the small-input modes")
     p.add_argument("--only", nargs="+", default=None,
                    help="--cpu-table: modes whose label contains one of these")
     args = p.parse_args()
@@ -334,10 +339,8 @@ def main() -> None:
 def cpu_table_main(args) -> None:
     if not args.checkpoint:
         raise SystemExit("--cpu-table needs --checkpoint (a trained R18 student)")
-    load = os.getloadavg()
-    print(f"# {machine('cpu')}\n# load average before: {load[0]:.2f}", flush=True)
-    table = cpu_table(args)
-    load_after = os.getloadavg()
+    print(f"# {machine('cpu')}\n# load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    table, loads = cpu_table(args)
     print("\n" + table)
     if args.record:
         r50 = args.r50_checkpoint or "random weights, detections capped at the R18's count"
@@ -345,8 +348,9 @@ def cpu_table_main(args) -> None:
             f.write(f"\n## CPU inference on full-size frames: PyTorch vs ONNX Runtime\n\n"
                     f"- machine: {machine('cpu')}\n- command: `python bench/bench_inference.py "
                     f"{' '.join(sys.argv[1:])}`\n- date: {datetime.date.today()}\n"
-                    f"- load average (1 min) before / after: {load[0]:.2f} / "
-                    f"{load_after[0]:.2f}\n- R18: {args.checkpoint}; R50: {r50}\n\n"
+                    f"- load average (1 min) after each round: "
+                    f"{', '.join(f'{x:.2f}' for x in loads)}\n"
+                    f"- R18: {args.checkpoint}; R50: {r50}\n\n"
                     f"{table}\n")
 
 

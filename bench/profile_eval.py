@@ -26,7 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
 import cli  # noqa: E402
+import pipeline.inference.run as run_module  # noqa: E402
 
 #: phase -> the project function whose cumulative time is the phase's (the outermost call
 #: when several project functions share the name, e.g. PersonSearchNet.detect and
@@ -64,7 +67,6 @@ def flops_per_frame(checkpoint: str, model_kind: str, root: str, dataset: str, f
                     depth: int = 3) -> str:
     """Multiply-adds per gallery frame of the PyTorch model and the modules that spend them
     (torch's FlopCounterMode on ``frames`` gallery frames, detect only)."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from pipeline.data import read_dataset
@@ -94,7 +96,13 @@ def main() -> None:
     p.add_argument("--stats", default=None, help="also write the raw pstats here")
     p.add_argument("--flops", type=int, default=0, metavar="N",
                    help="also count the PyTorch model's multiply-adds on N gallery frames")
+    p.add_argument("--cpu-bf16", action="store_true",
+                   help="profile evaluate as it would run with bf16 autocast on the CPU too "
+                        "(pipeline.models.precision.autocast enables CUDA only)")
     args, evaluate_args = p.parse_known_args()
+    if args.cpu_bf16:
+        run_module.autocast = lambda device, enabled=True, dtype=torch.bfloat16: \
+            torch.autocast(torch.device(device).type, dtype=dtype, enabled=enabled)
     with tempfile.TemporaryDirectory() as tmp:
         if "--out-dir" not in evaluate_args:
             evaluate_args += ["--out-dir", tmp]
@@ -111,7 +119,8 @@ def main() -> None:
     if args.stats:
         stats.dump_stats(args.stats)
     load = os.getloadavg()[0]
-    print(f"\n# python cli.py {' '.join(argv)}\n# wall {wall:.1f} s, CPU {cpu:.1f} s (all "
+    bf16 = " (with bf16 autocast on the CPU: --cpu-bf16)" if args.cpu_bf16 else ""
+    print(f"\n# python cli.py {' '.join(argv)}{bf16}\n# wall {wall:.1f} s, CPU {cpu:.1f} s (all "
           f"threads; under cProfile), load average {load:.2f} at the end\n")
     print("| phase | seconds |\n|---|---|")
     for phase, seconds in phase_seconds(stats).items():
