@@ -312,14 +312,17 @@ def evaluate(dataset, root, results, checkpoint, teacher_config, gallery_size, m
               help="a trained student, e.g. RUN/checkpoint_last.pt")
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="file to write")
+@click.option("--proposals", type=click.IntRange(min=1), default=None,
+              help="RPN proposals scored per frame (default: the model's; fewer is faster, "
+                   "see BENCHMARKS.md)")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="run one random frame through PyTorch and ONNX Runtime and compare")
 @friendly_errors
-def export_cmd(checkpoint, fmt, out, verify):
+def export_cmd(checkpoint, fmt, out, proposals, verify):
     """Export a student for deployment: one ONNX file with a gallery mode (image -> boxes,
     scores, embeddings) and a query mode (image + boxes -> embeddings); prints its path last."""
     try:
-        path = export_checkpoint(checkpoint, out)
+        path = export_checkpoint(checkpoint, out, proposals=proposals)
         if verify:
             click.echo(verify_export(checkpoint, path), err=True)
     except (CheckpointError, OnnxExportError, OnnxModelError) as e:

@@ -54,7 +54,7 @@ from pipeline.models.student import load_student  # noqa: E402
 from student_step import TERMS, random_targets  # noqa: E402
 from cpu_modes import Mode, mosaic_frames, people_scale, published_settings, runner, \
     temporary_workdir  # noqa: E402
-from pipeline.inference.input_size import proportional_max_size  # noqa: E402
+from pipeline.inference.speed import proportional_max_size  # noqa: E402
 
 NUM_IDS = 500
 EMB_DIM = 256
@@ -181,11 +181,14 @@ def cpu_modes(args) -> list[tuple[str, str | None, Mode]]:
             (*r18, Mode("R18 student, PyTorch bf16", bf16=True)),
             (*r18, Mode("R18 student, ONNX Runtime", "onnx")),
             (*r18, Mode("R18 student, ONNX Runtime int8", "onnx", int8=True)),
+            (*r18, Mode(f"R18 student, PyTorch float32, {n} proposals", settings=fewer)),
             (*r18, Mode(f"R18 student, PyTorch bf16, {n} proposals", bf16=True, settings=fewer))]
     rows += [(*r18, Mode(f"R18 student, PyTorch bf16, {n} proposals, input {size}", bf16=True,
                          settings=small(size))) for size in args.small_sizes]
     size = args.small_sizes[len(args.small_sizes) // 2]
-    rows += [(*r18, Mode(f"R18 student, ONNX Runtime, {n} proposals, input {size}", "onnx",
+    rows += [(*r18, Mode(f"R18 student, PyTorch float32, {n} proposals, input {size}",
+                         settings=small(size))),
+             (*r18, Mode(f"R18 student, ONNX Runtime, {n} proposals, input {size}", "onnx",
                          settings=small(size))),
              (*r18, Mode(f"R18 student, ONNX Runtime int8, {n} proposals, input {size}", "onnx",
                          int8=True, settings=small(size)))]

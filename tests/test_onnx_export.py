@@ -19,6 +19,8 @@ from pipeline.distill.student import build_student
 from pipeline.inference.onnx_export import AGREEMENT_COSINE, AGREEMENT_IOU, agreement, \
     export_student
 from pipeline.inference.onnx_runtime import OnnxModelError, OnnxSearcher
+from pipeline.inference.speed import input_size, proposal_count, set_input_size, set_proposals
+from pipeline.models.two_step import TwoStepSearcher
 from pipeline.models.checkpoint import save_checkpoint
 
 from student_helpers import PIDS, tiny_model_cfg
@@ -222,8 +224,6 @@ def test_cli_evaluate_runtime_onnx_matches_torch(checkpoint, synthetic_prw, tmp_
 # ------------------------------------------------------------------ input size
 
 def test_set_input_size_on_each_kind_of_searcher(net, onnx_path):
-    from pipeline.inference.input_size import input_size, set_input_size
-    from pipeline.models.two_step import TwoStepSearcher
     torch_net = tiny_student()
     assert input_size(torch_net) == (96.0, 128.0)
     set_input_size(torch_net, 48)                           # trained 96/128: keeps 3:4
@@ -254,3 +254,17 @@ def test_evaluate_refuses_onnx_for_the_teacher_in_one_line(synthetic_prw, tmp_pa
         "configs/synthetic/teacher.yaml", "--runtime", "onnx", "--json", str(tmp_path / "m.json")])
     assert out.exit_code != 0 and "Traceback" not in out.output
     assert "runs the student only" in out.output
+
+
+def test_fewer_proposals_in_pytorch_and_in_an_exported_file(tmp_path, synthetic_prw):
+    net = tiny_student()
+    assert proposal_count(net) == 20
+    searcher = OnnxSearcher(export_student(net, tmp_path / "p8.onnx", proposals=8))
+    assert searcher.proposals == 8 and proposal_count(net) == 20     # the model is unchanged
+    with pytest.raises(TypeError, match="export --proposals"):
+        set_proposals(searcher, 4)
+    set_proposals(net, 8)
+    images = frames(synthetic_prw, count=2)
+    report = agreement(net, searcher, images, [query_boxes(i) for i in images])
+    assert_agrees(report)
+    assert max(report["torch_counts"]) <= 8

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou
 
 from pipeline.inference.onnx_runtime import ONNX_FORMAT, OnnxSearcher
+from pipeline.inference.speed import proposal_count, set_proposals
 from pipeline.models.student import PersonSearchNet, load_student
 from pipeline.models.transform import PersonSearchTransform, resize_boxes
 
@@ -286,16 +287,34 @@ def quantize_int8(model: onnx.ModelProto, feeds: list[dict]) -> onnx.ModelProto:
 
 
 def export_student(net: PersonSearchNet, out_path: str | Path, *,
+                   proposals: int | None = None,
                    int8_calibration: list[Tensor] | None = None) -> Path:
     """Write ``net`` (eval mode is set here) as one ONNX file; -> its path. Atomic: a
     temporary file renamed into place, so an interrupted export leaves no half file.
 
-    int8_calibration: images (3,H,W) in [0,1] to calibrate int8 convolutions on; None keeps
-    float32 (see BENCHMARKS.md "Fast inference modes" for what int8 costs in mAP)."""
+    proposals: RPN proposals the RoI head scores per image (default: the model's; fixed in the
+    file). int8_calibration: images (3,H,W) in [0,1] to calibrate int8 convolutions on; None
+    keeps float32 (BENCHMARKS.md "Fast inference modes": what each costs in mAP)."""
     if not isinstance(net, PersonSearchNet):
         raise OnnxExportError(f"only the end-to-end student exports to ONNX, not "
                               f"{type(net).__name__}")
     net = net.cpu().eval()
+    trained_proposals = net.rpn._post_nms_top_n["testing"]
+    if proposals is not None:
+        set_proposals(net, proposals)
+    try:
+        model = _export(net, int8_calibration)
+    finally:
+        set_proposals(net, trained_proposals)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise OnnxExportError(f"the exported graph does not validate: {e}") from None
+    return _write_atomic(model, Path(out_path))
+
+
+def _export(net: PersonSearchNet, int8_calibration) -> onnx.ModelProto:
+    """Both modes traced (and quantized when asked), combined into one model."""
     min_size, max_size = float(net.transform.min_size[-1]), float(net.transform.max_size)
     sizes = (torch.tensor(min_size, dtype=torch.float64),
              torch.tensor(max_size, dtype=torch.float64))
@@ -315,14 +334,10 @@ def export_student(net: PersonSearchNet, out_path: str | Path, *,
     dim = int(net.roi_heads.reid_head.dim)
     metadata = {"format": ONNX_FORMAT, "min_size": min_size, "max_size": max_size,
                 "embedding_dim": dim, "model_args": json.dumps(net.model_args or {}),
+                "proposals": proposal_count(net),
                 "precision": "int8" if int8_calibration else "float32"}
-    model = combine_modes(gallery, query, min_size=min_size, max_size=max_size,
-                          embedding_dim=dim, metadata=metadata)
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as e:
-        raise OnnxExportError(f"the exported graph does not validate: {e}") from None
-    return _write_atomic(model, Path(out_path))
+    return combine_modes(gallery, query, min_size=min_size, max_size=max_size,
+                         embedding_dim=dim, metadata=metadata)
 
 
 def _write_atomic(model: onnx.ModelProto, path: Path) -> Path:
@@ -338,13 +353,14 @@ def _write_atomic(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-def export_checkpoint(checkpoint: str | Path, out_path: str | Path) -> Path:
+def export_checkpoint(checkpoint: str | Path, out_path: str | Path, *,
+                      proposals: int | None = None) -> Path:
     """The student of a training checkpoint (``RUN/checkpoint_last.pt``) as an ONNX file."""
     checkpoint = Path(checkpoint)
     if checkpoint.suffix in (".yaml", ".yml"):
         raise OnnxExportError(f"{checkpoint} is a teacher config: only the end-to-end student "
                               "exports to ONNX (the two-step teacher runs in PyTorch)")
-    return export_student(load_student(checkpoint, "cpu"), out_path)
+    return export_student(load_student(checkpoint, "cpu"), out_path, proposals=proposals)
 
 
 def onnx_searcher(checkpoint: str | Path, export_path: str | Path, *, device: str = "cpu",
@@ -426,8 +442,8 @@ def agrees(report: dict) -> bool:
 def verify_export(checkpoint: str | Path, onnx_path: str | Path) -> str:
     """Run one random frame at the model's input size through both runtimes; -> a one-line
     summary, or OnnxExportError when they disagree."""
-    net = load_student(checkpoint, "cpu")
     searcher = OnnxSearcher(onnx_path)
+    net = set_proposals(load_student(checkpoint, "cpu"), searcher.proposals)
     h = int(searcher.min_size)
     w = int(min(searcher.max_size, round(h * 4 / 3)))
     image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0))

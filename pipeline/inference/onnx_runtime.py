@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pipeline.inference.input_size import proportional_max_size
+from pipeline.inference.speed import proportional_max_size
 
 ONNX_FORMAT = "person-search-onnx/1"   # the format onnx_export.py writes
 QUIET = 3                              # ORT log level "error": the optional inputs are intended
@@ -88,6 +88,7 @@ class OnnxSearcher:
         self.trained_min_size = float(meta["min_size"])
         self.trained_max_size = float(meta["max_size"])
         self.min_size, self.max_size = self.trained_min_size, self.trained_max_size
+        self.proposals = int(meta["proposals"])
         if min_size is not None:
             self.set_input_size(min_size, max_size)
 

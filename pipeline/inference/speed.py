@@ -1,8 +1,11 @@
-"""The input size of any searcher: the shorter side frames are resized to before the network.
+"""The speed settings of any searcher: the input size (the shorter side frames are resized to
+before the network) and, for the student, the number of RPN proposals its RoI head scores.
 
-A model runs at the size it was trained at unless told otherwise; a smaller size trades
-accuracy for speed on CPUs (BENCHMARKS.md, "Input size": speed and search mAP per size).
-Indexing footage at another size goes through ``set_input_size``.
+A model runs as it was trained unless told otherwise. On a CPU the student's cost is mostly
+its res5 head on every proposal, so fewer proposals is the first saving and a smaller input
+the second; BENCHMARKS.md ("CPU inference on full-size frames", "Fast inference modes") has
+frames/s and search mAP for each. Indexing footage at another size goes through
+``set_input_size``.
 """
 from __future__ import annotations
 
@@ -43,4 +46,24 @@ def set_input_size(searcher, min_size: float, max_size: float | None = None):
     if max_size is None:
         max_size = proportional_max_size(min_size, float(t.min_size[-1]), float(t.max_size))
     t.min_size, t.max_size = (int(round(min_size)),), int(round(max_size))
+    return searcher
+
+
+def proposal_count(searcher) -> int:
+    """Proposals the student's RoI head scores per image at inference."""
+    if hasattr(searcher, "set_input_size"):          # OnnxSearcher: fixed in the file
+        return searcher.proposals
+    return int(searcher.rpn._post_nms_top_n["testing"])
+
+
+def set_proposals(searcher, count: int):
+    """Keep ``count`` RPN proposals per image (after the RPN's NMS) for the RoI head to score.
+    PyTorch students only: an exported ONNX file has its count fixed (``cli.py export
+    --proposals N``). Returns the searcher."""
+    if count < 1:
+        raise ValueError(f"proposals must be at least 1, got {count}")
+    if hasattr(searcher, "set_input_size") or not hasattr(searcher, "rpn"):
+        raise TypeError(f"{type(searcher).__name__}: the proposal count is not adjustable here "
+                        "(an ONNX file fixes it at export: cli.py export --proposals N)")
+    searcher.rpn._post_nms_top_n = {**searcher.rpn._post_nms_top_n, "testing": int(count)}
     return searcher
