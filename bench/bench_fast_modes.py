@@ -35,22 +35,26 @@ REFERENCE = "PyTorch float32"
 
 
 def modes(trained: dict, sizes: list[float], proposal_share: float) -> list[Mode]:
-    """The reference first, then each fast mode with settings relative to ``trained``."""
+    """The reference first, then each fast mode with settings relative to ``trained`` (ONNX
+    Runtime float32 scores as PyTorch float32 does, so the size rows run in PyTorch)."""
     def size(f):
         return {"min_size": round(trained["min_size"] * f),
                 "max_size": round(trained["max_size"] * f)}
-    fewer = {"rpn_post_nms_top_n_test": max(1, round(trained["rpn_post_nms_top_n_test"]
-                                                      * proposal_share))}
+    count = max(1, round(trained["rpn_post_nms_top_n_test"] * proposal_share))
+    fewer = {"rpn_post_nms_top_n_test": count}
+    share = f"proposals x{proposal_share:.2f}"
     out = [Mode(REFERENCE), Mode("PyTorch bf16", bf16=True), Mode("ONNX Runtime", "onnx"),
            Mode("ONNX Runtime int8", "onnx", int8=True),
-           Mode(f"PyTorch bf16, proposals x{proposal_share:.2f}", bf16=True, settings=fewer),
-           Mode(f"ONNX Runtime, proposals x{proposal_share:.2f} "
-                f"({fewer['rpn_post_nms_top_n_test']})", "onnx", settings=fewer)]
+           Mode(f"PyTorch float32, {share} ({count})", settings=fewer),
+           Mode(f"PyTorch bf16, {share}", bf16=True, settings=fewer)]
     for f in sizes:
-        out.append(Mode(f"ONNX Runtime, input x{f:.2f} ({size(f)['min_size']} px)", "onnx",
-                        settings=size(f)))
-        out.append(Mode(f"ONNX Runtime, input x{f:.2f}, proposals x{proposal_share:.2f}",
-                        "onnx", settings={**size(f), **fewer}))
+        px = size(f)["min_size"]
+        out += [Mode(f"PyTorch float32, input x{f:.2f} ({px} px)", settings=size(f)),
+                Mode(f"PyTorch bf16, input x{f:.2f} ({px} px), {share}", bf16=True,
+                     settings={**size(f), **fewer})]
+    middle = sizes[len(sizes) // 2]
+    out.append(Mode(f"ONNX Runtime int8, input x{middle:.2f}, {share}", "onnx", int8=True,
+                    settings={**size(middle), **fewer}))
     return out
 
 

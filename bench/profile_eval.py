@@ -39,7 +39,7 @@ PHASES = {
     "export to ONNX (--runtime onnx)": "export_checkpoint",
     "decode images": "load_image",
     "gallery: detect": "detect",
-    "queries: embed_boxes": "embed_boxes",
+    "queries: embed_boxes (the two-step teacher's detect calls it too)": "embed_boxes",
     "write results file": "write_results",
     "score (evaluate_command)": "evaluate_command",
     "pictures": "write_pictures",
@@ -63,7 +63,7 @@ def top_functions(profiler: cProfile.Profile, sort: str, count: int) -> str:
     return "\n".join(lines[start:])
 
 
-def flops_per_frame(checkpoint: str, model_kind: str, root: str, dataset: str, frames: int,
+def flops_per_frame(source: str, model_kind: str, root: str, dataset: str, frames: int,
                     depth: int = 3) -> str:
     """Multiply-adds per gallery frame of the PyTorch model and the modules that spend them
     (torch's FlopCounterMode on ``frames`` gallery frames, detect only)."""
@@ -74,7 +74,7 @@ def flops_per_frame(checkpoint: str, model_kind: str, root: str, dataset: str, f
     from pipeline.inference.searchers import load_searcher
     data = read_dataset(dataset, root)
     images = [load_image(r.path) for r in data.gallery[:frames]]
-    searcher = load_searcher(checkpoint, model_kind, "cpu")
+    searcher = load_searcher(source, model_kind, "cpu")
     counter = FlopCounterMode(display=False, depth=depth)
     with torch.inference_mode(), counter:
         out = searcher.detect(images)
@@ -130,8 +130,9 @@ def main() -> None:
     if args.flops:
         opt = lambda name, default=None: evaluate_args[evaluate_args.index(name) + 1] \
             if name in evaluate_args else default
-        print(flops_per_frame(opt("--checkpoint"), opt("--model", "student"), opt("--root"),
-                              opt("--dataset"), args.flops))
+        teacher = opt("--teacher-config")
+        print(flops_per_frame(teacher or opt("--checkpoint"), "teacher" if teacher else "student",
+                              opt("--root"), opt("--dataset"), args.flops))
 
 
 if __name__ == "__main__":
