@@ -192,8 +192,10 @@ def cpu_modes(args) -> list[tuple[str, str | None, Mode]]:
                          settings=small(size))),
              (*r18, Mode(f"R18 student, ONNX Runtime int8, {n} proposals, input {size}", "onnx",
                          int8=True, settings=small(size)))]
-    return [r for i, r in enumerate(rows)   # the baseline always: ratios are to it
-            if i == 0 or not args.only or any(k in r[2].label for k in args.only)]
+    keep = [r for i, r in enumerate(rows)   # the baseline unless skipped: ratios are to it
+            if (i == 0 and not args.skip_baseline)
+            or (i > 0 and (not args.only or any(k in r[2].label for k in args.only)))]
+    return keep
 
 
 def thread_counts(spec: list[str]) -> list[int]:
@@ -210,6 +212,8 @@ def build_runners(args, rows, frames, workdir: Path) -> dict:
                                 split="train") if any(m.int8 for _, _, m in rows) else None
     runners = {m.label: runner(ckpt, backbone, m, base, workdir, calibration)
                for backbone, ckpt, m in rows if backbone == "resnet18" or ckpt}
+    if all(label in runners for label in (m.label for _, _, m in rows)):
+        return runners
     first_r18 = next(m.label for backbone, _, m in rows if backbone == "resnet18")
     r18_dets = statistics.mean(len(o["boxes"]) for o in runners[first_r18].detect(frames[:2]))
     cap = {"det_detections_per_img": max(1, round(r18_dets)), "det_score_thresh": -1.0}
@@ -252,8 +256,10 @@ def cpu_table(args) -> tuple[str, list]:
     head = "| mode | detections/frame | " + " | ".join(
         f"{t} threads: frames/s | x baseline | CPU s/frame" for t in threads) + " |"
     lines = [head, "|---|---|" + "---|---|---|" * len(threads)]
+    ratio = lambda label, t: f"{fps[(label, t)] / fps[(BASELINE, t)]:.2f}x" \
+        if (BASELINE, t) in fps else "-"
     for _, _, m in rows:
-        cells = [f"{fps[(m.label, t)]:.3f} | {fps[(m.label, t)] / fps[(BASELINE, t)]:.2f}x | "
+        cells = [f"{fps[(m.label, t)]:.3f} | {ratio(m.label, t)} | "
                  f"{statistics.median(cpu[(m.label, t)]):.2f}" for t in threads]
         lines.append(f"| {m.label} | {statistics.mean(dets[m.label]):.1f} | "
                      + " | ".join(cells) + " |")
@@ -299,6 +305,8 @@ def main() -> None:
                    help="--cpu-table: shorter sides of the small-input modes")
     p.add_argument("--only", nargs="+", default=None,
                    help="--cpu-table: modes whose label contains one of these")
+    p.add_argument("--skip-baseline", action="store_true",
+                   help="--cpu-table: leave the R50 baseline out (time the --only modes alone)")
     args = p.parse_args()
     if args.cpu_table:
         args.iters = args.iters or 2
