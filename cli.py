@@ -315,14 +315,17 @@ def evaluate(dataset, root, results, checkpoint, teacher_config, gallery_size, m
 @click.option("--proposals", type=click.IntRange(min=1), default=None,
               help="RPN proposals scored per frame (default: the model's; fewer is faster, "
                    "see BENCHMARKS.md)")
+@click.option("--int8", "int8_folder", type=click.Path(file_okay=False, exists=True),
+              default=None, help="quantize the convolutions to int8, calibrated on up to 16 "
+              "images under this folder (training frames, not the ones to be searched)")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="run one random frame through PyTorch and ONNX Runtime and compare")
 @friendly_errors
-def export_cmd(checkpoint, fmt, out, proposals, verify):
+def export_cmd(checkpoint, fmt, out, proposals, int8_folder, verify):
     """Export a student for deployment: one ONNX file with a gallery mode (image -> boxes,
     scores, embeddings) and a query mode (image + boxes -> embeddings); prints its path last."""
     try:
-        path = export_checkpoint(checkpoint, out, proposals=proposals)
+        path = export_checkpoint(checkpoint, out, proposals=proposals, int8_folder=int8_folder)
         if verify:
             click.echo(verify_export(checkpoint, path), err=True)
     except (CheckpointError, OnnxExportError, OnnxModelError) as e:

@@ -5,6 +5,7 @@ sizes; plus the CLI (`export`, `evaluate --runtime onnx`)."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -268,3 +269,24 @@ def test_fewer_proposals_in_pytorch_and_in_an_exported_file(tmp_path, synthetic_
     report = agreement(net, searcher, images, [query_boxes(i) for i in images])
     assert_agrees(report)
     assert max(report["torch_counts"]) <= 8
+
+
+def test_int8_export_runs_both_modes_close_to_float(checkpoint, synthetic_prw, tmp_path):
+    frames_dir = next(Path(synthetic_prw).rglob("*.jpg")).parent
+    out = CliRunner().invoke(cli.cli, ["export", "--checkpoint", str(checkpoint), "--out",
+                                       str(tmp_path / "q.onnx"), "--int8", str(frames_dir)])
+    assert out.exit_code == 0, out.output
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    branches = {a.name: a.g for a in model.graph.node[-1].attribute}
+    for branch in branches.values():             # both modes quantized
+        assert any(n.op_type == "QuantizeLinear" for n in branch.node)
+    searcher = OnnxSearcher(tmp_path / "q.onnx")
+    assert searcher.metadata["precision"] == "int8"
+    image = frames(synthetic_prw, count=1)[0]
+    boxes = query_boxes(image)
+    with torch.no_grad():
+        ref = tiny_student().embed_boxes([image], [boxes])[0]
+    got = searcher.embed_boxes([image], [boxes])[0]
+    assert got.shape == ref.shape
+    assert torch.nn.functional.cosine_similarity(ref, got).min() > 0.9
+    assert searcher.detect([image])[0]["embeddings"].shape[1] == searcher.embedding_dim

@@ -34,6 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
+from pipeline.data.images import load_image
 from pipeline.inference.onnx_runtime import ONNX_FORMAT, OnnxSearcher
 from pipeline.inference.speed import proposal_count, set_proposals
 from pipeline.models.student import PersonSearchNet, load_student
@@ -353,14 +354,30 @@ def _write_atomic(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def calibration_images(folder: str | Path, count: int = 16) -> list[Tensor]:
+    """Up to ``count`` images spread evenly over the sorted image files under ``folder``."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise OnnxExportError(f"no images (.jpg, .jpeg, .png) under {folder} to calibrate int8 on")
+    picks = np.unique(np.linspace(0, len(files) - 1, min(count, len(files))).astype(int))
+    return [load_image(files[i]) for i in picks]
+
+
 def export_checkpoint(checkpoint: str | Path, out_path: str | Path, *,
-                      proposals: int | None = None) -> Path:
-    """The student of a training checkpoint (``RUN/checkpoint_last.pt``) as an ONNX file."""
+                      proposals: int | None = None, int8_folder: str | Path | None = None
+                      ) -> Path:
+    """The student of a training checkpoint (``RUN/checkpoint_last.pt``) as an ONNX file;
+    int8 convolutions calibrated on images under ``int8_folder`` when given."""
     checkpoint = Path(checkpoint)
     if checkpoint.suffix in (".yaml", ".yml"):
         raise OnnxExportError(f"{checkpoint} is a teacher config: only the end-to-end student "
                               "exports to ONNX (the two-step teacher runs in PyTorch)")
-    return export_student(load_student(checkpoint, "cpu"), out_path, proposals=proposals)
+    calibration = calibration_images(int8_folder) if int8_folder else None
+    return export_student(load_student(checkpoint, "cpu"), out_path, proposals=proposals,
+                          int8_calibration=calibration)
 
 
 def onnx_searcher(checkpoint: str | Path, export_path: str | Path, *, device: str = "cpu",
@@ -449,10 +466,13 @@ def verify_export(checkpoint: str | Path, onnx_path: str | Path) -> str:
     image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0))
     boxes = torch.tensor([[0.1 * w, 0.1 * h, 0.4 * w, 0.9 * h], [0.5 * w, 0.2 * h, 0.7 * w, h]])
     report = agreement(net, searcher, [image], [boxes])
+    precision = searcher.metadata.get("precision", "float32")
     text = (f"checked on a random {w}x{h} frame: detections {report['torch_counts'][0]} "
             f"(PyTorch) / {report['onnx_counts'][0]} (ONNX Runtime), matched boxes IoU >= "
             f"{report['min_iou']:.4f}, embeddings cosine >= {report['min_cosine']:.5f}, "
             f"query embeddings cosine >= {report['min_query_cosine']:.5f}")
+    if precision != "float32":   # int8 is compared, not held to float tolerances
+        return f"{text} ({precision}: not expected to match float32 exactly)"
     if not agrees(report):
         raise OnnxExportError(f"{onnx_path} disagrees with PyTorch: {text}")
     return text
