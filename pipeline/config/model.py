@@ -10,7 +10,7 @@ from typing import Literal
 class ModelConfig:
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
     norm: Literal["frozen", "batch"] = "frozen"   # frozen BN (ImageNet init) or trainable BN
-    pretrained: bool = False          # ImageNet weights from torch hub's cache; never downloaded
+    pretrained: bool = False          # ImageNet weights (torch hub's cache; downloaded if missing)
     weights_path: str | None = None   # explicit ImageNet state dict file (implies pretrained)
     freeze_at: int = 0                # stages without gradient: 0 none, 1 stem, 2 +layer1 ...
     min_size: int = 900               # the network's own resize (shorter side)

@@ -21,7 +21,8 @@ class DetectorConfig:
     fpn: bool = True
     fpn_channels: int = 256            # FPN width (narrower for small CPU teachers)
     box_head_dim: int = 1024           # width of the two-layer box head
-    pretrained: bool = False           # ImageNet weights from torch's local cache; never downloads
+    pretrained: bool = False           # ImageNet backbone (torch hub's cache; downloaded if missing)
+    coco: bool = False                 # start from torchvision's COCO Faster R-CNN R50-FPN instead
     trainable_layers: int = 5          # ResNet stages that train (5: all)
     min_size: int = 900
     max_size: int = 1500
@@ -52,7 +53,7 @@ class ReidConfig:
     """Strong-baseline Re-ID on ground-truth crops: label-smoothed ID loss + batch-hard
     triplet, BN-neck, PK sampling, Adam."""
     backbone: Backbone = "resnet50"
-    pretrained: bool = False
+    pretrained: bool = False           # ImageNet trunk (torch hub's cache; downloaded if missing)
     embed_dim: int = 256               # linear projection when the backbone width differs
     crop_height: int = 256
     crop_width: int = 128
@@ -76,7 +77,7 @@ class ReidConfig:
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """What stage one writes per image (CONTRACTS.md section 2)."""
+    """What stage one writes per image (the layout is in cache/schema.py)."""
     dir: str = "work/cache"
     proposals_per_image: int = 64      # top detections, padded with the best RPN proposals
     jitter_per_box: int = 4            # jittered copies of each labeled GT box

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.config import to_dict
+from pipeline.config import ConfigError, to_dict
 from pipeline.config.teacher import TeacherConfig
 from pipeline.engine.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.engine.schedule import build_scheduler
@@ -103,6 +103,20 @@ def make_reid_step(label_smoothing: float, margin: float, triplet_weight: float)
     return reid_step
 
 
+def check_pk_batch(r, identities: int, root: str) -> None:
+    """A PK batch needs P >= 2 identities (K >= 2 crops each) that the training split has."""
+    if r.ids_per_batch < 2 or r.crops_per_id < 2:
+        raise ConfigError(f"reid.ids_per_batch ({r.ids_per_batch}) and reid.crops_per_id "
+                          f"({r.crops_per_id}) must both be at least 2 (batch-hard triplets)")
+    if identities < 2:
+        raise ConfigError(f"the training split of {root} has {identities} labeled identity; "
+                          "the Re-ID teacher needs at least 2")
+    if r.ids_per_batch > identities:
+        raise ConfigError(f"reid.ids_per_batch={r.ids_per_batch} identities per batch, but the "
+                          f"training split of {root} has only {identities}: use "
+                          f"--set reid.ids_per_batch={identities} (or fewer)")
+
+
 def train_reid(cfg: TeacherConfig, *, resume: bool = False, progress: bool = True) -> Path:
     from pipeline.data.crops import CropDataset, PKSampler
     from pipeline.models.teacher_reid import build_teacher_reid
@@ -111,6 +125,7 @@ def train_reid(cfg: TeacherConfig, *, resume: bool = False, progress: bool = Tru
     device = _device(r.device)
     dataset = CropDataset(_train_records(cfg), (r.crop_height, r.crop_width), jitter=r.jitter,
                           seed=r.seed)
+    check_pk_batch(r, dataset.num_classes, cfg.data.root)
     sampler = PKSampler(dataset.labels, r.ids_per_batch, r.crops_per_id, seed=r.seed)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=r.workers,
                         pin_memory=device.type == "cuda")
