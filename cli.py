@@ -6,6 +6,7 @@ Each command imports its implementation lazily, so ``--help`` stays fast.
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 
 import click
@@ -24,6 +25,26 @@ def friendly_errors(fn):
     return wrapper
 
 
+def report_peak_memory(fn):
+    """After the command succeeds, print its peak memory (resident set size) as the last line
+    on stderr: this process, its largest finished child (DataLoader workers), and on CUDA the
+    most GPU memory PyTorch held."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        result = fn(*args, **kwargs)
+        import resource
+        gb = 1e9 / 1024  # ru_maxrss counts KiB on Linux
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / gb
+        child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / gb
+        text = f"peak memory: {own:.2f} GB" + (f" (largest worker {child:.2f} GB)" if child else "")
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            text += f", GPU {torch.cuda.max_memory_allocated() / 1e9:.2f} GB"
+        click.echo(text, err=True)
+        return result
+    return wrapper
+
+
 @click.group()
 def cli():
     """Person search with knowledge distillation from a precomputed teacher cache."""
@@ -36,11 +57,17 @@ def cli():
 @click.option("--root", type=click.Path(), required=True, help="dataset folder as released")
 @click.option("--export", "export", type=click.Path(dir_okay=False), default=None,
               help="write every box to this CSV: split,image,x1,y1,x2,y2,pid,camera")
+@click.option("--check", is_flag=True,
+              help="compare with the release's published counts; exit 1 on any difference")
 @friendly_errors
-def inspect_dataset(dataset, root, export):
-    """Summarise a dataset per split; optionally export every box as CSV."""
+def inspect_dataset(dataset, root, export, check):
+    """Summarise a dataset per split; optionally export every box as CSV or check that it is
+    the complete release."""
+    from pathlib import Path
+
     from pipeline.data import read_dataset
     from pipeline.data.inspect import export_csv, format_table, split_summary
+    from pipeline.data.published import check_galleries, check_published, format_checks
     data = read_dataset(dataset, root)
     click.echo(f"{dataset} at {root}")
     click.echo(format_table(split_summary(data)))
@@ -50,6 +77,18 @@ def inspect_dataset(dataset, root, export):
     if export:
         rows = export_csv(data, export)
         click.echo(f"wrote {rows} boxes to {export}")
+    if check:
+        checks = check_published(data)
+        click.echo(format_checks(checks))
+        differences = [c.difference() for c in checks if not c.ok] + check_galleries(data)
+        for d in differences:
+            click.echo(f"differs: {d}")
+        if differences:
+            from pipeline.data.synthetic import MARKER
+            made = " (it is a synthetic world)" if (Path(root) / MARKER).is_file() else ""
+            raise click.ClickException(f"{root} differs from the published {dataset} release "
+                                       f"in {len(differences)} count(s), listed above{made}")
+        click.echo(f"ok: {root} holds the complete {dataset} release")
 
 
 def _size_option(ctx, param, value):
@@ -110,6 +149,7 @@ _SET_HELP = "override a config value, e.g. --set detector.epochs=2 (repeatable)"
 @click.option("--resume", is_flag=True, help="continue from the part's checkpoint_last.pt")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @friendly_errors
+@report_peak_memory
 def train_teacher_cmd(part, config_path, overrides, resume, no_progress):
     """Train one teacher; prints its checkpoint (out_dir/detector.pt or reid.pt) last."""
     from pipeline.engine.checkpoint import CheckpointError
@@ -132,6 +172,7 @@ def train_teacher_cmd(part, config_path, overrides, resume, no_progress):
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (overrides cache.device)")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @friendly_errors
+@report_peak_memory
 def build_cache_cmd(config_path, overrides, train_missing, device, no_progress):
     """Run both teachers over the training split into the teacher cache (resumes an
     interrupted build; returns at once when the cache exists). Prints the cache path last."""
@@ -145,9 +186,11 @@ def build_cache_cmd(config_path, overrides, train_missing, device, no_progress):
         if path.is_file():
             continue
         if not train_missing:
+            sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
             raise click.ClickException(
                 f"teacher {part} checkpoint not found: {path}; train it with `python cli.py "
-                f"train-teacher --part {part} --config {config_path}` or pass --train-missing")
+                f"train-teacher --part {part} --config {config_path}{sets}` or pass "
+                "--train-missing")
         click.echo(f"training the {part} teacher -> {path}", err=True)
         train(cfg, progress=not no_progress)
     start = time.perf_counter()
@@ -229,6 +272,7 @@ def cache_verify_cmd(path, dataset, root):
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (overrides train.device)")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @friendly_errors
+@report_peak_memory
 def train_student_cmd(config_path, overrides, resume, device, no_progress):
     """Train an end-to-end student from the teacher cache; prints the run directory last."""
     import json
@@ -276,6 +320,7 @@ def train_student_cmd(config_path, overrides, resume, device, no_progress):
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--batch-size", type=int, default=2, show_default=True)
 @friendly_errors
+@report_peak_memory
 def evaluate(dataset, root, results, checkpoint, model_kind, gallery_size, multi_view, det_thresh,
              json_path, per_query, visualize, out_dir, index, device, batch_size):
     """Search mAP / top-k and detection AP / recall with the standard protocols."""

@@ -187,9 +187,8 @@ def train_student(config_path: str | Path, overrides: Sequence[str] = (), *, res
     overrides = list(overrides) + ([f"train.device={device}"] if device else [])
     cfg = load_config(config_path, StudentConfig, overrides)
     t = cfg.train
+    dist_utils.check_device(t.device, "train.device")
     dev, distributed = dist_utils.init_distributed(t.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={t.device} but CUDA is not available here")
     seed_everything(t.seed)
 
     data = read_dataset(cfg.data.dataset, cfg.data.root)

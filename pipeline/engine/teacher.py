@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from pipeline.config import ConfigError, to_dict
 from pipeline.config.teacher import TeacherConfig
 from pipeline.engine.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.engine.distributed import check_device
 from pipeline.engine.schedule import build_scheduler
 from pipeline.engine.trainer import Trainer, build_train_loader
 
@@ -27,13 +28,6 @@ def detector_path(cfg: TeacherConfig) -> Path:
 
 def reid_path(cfg: TeacherConfig) -> Path:
     return Path(cfg.out_dir) / "reid.pt"
-
-
-def _device(name: str) -> torch.device:
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name} requested but CUDA is not available here")
-    return dev
 
 
 def _train_records(cfg: TeacherConfig):
@@ -66,7 +60,7 @@ def train_detector(cfg: TeacherConfig, *, resume: bool = False, progress: bool =
     from pipeline.models.teacher_detector import build_teacher_detector
     d = cfg.detector
     torch.manual_seed(d.seed)
-    device = _device(d.device)
+    device = check_device(d.device, "detector.device")
     records = _train_records(cfg)
     model = build_teacher_detector(d)
     dataset = DetectionDataset(records, flip_prob=0.5 if d.flip else 0.0, seed=d.seed)
@@ -122,7 +116,7 @@ def train_reid(cfg: TeacherConfig, *, resume: bool = False, progress: bool = Tru
     from pipeline.models.teacher_reid import build_teacher_reid
     r = cfg.reid
     torch.manual_seed(r.seed)
-    device = _device(r.device)
+    device = check_device(r.device, "reid.device")
     dataset = CropDataset(_train_records(cfg), (r.crop_height, r.crop_width), jitter=r.jitter,
                           seed=r.seed)
     check_pk_batch(r, dataset.num_classes, cfg.data.root)
