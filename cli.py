@@ -152,10 +152,12 @@ _SET_HELP = "override a config value, e.g. --set detector.epochs=2 (repeatable)"
 @report_peak_memory
 def train_teacher_cmd(part, config_path, overrides, resume, no_progress):
     """Train one teacher; prints its checkpoint (out_dir/detector.pt or reid.pt) last."""
+    from pipeline.data import ensure_dataset
     from pipeline.engine.checkpoint import CheckpointError
     from pipeline.engine.teacher import train_detector, train_reid
     from pipeline.engine.trainer import NonFiniteLossError
     cfg = _teacher_config(config_path, overrides)
+    ensure_dataset(cfg.data, say=lambda text: click.echo(text, err=True))
     train = train_detector if part == "detector" else train_reid
     try:
         path = train(cfg, resume=resume, progress=not no_progress)
@@ -175,12 +177,17 @@ def train_teacher_cmd(part, config_path, overrides, resume, no_progress):
 @report_peak_memory
 def build_cache_cmd(config_path, overrides, train_missing, device, no_progress):
     """Run both teachers over the training split into the teacher cache (resumes an
-    interrupted build; returns at once when the cache exists). Prints the cache path last."""
+    interrupted build; returns at once when the cache exists), then verify it against the
+    training split. Makes a synthetic world (data.synthetic) that is missing. Prints the cache
+    path last."""
     import time
 
     from cache.build import build_cache
+    from cache.verify import verify_cache
+    from pipeline.data import ensure_dataset, read_dataset
     from pipeline.engine.teacher import detector_path, reid_path, train_detector, train_reid
     cfg = _teacher_config(config_path, overrides)
+    ensure_dataset(cfg.data, say=lambda text: click.echo(text, err=True))
     for part, path, train in (("detector", detector_path(cfg), train_detector),
                               ("reid", reid_path(cfg), train_reid)):
         if path.is_file():
@@ -196,6 +203,13 @@ def build_cache_cmd(config_path, overrides, train_missing, device, no_progress):
     start = time.perf_counter()
     path = build_cache(cfg, device=device, progress=not no_progress)
     click.echo(f"cache ready in {time.perf_counter() - start:.1f} s", err=True)
+    problems = verify_cache(path, read_dataset(cfg.data.dataset, cfg.data.root).train,
+                            cfg.data.dataset)
+    if problems:
+        raise click.ClickException(f"cache {path} failed verification: {problems[0]} "
+                                   f"({len(problems)} problem(s); `python cli.py cache verify "
+                                   f"{path}` lists them)")
+    click.echo(f"verified: {path} holds every training image of {cfg.data.root}", err=True)
     click.echo(str(path))
 
 

@@ -1,4 +1,5 @@
-"""The published sizes of the two releases, and a check of a dataset read from disk against them.
+"""The two public releases: where they go, their published sizes, and a check of a dataset read
+from disk against those sizes.
 
 Figures from the dataset papers (PRW: Zheng et al., CVPR 2017; CUHK-SYSU: Xiao et al.,
 CVPR 2017) and the files of the public releases (``../shared/docs/datasets.md``). The PRW paper
@@ -10,6 +11,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .records import PersonSearchData
+
+
+# What a release folder holds as downloaded and unpacked (see ../shared/docs/datasets.md).
+RELEASE_LAYOUT = {
+    "prw": ("PRW", "frames/, annotations/, frame_train.mat, frame_test.mat, query_info.txt"),
+    "cuhk-sysu": ("CUHK-SYSU", "Image/SSM/ and annotation/ (Images.mat, pool.mat, test/)"),
+}
+
+
+def missing_release(dataset: str, root) -> str:
+    """What to do when ``root`` does not exist: where the release goes and how to check it."""
+    name, layout = RELEASE_LAYOUT[dataset]
+    return (f"{root} does not exist: download the {name} release and unpack it so that {root}/ "
+            f"holds {layout} (or point data.root at it: --set data.root=DIR); check it with "
+            f"`python cli.py inspect-dataset --dataset {dataset} --root {root} --check`. "
+            f"For a synthetic world in this layout instead: `python cli.py make-synthetic "
+            f"--format {dataset} --out {root}`")
 
 
 @dataclass(frozen=True)
