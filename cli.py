@@ -13,15 +13,20 @@ import click
 
 
 def friendly_errors(fn):
-    """Turn the project's own input errors into a one-line message and exit code 2."""
+    """Turn the project's own input errors (bad config, data, cache, checkpoint or results
+    file) into a one-line message and exit code 1."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from cache import CacheMismatchError
         from pipeline.config import ConfigError
         from pipeline.data.records import DatasetError
+        from pipeline.engine.checkpoint import CheckpointError
+        from pipeline.models.torch_files import TorchFileError
         try:
             return fn(*args, **kwargs)
-        except (DatasetError, ConfigError, FileNotFoundError) as e:
-            raise click.ClickException(str(e)) from None
+        except (DatasetError, ConfigError, FileNotFoundError, CacheMismatchError,
+                CheckpointError, TorchFileError) as e:
+            raise click.ClickException(" ".join(str(e).splitlines())) from None
     return wrapper
 
 
@@ -202,14 +207,16 @@ def build_cache_cmd(config_path, overrides, train_missing, device, no_progress):
         train(cfg, progress=not no_progress)
     start = time.perf_counter()
     path = build_cache(cfg, device=device, progress=not no_progress)
-    click.echo(f"cache ready in {time.perf_counter() - start:.1f} s", err=True)
+    seconds = time.perf_counter() - start
     problems = verify_cache(path, read_dataset(cfg.data.dataset, cfg.data.root).train,
                             cfg.data.dataset)
     if problems:
-        raise click.ClickException(f"cache {path} failed verification: {problems[0]} "
-                                   f"({len(problems)} problem(s); `python cli.py cache verify "
-                                   f"{path}` lists them)")
-    click.echo(f"verified: {path} holds every training image of {cfg.data.root}", err=True)
+        more = f" (+{len(problems) - 1} more: `python cli.py cache verify {path}`)" \
+            if len(problems) > 1 else ""
+        raise click.ClickException(f"the cache fails verification: {problems[0]}{more}; "
+                                   f"delete {path} and run build-cache again")
+    click.echo(f"cache ready in {seconds:.1f} s, verified: {path} holds every training image "
+               f"of {cfg.data.root}", err=True)
     click.echo(str(path))
 
 
