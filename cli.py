@@ -6,6 +6,7 @@ Each command imports its implementation lazily, so ``--help`` stays fast.
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 import sys
 
@@ -72,7 +73,7 @@ def inspect_dataset(dataset, root, export, check):
 
     from pipeline.data import read_dataset
     from pipeline.data.inspect import export_csv, format_table, split_summary
-    from pipeline.data.published import check_galleries, check_published, format_checks
+    from pipeline.data.published import check_release
     data = read_dataset(dataset, root)
     click.echo(f"{dataset} at {root}")
     click.echo(format_table(split_summary(data)))
@@ -83,9 +84,8 @@ def inspect_dataset(dataset, root, export, check):
         rows = export_csv(data, export)
         click.echo(f"wrote {rows} boxes to {export}")
     if check:
-        checks = check_published(data)
-        click.echo(format_checks(checks))
-        differences = [c.difference() for c in checks if not c.ok] + check_galleries(data)
+        table, differences = check_release(data)
+        click.echo(table)
         for d in differences:
             click.echo(f"differs: {d}")
         if differences:
@@ -197,8 +197,13 @@ def build_cache_cmd(config_path, overrides, train_missing, device, no_progress):
                               ("reid", reid_path(cfg), train_reid)):
         if path.is_file():
             continue
+        sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun every rank would train
+            raise click.ClickException(
+                f"teacher {part} checkpoint not found: {path}; the teachers train in one "
+                f"process: run `python cli.py train-teacher --part {part} --config "
+                f"{config_path}{sets}` first, then build-cache under torchrun")
         if not train_missing:
-            sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
             raise click.ClickException(
                 f"teacher {part} checkpoint not found: {path}; train it with `python cli.py "
                 f"train-teacher --part {part} --config {config_path}{sets}` or pass "

@@ -113,6 +113,14 @@ def test_shipped_student_configs_load(path):
         assert (cfg.data.min_size, cfg.data.max_size) == (900, 1500)
         assert cfg.teacher_config == f"configs/teacher/{cfg.data.dataset}.yaml"
     assert cfg.run_dir.startswith("work/runs/")
+    # the student reads the data its teacher's cache was built from, and fits that cache
+    from pipeline.config.teacher import TeacherConfig
+    teacher = load_config(ROOT / cfg.teacher_config, TeacherConfig)
+    assert (cfg.data.dataset, cfg.data.root) == (teacher.data.dataset, teacher.data.root)
+    if cfg.distill.lut.enabled:
+        assert cfg.model.embedding_dim == teacher.reid.embed_dim
+    if cfg.distill.detector.enabled:
+        assert cfg.distill.detector.num_proposals <= teacher.cache.proposals_per_image
 
 
 def test_what_each_variant_needs_from_the_cache():

@@ -117,3 +117,10 @@ def format_checks(checks: list[CountCheck]) -> str:
                        enumerate(zip(r, widths))).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def check_release(data: PersonSearchData) -> tuple[str, list[str]]:
+    """(table of every published count beside what was read, one sentence per difference)."""
+    checks = check_published(data)
+    return format_checks(checks), [c.difference() for c in checks if not c.ok] + \
+        check_galleries(data)
