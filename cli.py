@@ -1,16 +1,39 @@
 #!/usr/bin/env python
-"""Command line of the person-search toolkit. Parses options and calls pipeline/ and cache/.
-
-Each command imports its implementation lazily, so ``--help`` stays fast.
-"""
+"""Command line of the person-search toolkit. Parses options and calls pipeline/ and cache/."""
 from __future__ import annotations
 
 import functools
+import json
 import os
+import resource
 import shlex
 import sys
+import time
+from pathlib import Path
 
 import click
+
+from cache import CacheMismatchError, TeacherCache
+from cache.verify import verify_cache
+from pipeline.config import ConfigError, load_config
+from pipeline.config.teacher import TeacherConfig
+from pipeline.data import ensure_dataset, read_dataset
+from pipeline.data.cuhk_sysu import GALLERY_SIZES
+from pipeline.data.inspect import export_csv, format_table, split_summary
+from pipeline.data.published import check_release
+from pipeline.data.records import FULL_GALLERY, DatasetError
+from pipeline.data.synthetic import MARKER, SyntheticWorldError, generate, parse_size
+from pipeline.demo import run_demo
+from pipeline.engine.trainer import NonFiniteLossError
+from pipeline.evaluation.command import default_out_dir, evaluate_command
+from pipeline.evaluation.protocols import ProtocolError
+from pipeline.gallery.results_file import ResultsFileError
+from pipeline.inference.run import results_from_model
+from pipeline.models.checkpoint import CheckpointError
+from pipeline.models.torch_files import TorchFileError
+from pipeline.stages.student import CacheContractError, train_student
+from pipeline.stages.teacher_cache import build_cache
+from pipeline.stages.teachers import train_detector, train_reid
 
 
 def friendly_errors(fn):
@@ -18,11 +41,6 @@ def friendly_errors(fn):
     file) into a one-line message and exit code 1."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from cache import CacheMismatchError
-        from pipeline.config import ConfigError
-        from pipeline.data.records import DatasetError
-        from pipeline.engine.checkpoint import CheckpointError
-        from pipeline.models.torch_files import TorchFileError
         try:
             return fn(*args, **kwargs)
         except (DatasetError, ConfigError, FileNotFoundError, CacheMismatchError,
@@ -38,7 +56,6 @@ def report_peak_memory(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         result = fn(*args, **kwargs)
-        import resource
         gb = 1e9 / 1024  # ru_maxrss counts KiB on Linux
         own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / gb
         child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / gb
@@ -69,11 +86,6 @@ def cli():
 def inspect_dataset(dataset, root, export, check):
     """Summarise a dataset per split; optionally export every box as CSV or check that it is
     the complete release."""
-    from pathlib import Path
-
-    from pipeline.data import read_dataset
-    from pipeline.data.inspect import export_csv, format_table, split_summary
-    from pipeline.data.published import check_release
     data = read_dataset(dataset, root)
     click.echo(f"{dataset} at {root}")
     click.echo(format_table(split_summary(data)))
@@ -89,7 +101,6 @@ def inspect_dataset(dataset, root, export, check):
         for d in differences:
             click.echo(f"differs: {d}")
         if differences:
-            from pipeline.data.synthetic import MARKER
             made = " (it is a synthetic world)" if (Path(root) / MARKER).is_file() else ""
             raise click.ClickException(f"{root} differs from the published {dataset} release "
                                        f"in {len(differences)} count(s), listed above{made}")
@@ -97,7 +108,6 @@ def inspect_dataset(dataset, root, export, check):
 
 
 def _size_option(ctx, param, value):
-    from pipeline.data.synthetic.world import SyntheticWorldError, parse_size
     try:
         return parse_size(value)
     except SyntheticWorldError as e:
@@ -120,16 +130,15 @@ def _size_option(ctx, param, value):
 @friendly_errors
 def make_synthetic_cmd(fmt, out, identities, images, size, cameras, seed):
     """Write a synthetic person-search world in the PRW or CUHK-SYSU format; prints its root."""
-    from pipeline.data.synthetic import SyntheticWorldError, generate
     try:
         dataset = generate(fmt, out, identities=identities, images=images, size=size,
                            cameras=cameras, seed=seed, progress=True)
     except SyntheticWorldError as e:
         raise click.UsageError(str(e)) from None
-    labeled = sum(int((r.pids >= 0).sum()) for r in dataset.train + dataset.test)
-    boxes = sum(len(r.boxes) for r in dataset.train + dataset.test)
-    extra = (f", galleries {sorted(dataset.galleries)}" if dataset.galleries else "")
-    click.echo(f"{fmt}: {len(dataset.train)} train + {len(dataset.test)} test images, "
+    labeled = sum(int((r.pids >= 0).sum()) for r in dataset.train + dataset.gallery)
+    boxes = sum(len(r.boxes) for r in dataset.train + dataset.gallery)
+    extra = (f", galleries {sorted(dataset.query_galleries)}" if dataset.query_galleries else "")
+    click.echo(f"{fmt}: {len(dataset.train)} train + {len(dataset.gallery)} test images, "
                f"{boxes} boxes ({labeled} labeled), {identities} identities, "
                f"{len(dataset.queries)} queries{extra}")
     click.echo(str(dataset.root))
@@ -138,8 +147,6 @@ def make_synthetic_cmd(fmt, out, identities, images, size, cameras, seed):
 # ---------------------------------------------------------------- teachers and cache (stage one)
 
 def _teacher_config(config_path, overrides):
-    from pipeline.config import load_config
-    from pipeline.config.teacher import TeacherConfig
     return load_config(config_path, TeacherConfig, list(overrides))
 
 
@@ -157,10 +164,6 @@ _SET_HELP = "override a config value, e.g. --set detector.epochs=2 (repeatable)"
 @report_peak_memory
 def train_teacher_cmd(part, config_path, overrides, resume, no_progress):
     """Train one teacher; prints its checkpoint (out_dir/detector.pt or reid.pt) last."""
-    from pipeline.data import ensure_dataset
-    from pipeline.engine.checkpoint import CheckpointError
-    from pipeline.engine.teacher import train_detector, train_reid
-    from pipeline.engine.trainer import NonFiniteLossError
     cfg = _teacher_config(config_path, overrides)
     ensure_dataset(cfg.data, say=lambda text: click.echo(text, err=True))
     train = train_detector if part == "detector" else train_reid
@@ -185,16 +188,10 @@ def build_cache_cmd(config_path, overrides, train_missing, device, no_progress):
     interrupted build; returns at once when the cache exists), then verify it against the
     training split. Makes a synthetic world (data.synthetic) that is missing. Prints the cache
     path last."""
-    import time
-
-    from cache.build import build_cache
-    from cache.verify import verify_cache
-    from pipeline.data import ensure_dataset, read_dataset
-    from pipeline.engine.teacher import detector_path, reid_path, train_detector, train_reid
     cfg = _teacher_config(config_path, overrides)
     ensure_dataset(cfg.data, say=lambda text: click.echo(text, err=True))
-    for part, path, train in (("detector", detector_path(cfg), train_detector),
-                              ("reid", reid_path(cfg), train_reid)):
+    for part, train in (("detector", train_detector), ("reid", train_reid)):
+        path = cfg.checkpoint(part)
         if path.is_file():
             continue
         sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
@@ -235,9 +232,6 @@ def cache_group():
 @friendly_errors
 def cache_info_cmd(path):
     """Summary of a cache file: fingerprints, sizes, what it holds."""
-    import os
-
-    from cache import CacheMismatchError, TeacherCache
     try:
         c = TeacherCache(path)
     except CacheMismatchError as e:
@@ -246,7 +240,7 @@ def cache_info_cmd(path):
     pids, _, counts = c.identity_table()
     rows = [("file", path), ("size", f"{os.path.getsize(path) / 1e6:.2f} MB"),
             ("schema version", m.schema_version), ("dataset", m.dataset),
-            ("created", m.created), ("images", m.num_images), ("feature dim", m.feature_dim),
+            ("created", m.created), ("images", m.num_images), ("embedding dim", m.embedding_dim),
             ("float16", m.float16), ("flip view", m.has_flip),
             ("proposals per image", m.proposals_per_image),
             ("proposal rows", m.num_proposals), ("jitter per box", m.jitter_per_box),
@@ -270,12 +264,10 @@ def cache_info_cmd(path):
 @friendly_errors
 def cache_verify_cmd(path, dataset, root):
     """Check a cache file's structure (and its data, with --dataset/--root); exit 1 on problems."""
-    from cache.verify import verify_cache
     if (dataset is None) != (root is None):
         raise click.UsageError("--dataset and --root go together")
     records = None
     if dataset is not None:
-        from pipeline.data import read_dataset
         records = read_dataset(dataset, root).train
     problems = verify_cache(path, records, dataset)
     if problems:
@@ -301,12 +293,6 @@ def cache_verify_cmd(path, dataset, root):
 @report_peak_memory
 def train_student_cmd(config_path, overrides, resume, device, no_progress):
     """Train an end-to-end student from the teacher cache; prints the run directory last."""
-    import json
-    from pathlib import Path
-
-    from pipeline.engine.checkpoint import CheckpointError
-    from pipeline.engine.student import CacheContractError, train_student
-    from pipeline.engine.trainer import NonFiniteLossError
     try:
         run_dir = train_student(config_path, overrides, resume=resume, device=device,
                                 progress=not no_progress)
@@ -323,17 +309,21 @@ def train_student_cmd(config_path, overrides, resume, device, no_progress):
 
 # ---------------------------------------------------------------- evaluation
 
+GALLERY_CHOICES = [str(n) for n in (*GALLERY_SIZES, FULL_GALLERY)]
+
+
 @cli.command()
 @click.option("--dataset", type=click.Choice(["prw", "cuhk-sysu"]), required=True)
 @click.option("--root", type=click.Path(), required=True, help="dataset folder as released")
 @click.option("--results", "results", type=click.Path(dir_okay=False), default=None,
-              help="results file (HDF5, schema person-search-results/1)")
-@click.option("--checkpoint", default=None, help="run this model first instead of --results")
-@click.option("--model", "model_kind", type=click.Choice(["student", "teacher"]),
-              default="student", show_default=True)
-@click.option("--gallery-size", type=click.Choice(["50", "100", "500", "1000", "2000", "4000",
-                                                   "-1"]), default=None,
-              help="CUHK-SYSU protocol gallery (default 100; -1 = whole pool); PRW: -1 only")
+              help="results file (HDF5, pipeline/gallery/results_file.py) of any method")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="a student checkpoint (RUN/checkpoint_last.pt): run it first")
+@click.option("--teacher-config", type=click.Path(dir_okay=False), default=None,
+              help="a teacher YAML config: run its two-step teacher (out_dir/*.pt) first")
+@click.option("--gallery-size", type=click.Choice(GALLERY_CHOICES), default=None,
+              help=f"CUHK-SYSU protocol gallery (default 100; {FULL_GALLERY} = whole pool); "
+                   f"PRW: {FULL_GALLERY} only")
 @click.option("--multi-view", is_flag=True, help="PRW: only frames from other cameras")
 @click.option("--det-thresh", type=float, default=0.5, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
@@ -347,30 +337,27 @@ def train_student_cmd(config_path, overrides, resume, device, no_progress):
 @click.option("--batch-size", type=int, default=2, show_default=True)
 @friendly_errors
 @report_peak_memory
-def evaluate(dataset, root, results, checkpoint, model_kind, gallery_size, multi_view, det_thresh,
-             json_path, per_query, visualize, out_dir, index, device, batch_size):
+def evaluate(dataset, root, results, checkpoint, teacher_config, gallery_size, multi_view,
+             det_thresh, json_path, per_query, visualize, out_dir, index, device, batch_size):
     """Search mAP / top-k and detection AP / recall with the standard protocols."""
-    from pipeline.data import read_dataset
-    from pipeline.evaluation.command import default_out_dir, evaluate_command, \
-        results_from_checkpoint
-    from pipeline.evaluation.protocols import ProtocolError
-    from pipeline.evaluation.results_file import ResultsFileError
-    if (results is None) == (checkpoint is None):
-        raise click.UsageError("give exactly one of --results and --checkpoint")
+    sources = [s for s in (results, checkpoint, teacher_config) if s is not None]
+    if len(sources) != 1:
+        raise click.UsageError("give exactly one of --results, --checkpoint and --teacher-config")
     data = read_dataset(dataset, root)
     out_dir = default_out_dir(json_path) if out_dir is None else out_dir
     try:
-        if checkpoint is not None:
-            results = results_from_checkpoint(checkpoint, model_kind, data, out_dir,
-                                              device=device, batch_size=batch_size)
+        if checkpoint is not None or teacher_config is not None:
+            kind = "student" if checkpoint is not None else "teacher"
+            results = results_from_model(checkpoint or teacher_config, kind, data,
+                                         Path(out_dir) / "results.h5", device=device,
+                                         batch_size=batch_size)
         table, _ = evaluate_command(
             data, results, gallery_size=None if gallery_size is None else int(gallery_size),
             multi_view=multi_view, det_thresh=det_thresh, index=index, json_path=json_path,
             per_query=per_query, visualize=visualize, out_dir=out_dir)
-    except (ResultsFileError, ProtocolError, RuntimeError) as e:
+    except (ResultsFileError, ProtocolError, CheckpointError, RuntimeError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(table)
-
 
 
 # ---------------------------------------------------------------- demo
@@ -381,7 +368,6 @@ def evaluate(dataset, root, results, checkpoint, model_kind, gallery_size, multi
 @friendly_errors
 def demo(device):
     """The whole pipeline on synthetic data: data, teachers, cache, two students, evaluation."""
-    from pipeline.demo import run_demo
     run_demo(device)
 
 

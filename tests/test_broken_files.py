@@ -11,8 +11,8 @@ import yaml
 from click.testing import CliRunner
 
 from cli import cli
-from pipeline.engine.checkpoint import CHECKPOINT_FORMAT
-from pipeline.evaluation.results_file import write_results
+from pipeline.models.checkpoint import CHECKPOINT_FORMAT
+from pipeline.gallery.results_file import write_results
 from teacher_helpers import TINY_TEACHER
 from tiny_cache import write_tiny_cache, write_tiny_prw
 
@@ -80,8 +80,7 @@ BREAKS = {  # kind of damage -> (writer, words the message must hold)
 # ------------------------------------------------------------------------------ commands
 
 def student_config(tmp: Path, root: Path, *, distill: bool) -> Path:
-    cfg = {"data": {"dataset": "prw", "root": str(root), "min_size": 96, "max_size": 128,
-                    "workers": 0},
+    cfg = {"data": {"dataset": "prw", "root": str(root), "workers": 0},
            "model": TINY_MODEL,
            "distill": {"feature": {"enabled": True}} if distill else {},
            "train": {"epochs": 1, "batch_size": 6, "warmup_iters": 1, "device": "cpu"},
@@ -149,8 +148,8 @@ def cmd_build_cache_teacher(tmp, root, f):
 
 def cmd_evaluate_teacher(tmp, root, f):
     config = place_teachers(tmp, root, f)
-    return ["evaluate", "--dataset", "prw", "--root", str(root), "--checkpoint", str(config),
-            "--model", "teacher", "--out-dir", str(tmp / "eval")], tmp / "teachers" / "detector.pt"
+    return ["evaluate", "--dataset", "prw", "--root", str(root), "--teacher-config",
+            str(config), "--out-dir", str(tmp / "eval")], tmp / "teachers" / "detector.pt"
 
 
 COMMANDS = {  # file kind -> {command: (tmp, root, broken file) -> (cli args, the file read)}
@@ -169,7 +168,7 @@ COMMANDS = {  # file kind -> {command: (tmp, root, broken file) -> (cli args, th
         "train-student --resume": cmd_student_resume,
         "train-teacher --resume": cmd_teacher_resume,
         "build-cache (teacher detector.pt)": cmd_build_cache_teacher,
-        "evaluate --model teacher": cmd_evaluate_teacher,
+        "evaluate --teacher-config": cmd_evaluate_teacher,
     },
     "results": {
         "evaluate --results": lambda tmp, root, f: (

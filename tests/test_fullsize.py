@@ -33,7 +33,7 @@ def cli_runner(steps: list):
 
 def test_real_configs_on_full_size_frames(tmp_path):
     from cache import TeacherCache
-    from pipeline.engine.checkpoint import read_checkpoint
+    from pipeline.models.checkpoint import read_checkpoint
     steps: list = []
     out = run_steps(cli_runner(steps), tmp_path, DEVICE)
     names = [name for name, _ in steps]
@@ -45,7 +45,7 @@ def test_real_configs_on_full_size_frames(tmp_path):
     # the frames are full size and the cache covers them
     with TeacherCache(out["cache"]) as cache:
         assert cache.widths.tolist() == [1920, 1920] and cache.heights.tolist() == [1080, 1080]
-        assert cache.meta.float16 and cache.meta.has_flip and cache.meta.feature_dim == 256
+        assert cache.meta.float16 and cache.meta.has_flip and cache.meta.embedding_dim == 256
     # the networks are those of the real configs
     teachers = tmp_path / "teachers"
     detector = read_checkpoint(teachers / "detector.pt")["model_args"]

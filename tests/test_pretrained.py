@@ -67,7 +67,7 @@ def test_the_stand_in_file_in_torch_hub_is_the_one_loaded(hub):
 
 def test_the_teachers_start_from_the_stand_in_file(hub):
     put_in_hub(stand_in_resnet18())
-    reid = build_teacher_reid(from_dict(ReidConfig, {"backbone": "resnet18", "embed_dim": 32,
+    reid = build_teacher_reid(from_dict(ReidConfig, {"backbone": "resnet18", "embedding_dim": 32,
                                                      "pretrained": True}), num_classes=3)
     assert torch.all(reid.trunk[0].weight == MARK)
     detector = TeacherDetector(backbone="resnet18", pretrained=True, fpn_channels=32,
@@ -80,7 +80,7 @@ def test_the_teachers_start_from_the_stand_in_file(hub):
 
 
 def test_a_student_config_with_pretrained_true_loads_the_stand_in(hub):
-    from pipeline.models.student import build_student
+    from pipeline.distill.student import build_student
     from student_helpers import tiny_model_cfg
     put_in_hub(stand_in_resnet18())
     cfg = StudentConfig()
@@ -145,7 +145,7 @@ def test_the_teacher_detector_can_start_from_coco_faster_rcnn(hub):
     put_in_hub(coco_stand_in(), COCO_DETECTOR_WEIGHTS)
     from pipeline.models.teacher_detector import build_teacher_detector
     cfg = from_dict(TeacherConfig, {"detector": {"coco": True, "min_size": 64, "max_size": 96,
-                                                 "trainable_layers": 3}}).detector
+                                                 "frozen_stages": 2}}).detector
     detector = build_teacher_detector(cfg)
     assert torch.all(detector.roi_heads.box_head.fc6.bias == MARK)
     assert torch.all(detector.backbone.fpn.layer_blocks[0][0].bias == -MARK)

@@ -84,9 +84,9 @@ def test_cli_check_names_every_difference_and_fails(request, fixture, dataset):
 
 
 def test_cli_check_passes_on_the_complete_release(monkeypatch):
-    import pipeline.data
+    import cli as cli_module
     data = fake_release("prw", **COMPLETE["prw"])
-    monkeypatch.setattr(pipeline.data, "read_dataset", lambda name, root: data)
+    monkeypatch.setattr(cli_module, "read_dataset", lambda name, root: data)
     result = CliRunner().invoke(cli, ["inspect-dataset", "--dataset", "prw", "--root", "PRW",
                                       "--check"])
     assert result.exit_code == 0, result.output

@@ -4,22 +4,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from .cuhk_sysu import read_cuhk_sysu
+from .prw import read_prw
 from .published import missing_release
 from .records import DATASETS, DatasetError, PersonSearchData
 from .synthetic import SyntheticWorldError, make_synthetic, parse_size
 
+READERS = {"prw": read_prw, "cuhk-sysu": read_cuhk_sysu}
+
 
 def read_dataset(name: str, root: str | Path) -> PersonSearchData:
     """Read a released dataset: ``name`` is "prw" or "cuhk-sysu"; ``root`` its top folder."""
-    if name in DATASETS and not Path(root).exists():
+    if name not in READERS:
+        raise DatasetError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+    if not Path(root).exists():
         raise DatasetError(missing_release(name, root))
-    if name == "prw":
-        from .prw import read_prw
-        return read_prw(root)
-    if name == "cuhk-sysu":
-        from .cuhk_sysu import read_cuhk_sysu
-        return read_cuhk_sysu(root)
-    raise DatasetError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+    return READERS[name](root)
 
 
 def ensure_dataset(data_cfg, say: Callable[[str], None] = print) -> None:

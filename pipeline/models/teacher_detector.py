@@ -20,6 +20,7 @@ from torchvision.ops import misc as misc_ops
 from torchvision.ops import boxes as box_ops
 
 from pipeline.config import ConfigError
+from pipeline.models.backbone import freeze_stages
 from pipeline.models.pretrained import (COCO_PREDICTOR_PREFIX, PretrainedWeightsMissing,
                                         coco_detector_state_dict, imagenet_state_dict,
                                         load_pretrained)
@@ -35,7 +36,7 @@ class TeacherDetector(FasterRCNN):
     """Faster R-CNN (torchvision) over ``backbone`` + FPN; ``model_args`` rebuild it."""
 
     def __init__(self, *, backbone: str = "resnet50", pretrained: bool = False,
-                 trainable_layers: int = 5, fpn_channels: int = 256,
+                 frozen_stages: int = 0, fpn_channels: int = 256,
                  box_head_dim: int = 1024, min_size: int = 900, max_size: int = 1500,
                  rpn_pre_nms_top_n_train: int = 2000, rpn_post_nms_top_n_train: int = 2000,
                  rpn_pre_nms_top_n_test: int = 1000, rpn_post_nms_top_n_test: int = 1000,
@@ -69,22 +70,10 @@ class TeacherDetector(FasterRCNN):
         if coco:
             load_pretrained(self, coco_detector_state_dict(), "torchvision's COCO Faster R-CNN "
                             "weights", skip_prefix=COCO_PREDICTOR_PREFIX)
-        _freeze(resnet, trainable_layers)
+        freeze_stages(resnet, frozen_stages)
         # rebuilt from the state dict alone: no weights file needed, same norm layers
         self.model_args = {**self_args, "pretrained": False, "coco": False,
                            "frozen_bn": frozen_bn}
-
-
-def _freeze(resnet: nn.Module, trainable_layers: int) -> None:
-    """torchvision's rule: only the last ``trainable_layers`` (0..5) stages train."""
-    if not 0 <= trainable_layers <= 5:
-        raise ValueError(f"trainable_layers must lie in 0..5, got {trainable_layers}")
-    stages = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
-    if trainable_layers == 5:
-        stages.append("bn1")
-    for name, p in resnet.named_parameters():
-        if not any(name.startswith(s) for s in stages):
-            p.requires_grad_(False)
 
 
 def build_teacher_detector(cfg) -> TeacherDetector:
@@ -104,7 +93,7 @@ def build_teacher_detector(cfg) -> TeacherDetector:
 
 def _build(cfg) -> TeacherDetector:
     return TeacherDetector(
-        backbone=cfg.backbone, pretrained=cfg.pretrained, trainable_layers=cfg.trainable_layers,
+        backbone=cfg.backbone, pretrained=cfg.pretrained, frozen_stages=cfg.frozen_stages,
         fpn_channels=cfg.fpn_channels, box_head_dim=cfg.box_head_dim,
         min_size=cfg.min_size, max_size=cfg.max_size,
         rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,

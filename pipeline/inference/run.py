@@ -1,5 +1,5 @@
-"""Run any Searcher (CONTRACTS.md section 3) over a dataset's gallery and queries and write the
-results file (schema "person-search-results/1")."""
+"""Run a :class:`~pipeline.models.searcher.Searcher` over a dataset's gallery and queries and
+write the results file (:mod:`pipeline.gallery.results_file`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,10 @@ from tqdm import tqdm
 
 from pipeline.data.images import load_image
 from pipeline.data.records import PersonSearchData
-from pipeline.evaluation.results_file import write_results
+from pipeline.gallery.results_file import write_results
+from pipeline.inference.searchers import load_searcher
+from pipeline.models.precision import autocast
+from pipeline.models.searcher import Searcher
 
 
 def _load_image(path: Path, device) -> torch.Tensor:
@@ -18,18 +21,22 @@ def _load_image(path: Path, device) -> torch.Tensor:
     return load_image(path).to(device)
 
 
-def _autocast(device, amp_dtype):
-    enabled = amp_dtype is not None and torch.device(device).type == "cuda"
-    return torch.autocast("cuda", dtype=amp_dtype, enabled=enabled) if enabled \
-        else torch.autocast("cpu", enabled=False)
+def results_from_model(source, model_kind: str, data: PersonSearchData, out_path, *,
+                       device="cpu", batch_size: int = 2, progress: bool = True) -> Path:
+    """Load a searcher (a student checkpoint, or a teacher config with ``model_kind``
+    "teacher") and write its results file over ``data``; bf16 on CUDA."""
+    searcher = load_searcher(source, model_kind, device)
+    return run_searcher(searcher, data, out_path, device=device, batch_size=batch_size,
+                        amp=True, progress=progress)
 
 
-def run_searcher(searcher, data: PersonSearchData, out_path, *, device, batch_size: int = 2,
-                 amp_dtype=None, progress: bool = True) -> Path:
-    """Detect in every gallery image, embed every query box, write the results file."""
+def run_searcher(searcher: Searcher, data: PersonSearchData, out_path, *, device,
+                 batch_size: int = 2, amp: bool = False, progress: bool = True) -> Path:
+    """Detect in every gallery image, embed every query box, write the results file. ``amp``:
+    bf16 autocast on CUDA."""
     boxes, scores, embs, counts = [], [], [], []
     gallery = data.gallery
-    with torch.no_grad(), _autocast(device, amp_dtype):
+    with torch.no_grad(), autocast(device, amp):
         for s in tqdm(range(0, len(gallery), batch_size), desc="gallery", disable=not progress):
             images = [_load_image(r.path, device) for r in gallery[s:s + batch_size]]
             for out in searcher.detect(images):
