@@ -118,7 +118,7 @@ def test_shipped_student_configs_load(path):
     teacher = load_config(ROOT / cfg.teacher_config, TeacherConfig)
     assert (cfg.data.dataset, cfg.data.root) == (teacher.data.dataset, teacher.data.root)
     if cfg.distill.lut.enabled:
-        assert cfg.model.embedding_dim == teacher.reid.embed_dim
+        assert cfg.model.embedding_dim == teacher.reid.embedding_dim
     if cfg.distill.detector.enabled:
         assert cfg.distill.detector.num_proposals <= teacher.cache.proposals_per_image
 
@@ -234,7 +234,7 @@ def test_train_student_command_end_to_end(world, tmp_path):
     config = write_config(tmp_path, root, cache=cache, batch_size=len(data.train))
     result = CliRunner().invoke(cli, ["train-student", "--config", str(config), "--no-progress"])
     assert result.exit_code == 0, result.output
-    run_dir = Path(result.output.strip().splitlines()[-1])
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
     assert run_dir == tmp_path / "run"
     for name in ("config.yaml", "cache.json", "git_revision.txt", "checkpoint_last.pt",
                  "losses.csv", "losses.png", "train_stats.json"):
