@@ -113,12 +113,14 @@ def load_pretrained(module: nn.Module, state: dict, source: str, *,
     own = {k: v for k, v in module.state_dict().items() if counted(k)}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own and counted(k)]
-    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    shapes = [k for k in own if k in state
+              and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
         first = (missing or unexpected or shapes)[0]
-        raise PretrainedWeightsMissing(f"{source} do not fit this {type(module).__name__}: "
-                         f"{len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} "
-                         f"differently shaped tensors (first: {first})")
+        raise PretrainedWeightsMissing(
+            f"{source} do not fit this {type(module).__name__}: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(shapes)} differently shaped tensors "
+            f"(first: {first})")
     module.load_state_dict(state, strict=skip_prefix is None)
 
 
