@@ -22,6 +22,18 @@ def synthetic_cuhk(tmp_path_factory):
                           **TINY_CUHK)
 
 
+@pytest.fixture(autouse=True)
+def no_network_downloads(monkeypatch):
+    """Tests never download: torch hub's download fails as it does on a machine offline."""
+    import urllib.error
+
+    import torch.hub
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError(f"[Errno -3] Temporary failure in name resolution ({url})")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+
+
 @pytest.fixture(scope="session")
 def synthetic_footage(tmp_path_factory):
     """Folder of tiny synthetic videos (3 cameras, 6 s at 2 fps, 160x120) of the tiny PRW
