@@ -108,10 +108,22 @@ def test_another_model_is_refused_naming_both(tmp_path):
 
 
 def test_a_second_writer_is_refused(tmp_path):
+    """Another process cannot write the gallery while one does; once it closes, it can."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    second = ("import sys; from footage_helpers import FAKE_MODEL; "
+              "from pipeline.gallery.store import GalleryWriter; "
+              "GalleryWriter(sys.argv[1], FAKE_MODEL, embedding_dim=8, min_score=0.5).close()")
+    root = Path(__file__).resolve().parent.parent
+    run = lambda: subprocess.run([sys.executable, "-c", second, str(tmp_path / "g")],  # noqa: E731
+                                 cwd=root, capture_output=True, text=True,
+                                 env={**os.environ, "PYTHONPATH": f"{root}:{root / 'tests'}"})
     w = GalleryWriter(tmp_path / "g", FAKE_MODEL, embedding_dim=8, min_score=0.5)
-    with pytest.raises(GalleryError, match="another index run"):
-        GalleryWriter(tmp_path / "g", FAKE_MODEL, embedding_dim=8, min_score=0.5)
+    refused = run()
+    assert refused.returncode != 0 and "another index run" in refused.stderr
     w.close()
+    assert run().returncode == 0
 
 
 def test_ranks_merge_into_one_gallery_in_a_fixed_order(tmp_path):

@@ -165,20 +165,24 @@ def _segment_keys(path: Path) -> list[tuple[str, int]]:
 
 
 class _Lock:
-    """An exclusive ``flock`` on a file in the gallery: one writer per name at a time."""
+    """An exclusive lock on a file in the gallery: one writer per name at a time.
+
+    A POSIX record lock (``lockf``) belongs to the process, so it dies with it: decoding
+    workers forked while it is held do not keep it alive after a ``kill -9`` (a ``flock``
+    would be shared with them)."""
 
     def __init__(self, directory: Path, name: str):
         self.path = directory / name
         self.file = open(self.path, "a")
         try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             self.file.close()
             raise GalleryError(f"{directory}: another index run is writing this gallery") \
                 from None
 
     def release(self) -> None:
-        fcntl.flock(self.file, fcntl.LOCK_UN)
+        fcntl.lockf(self.file, fcntl.LOCK_UN)
         self.file.close()
 
 
