@@ -257,7 +257,7 @@ def train_student_cmd(config_path, overrides, resume, device, no_progress):
 @click.option("--dataset", type=click.Choice(["prw", "cuhk-sysu"]), required=True)
 @click.option("--root", type=click.Path(), required=True, help="dataset folder as released")
 @click.option("--results", "results", type=click.Path(dir_okay=False), default=None,
-              help="results file (HDF5, schema person-search-results/1)")
+              help="results file (HDF5, schema person-search-results/2 or /1)")
 @click.option("--checkpoint", default=None, help="run this model first instead of --results")
 @click.option("--model", "model_kind", type=click.Choice(["student", "teacher"]),
               default="student", show_default=True)
@@ -273,11 +273,22 @@ def train_student_cmd(config_path, overrides, resume, device, no_progress):
               help="pictures (and a model's results.h5); default: beside --json, else ./eval")
 @click.option("--index", type=click.Choice(["flat", "ivf"]), default="flat", show_default=True,
               help="flat = exact; ivf = approximate (flagged in the output)")
+@click.option("--exact-boxes", is_flag=True,
+              help="score against the released float boxes; default: whole-pixel boxes, as "
+                   "every published number was computed")
+@click.option("--cbgm", is_flag=True,
+              help="re-score with context bipartite graph matching (SeqNet's CBGM)")
+@click.option("--cbgm-k1", type=click.IntRange(min=1), default=None,
+              help="CBGM: re-score the images of the k1 most similar detections "
+                   "[default: CUHK-SYSU 10, PRW 30]")
+@click.option("--cbgm-k2", type=click.IntRange(min=1), default=None,
+              help="CBGM: context of k2 people, the query included [default: CUHK-SYSU 3, PRW 4]")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--batch-size", type=int, default=2, show_default=True)
 @friendly_errors
 def evaluate(dataset, root, results, checkpoint, model_kind, gallery_size, multi_view, det_thresh,
-             json_path, per_query, visualize, out_dir, index, device, batch_size):
+             json_path, per_query, visualize, out_dir, index, exact_boxes, cbgm, cbgm_k1, cbgm_k2,
+             device, batch_size):
     """Search mAP / top-k and detection AP / recall with the standard protocols."""
     from pipeline.data import read_dataset
     from pipeline.evaluation.command import default_out_dir, evaluate_command, \
@@ -286,16 +297,18 @@ def evaluate(dataset, root, results, checkpoint, model_kind, gallery_size, multi
     from pipeline.evaluation.results_file import ResultsFileError
     if (results is None) == (checkpoint is None):
         raise click.UsageError("give exactly one of --results and --checkpoint")
-    data = read_dataset(dataset, root)
+    data = read_dataset(dataset, root, train=False)
     out_dir = default_out_dir(json_path) if out_dir is None else out_dir
+    boxes = "exact" if exact_boxes else "published"
     try:
         if checkpoint is not None:
             results = results_from_checkpoint(checkpoint, model_kind, data, out_dir,
-                                              device=device, batch_size=batch_size)
+                                              device=device, batch_size=batch_size, boxes=boxes)
         table, _ = evaluate_command(
             data, results, gallery_size=None if gallery_size is None else int(gallery_size),
             multi_view=multi_view, det_thresh=det_thresh, index=index, json_path=json_path,
-            per_query=per_query, visualize=visualize, out_dir=out_dir)
+            per_query=per_query, visualize=visualize, out_dir=out_dir, boxes=boxes, cbgm=cbgm,
+            cbgm_k1=cbgm_k1, cbgm_k2=cbgm_k2)
     except (ResultsFileError, ProtocolError, RuntimeError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(table)

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from pipeline.data.records import ImageRecord, PersonSearchData, QueryGallery, QueryRecord
-from pipeline.evaluation.evaluator import KeptDetections, evaluate_search
+from pipeline.evaluation.evaluator import evaluate_search
 from pipeline.evaluation.metrics import (adaptive_iou_threshold, average_precision,
-                                         detection_ap_recall)
-from pipeline.evaluation.protocols import build_protocol
-from pipeline.evaluation.reference import reference_search
-from pipeline.evaluation.results_file import (ResultsFileError, SearchResults, read_results,
-                                              write_results)
+                                         detection_ap_recall, match_detections,
+                                         match_detections_all)
+from pipeline.evaluation.reference import reference_evaluate
+from pipeline.evaluation.results_file import (Detections, ResultsFileError, SearchResults,
+                                              read_results, write_results)
 
 NAN4 = [np.nan] * 4
 
@@ -54,6 +54,8 @@ def test_average_precision_matches_sklearn_by_hand(y_true, y_score, expected):
 def test_adaptive_iou_threshold():
     assert adaptive_iou_threshold(np.array([0, 0, 10, 10])) == pytest.approx(100 / 400)
     assert adaptive_iou_threshold(np.array([0, 0, 50, 100])) == 0.5
+    many = adaptive_iou_threshold(np.array([[0, 0, 10, 10], [5, 5, 55, 105], [0, 0, 4, 6]]))
+    np.testing.assert_allclose(many, [100 / 400, 0.5, 24 / (14 * 16)])
 
 
 # ------------------------------------------------------------------ PRW by hand
@@ -200,24 +202,46 @@ def random_world(rng, dataset, images=40, queries=15, dim=6):
     return data, res
 
 
-@pytest.mark.parametrize("dataset, options", [
-    ("prw", {}), ("prw", {"multi_view": True}), ("cuhk-sysu", {"gallery_size": 50}),
-    ("cuhk-sysu", {"gallery_size": 100}), ("cuhk-sysu", {"gallery_size": -1})])
+FAST_VS_REFERENCE = [
+    ("prw", {}), ("prw", {"multi_view": True}), ("prw", {"boxes": "exact"}),
+    ("prw", {"cbgm": True}), ("prw", {"cbgm": True, "multi_view": True, "cbgm_k1": 3}),
+    ("cuhk-sysu", {"gallery_size": 50}), ("cuhk-sysu", {"gallery_size": 100}),
+    ("cuhk-sysu", {"gallery_size": -1}), ("cuhk-sysu", {"gallery_size": 100, "boxes": "exact"}),
+    ("cuhk-sysu", {"gallery_size": 100, "cbgm": True}),
+    ("cuhk-sysu", {"gallery_size": -1, "cbgm": True, "cbgm_k1": 4, "cbgm_k2": 2})]
+
+
+@pytest.mark.parametrize("dataset, options", FAST_VS_REFERENCE)
 def test_fast_path_equals_reference(dataset, options):
+    """The reference builds galleries, positives, kept detections and CBGM on its own."""
     rng = np.random.default_rng(3)
-    for _ in range(4):
+    ref_options = {(k[-2:] if k.startswith("cbgm_") else k): v for k, v in options.items()}
+    for trial in range(4):
         data, res = random_world(rng, dataset)
+        if trial % 2:              # half the worlds carry a context group of their own
+            res.context = random_context(rng, data, res)
         ev = evaluate_search(data, res, chunk_size=4, progress=False, **options)
-        kept = KeptDetections.from_results(res, 0.5)
-        split = [slice(a, b) for a, b in zip(kept.offsets[:-1], kept.offsets[1:])]
-        ref = reference_search(build_protocol(data, options.get("gallery_size"),
-                                              options.get("multi_view", False)),
-                               res.query_embeddings, [kept.boxes[s] for s in split],
-                               [kept.embeddings[s] for s in split])
+        ref = reference_evaluate(data, res, **ref_options)
         assert ev.ap.tolist() == [r["ap"] for r in ref]
         assert ev.first_rank.tolist() == [r["first_rank"] for r in ref]
         assert ev.count_tp.tolist() == [r["count_tp"] for r in ref]
         assert ev.count_gt.tolist() == [r["count_gt"] for r in ref]
+
+
+def random_context(rng, data, res, dim=6):
+    """Each query image's people: the query box (jittered) and others, grid embeddings."""
+    boxes, scores, embs, offsets = [], [], [], [0]
+    for q, e in zip(data.queries, res.query_embeddings):
+        n = int(rng.integers(0, 5))
+        own = np.r_[[q.box + rng.normal(0, 1, 4)], rng.uniform(0, 100, (n, 2)).repeat(2, 1)
+                    + [0, 0, 20, 40]]
+        boxes.append(own)
+        scores.append(rng.uniform(0.3, 1, len(own)))
+        embs.append(np.r_[[e], rng.integers(-2, 3, (n, dim)) / 4])
+        offsets.append(offsets[-1] + len(own))
+    return Detections(np.array(offsets), np.concatenate(boxes).astype(np.float32),
+                      np.concatenate(scores).astype(np.float32),
+                      np.concatenate(embs).astype(np.float32))
 
 
 # ------------------------------------------------------------------ results file
