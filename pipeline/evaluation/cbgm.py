@@ -81,9 +81,13 @@ def rescore(sims: np.ndarray, rows: np.ndarray | None, image_offsets: np.ndarray
         row = p if rows is None else rows[p]
         image = int(image_of_row[row])
         start[image] = p - (row - image_offsets[image])
-    for image, first in start.items():
-        lo, hi = image_offsets[image], image_offsets[image + 1]
-        weights = people @ embeddings[lo:hi].T
+    images = list(start)
+    bounds = [(image_offsets[i], image_offsets[i + 1]) for i in images]
+    rows_all = np.concatenate([np.arange(lo, hi) for lo, hi in bounds]) if images else []
+    weights_all = people @ embeddings[rows_all].T            # every candidate image at once
+    cut = np.cumsum([0] + [hi - lo for lo, hi in bounds])
+    for image, a, b in zip(images, cut[:-1], cut[1:]):
+        first, weights = start[image], weights_all[:, a:b]
         matched_people, matched_dets = linear_sum_assignment(weights, maximize=True)
         if len(matched_people) and matched_people[0] == 0:          # the query person matched
             sims[first + matched_dets[0]] = weights[matched_people, matched_dets].max()
