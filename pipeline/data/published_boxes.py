@@ -1,7 +1,7 @@
 """Annotation boxes the way the published PRW / CUHK-SYSU numbers read them: whole pixels.
 
-The public evaluation code behind the published tables (OIM's, and SeqNet's that COAT and most
-later work reuse) casts every annotation box to 32-bit integers as it loads it (truncation
+The public evaluation code behind the published tables (SeqNet's dataset readers and
+``eval_func``, which COAT and most later work reuse) casts every annotation box to 32-bit integers as it loads it (truncation
 toward zero). Scored against float boxes, a release whose boxes are not whole pixels gives
 another mAP. The readers therefore keep the released float boxes (``boxes``) and, beside them,
 these truncated ones (``published_boxes``), made from the very float64 numbers the files hold,
