@@ -265,6 +265,33 @@ def test_cbgm_cuhk_by_hand():
     assert ev.metrics["cbgm_k1"] == 10 and ev.metrics["cbgm_k2"] == 3     # SeqNet's CUHK values
 
 
+def test_near_ties_are_settled_as_the_classic_code_computes(monkeypatch):
+    """FAISS multiplies whole blocks; its float32 sums may differ from one product per image in
+    the last bits. Here A's person is at 0.5 and B's stranger at 0.5 - 2**-23 computed image by
+    image, but the block puts the stranger 3e-7 higher: the evaluator recomputes such near ties
+    per image, so the person still ranks first (the classic code's ranking)."""
+    from pipeline.evaluation import evaluator, search
+    gallery = [rec("q.jpg", [[0, 0, 20, 40]], [7], 1), rec("A.jpg", [[0, 0, 20, 40]], [7], 2),
+               rec("B.jpg", [[50, 0, 70, 40]], [3], 2)]
+    data = PersonSearchData("prw", Path("."), [], gallery,
+                            [QueryRecord("q.jpg", gallery[0].boxes[0], 7, 1)])
+    res = results([[([0, 0, 20, 40], 0.9, 1.0)], [([0, 0, 20, 40], 0.9, 0.5)],
+                   [([50, 0, 70, 40], 0.9, 0.5 - 2 ** -23)]], [[0, 0, 20, 40]], [[1, 0]])
+    exact = search.SimilarityIndex.similarities
+
+    def blockwise(self, queries, rows=None):
+        sims = exact(self, queries, rows)
+        sims[:, -1] += 3e-7                 # B's only detection is the last kept row
+        return sims
+
+    monkeypatch.setattr(search.SimilarityIndex, "similarities", blockwise)
+    ev = evaluate_search(data, res, progress=False)
+    assert ev.first_rank.tolist() == [0] and ev.ap.tolist() == [1.0]
+    assert [r["first_rank"] for r in reference_evaluate(data, res)] == [0]
+    monkeypatch.setattr(evaluator, "settle_near_ties", lambda *args: False)
+    assert evaluate_search(data, res, progress=False).first_rank.tolist() == [1]
+
+
 # ------------------------------------------------------------------ CUHK-SYSU by hand
 
 def cuhk_world():
