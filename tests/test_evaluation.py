@@ -288,7 +288,7 @@ def test_near_ties_are_settled_as_the_classic_code_computes(monkeypatch):
     ev = evaluate_search(data, res, progress=False)
     assert ev.first_rank.tolist() == [0] and ev.ap.tolist() == [1.0]
     assert [r["first_rank"] for r in reference_evaluate(data, res)] == [0]
-    monkeypatch.setattr(evaluator, "settle_near_ties", lambda *args: False)
+    monkeypatch.setattr(evaluator, "settle_near_ties", lambda *args: None)
     assert evaluate_search(data, res, progress=False).first_rank.tolist() == [1]
 
 

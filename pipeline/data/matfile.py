@@ -6,6 +6,7 @@ all of that in one place, and turn every surprise into a DatasetError naming the
 """
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -23,10 +24,10 @@ NUMERIC_CLASSES = range(6, 16)               # mxDOUBLE_CLASS .. mxUINT64_CLASS
 COMPLEX_OR_LOGICAL = 0x800 | 0x200
 
 
-def load_mat(path: Path, variable: str | tuple[str, ...]) -> np.ndarray:
+def load_mat(path: str | Path, variable: str | tuple[str, ...]) -> np.ndarray:
     """The first of ``variable`` (a name or names tried in order) found in ``path``."""
     names = (variable,) if isinstance(variable, str) else tuple(variable)
-    if not Path(path).is_file():
+    if not os.path.isfile(path):
         raise DatasetError(f"{path}: file is missing")
     try:
         fast = numeric_variable(path, names)
@@ -45,12 +46,13 @@ def load_mat(path: Path, variable: str | tuple[str, ...]) -> np.ndarray:
     raise DatasetError(f"{path}: variable {' or '.join(names)} is missing (found: {found})")
 
 
-def numeric_variable(path: Path, names: tuple[str, ...]) -> np.ndarray | None:
+def numeric_variable(path: str | Path, names: tuple[str, ...]) -> np.ndarray | None:
     """The first of ``names`` in a little-endian MAT v5 file when it is a plain real numeric
     matrix, as ``scipy.io.loadmat`` returns it (2-D or more, the stored dtype); None for
     anything else (the caller asks scipy, which reads every kind). Walking the elements
     directly is several times faster than loadmat on the small files PRW holds per frame."""
-    data = Path(path).read_bytes()
+    with open(path, "rb") as f:
+        data = f.read()
     if len(data) < 128 or not data.startswith(b"MATLAB 5.0") or data[126:128] != b"IM":
         return None
     found, pos = {}, 128

@@ -58,7 +58,7 @@ def check_inside(xyxy: np.ndarray, width: int, height: int, where: str) -> np.nd
     return xyxy
 
 
-def read_annotation(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_annotation(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(boxes xywh (N,4) float64, pids (N,) int64 with UNLABELED) of one frame's .mat."""
     raw = load_mat(path, ANNOTATION_VARIABLES)
     values = numbers(raw, str(path)) if raw.dtype == object else np.asarray(raw, np.float64)
@@ -78,14 +78,14 @@ def read_annotation(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_frame(root: Path, stem: str) -> ImageRecord:
-    image_path = root / "frames" / f"{stem}.jpg"
-    ann_path = root / "annotations" / f"{stem}.jpg.mat"
+    # one path join each: thousands of frames are read per dataset, and pathlib is slow
+    image_path, ann_path = root / f"frames/{stem}.jpg", f"{root}/annotations/{stem}.jpg.mat"
     xywh, pids = read_annotation(ann_path)
     width, height = image_size(image_path)
-    boxes = check_inside(xywh_to_xyxy(clip_xy_at_zero(xywh)), width, height, str(ann_path))
+    boxes = check_inside(xywh_to_xyxy(clip_xy_at_zero(xywh)), width, height, ann_path)
     return ImageRecord(name=f"{stem}.jpg", path=image_path, width=width, height=height,
                        boxes=boxes.astype(np.float32), pids=pids,
-                       camera=camera_of(stem, str(ann_path)),
+                       camera=camera_of(stem, ann_path),
                        published_boxes=prw_frame_boxes(xywh))
 
 

@@ -78,26 +78,42 @@ class SearchEvaluation:
     cmc: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
-def correct_detections(sims: np.ndarray, rows: np.ndarray | None, kept: KeptDetections,
-                       protocol: QueryProtocol) -> tuple[np.ndarray, np.ndarray]:
+def qualifying_detections(kept: KeptDetections, protocols: list[QueryProtocol]
+                          ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per query: (rows, positive-image index) of the detections in its positive images whose
+    IoU with the person's box reaches the adaptive threshold. They do not depend on the
+    similarities, so all queries' are found at once."""
+    counts = np.diff(kept.offsets)
+    per_query = [int(counts[p.positives].sum()) for p in protocols]
+    images = np.concatenate([p.positives for p in protocols] + [np.zeros(0, np.int64)])
+    gt = np.concatenate([p.gt_boxes for p in protocols] + [np.zeros((0, 4))])
+    det_rows = kept.rows_of(images)
+    box_of_row = np.repeat(np.arange(len(images)), counts[images])
+    ok = box_iou_pairs(kept.boxes[det_rows], gt[box_of_row]) >= \
+        adaptive_iou_threshold(gt[box_of_row])
+    first_box = np.cumsum([0] + [len(p.positives) for p in protocols])
+    group = box_of_row - np.repeat(first_box[:-1], per_query)      # positive image within query
+    bounds = np.cumsum([0] + per_query)
+    return [(det_rows[a:b][ok[a:b]], group[a:b][ok[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def correct_detections(sims: np.ndarray, rows: np.ndarray | None,
+                       qualifying: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Ranking positions (C,) and similarities (C,) of the correct detections of one query.
 
     sims (R,): similarities at ranking positions 0..R-1 (positions never in the gallery hold
-    -inf); rows (R,) their detection rows, or None when position = row. In each positive image
-    the correct one is the most similar detection with IoU >= the adaptive threshold (ties:
-    the later detection), found for all positive images at once by a grouped lexsort.
+    -inf); rows (R,) their detection rows, or None when position = row; qualifying: the query's
+    (rows, positive image) from :func:`qualifying_detections`. In each positive image the
+    correct one is the most similar qualifying detection (ties: the later detection), found for
+    all positive images at once by a grouped lexsort.
     """
-    pos_rows = kept.rows_of(protocol.positives)
-    if len(pos_rows) == 0:
+    ok_rows, group = qualifying
+    if len(ok_rows) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    group = np.repeat(np.arange(len(protocol.positives)), np.diff(kept.offsets)[protocol.positives])
-    gt = protocol.gt_boxes[group]
-    ok = box_iou_pairs(kept.boxes[pos_rows], gt) >= adaptive_iou_threshold(gt)
-    positions = pos_rows if rows is None else _positions(rows, pos_rows)
-    positions, group = positions[ok], group[ok]
+    positions = ok_rows if rows is None else _positions(rows, ok_rows)
     s = sims[positions]
     order = np.lexsort((positions, s, group))        # per group: by sim, then by position
-    last = np.append(np.diff(group[order]) != 0, True) if len(order) else np.zeros(0, bool)
+    last = np.append(np.diff(group[order]) != 0, True)
     return positions[order][last], s[order][last]
 
 
@@ -116,24 +132,26 @@ def count_at_least(sims: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def score_query(sims: np.ndarray, rows: np.ndarray | None, kept: KeptDetections,
-                protocol: QueryProtocol, query_embedding: np.ndarray | None = None
-                ) -> tuple[float, int, int]:
+                protocol: QueryProtocol, qualifying: tuple[np.ndarray, np.ndarray],
+                query_embedding: np.ndarray | None = None) -> tuple[float, int, int]:
     """One query -> (AP, 0-based rank of the first correct hit or -1, count_tp).
 
     With ``query_embedding``, near ties are settled as the classic code computes (see
     :func:`settle_near_ties`); ``sims`` may change there."""
     if protocol.count_gt == 0:
         return 0.0, -1, 0
-    correct_pos, correct_sim = correct_detections(sims, rows, kept, protocol)
-    count_tp = len(correct_pos)
-    if count_tp == 0:
+    correct_pos, correct_sim = correct_detections(sims, rows, qualifying)
+    if len(correct_pos) == 0:
         return 0.0, -1, 0
-    if query_embedding is not None and settle_near_ties(sims, rows, kept, correct_sim,
-                                                        query_embedding):
-        correct_pos, correct_sim = correct_detections(sims, rows, kept, protocol)
-        count_tp = len(correct_pos)
-    ap = average_precision_from_counts(correct_sim, count_at_least(sims, correct_sim)) \
-        * count_tp / protocol.count_gt
+    margins = query_embedding is not None
+    counts = count_at_least(sims, _with_margins(correct_sim) if margins else correct_sim)
+    crowded = _crowded(correct_sim, counts) if margins else []
+    if len(crowded):
+        settle_near_ties(sims, rows, kept, crowded, query_embedding)
+        correct_pos, correct_sim = correct_detections(sims, rows, qualifying)
+        counts = count_at_least(sims, correct_sim)
+    count_tp = len(correct_pos)
+    ap = average_precision_from_counts(correct_sim, counts[:count_tp]) * count_tp / protocol.count_gt
     # the first hit: the most similar correct detection, the later one among equals
     best = np.lexsort((correct_pos, correct_sim))[-1]
     v, p = correct_sim[best], correct_pos[best]
@@ -141,19 +159,25 @@ def score_query(sims: np.ndarray, rows: np.ndarray | None, kept: KeptDetections,
     return ap, int(rank), count_tp
 
 
+def _with_margins(values: np.ndarray) -> np.ndarray:
+    """values, values - TIE_MARGIN, and the smallest number above values + TIE_MARGIN."""
+    v = values.astype(np.float64)
+    return np.concatenate([v, v - TIE_MARGIN, np.nextafter(v + TIE_MARGIN, np.inf)])
+
+
+def _crowded(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The values with another similarity within TIE_MARGIN (counts from _with_margins)."""
+    n = len(values)
+    return values[counts[n:2 * n] - counts[2 * n:] > 1]
+
+
 def settle_near_ties(sims: np.ndarray, rows: np.ndarray | None, kept: KeptDetections,
-                     correct_sim: np.ndarray, query_embedding: np.ndarray) -> bool:
+                     crowded: np.ndarray, query_embedding: np.ndarray) -> None:
     """Recompute, in place, the similarities of every image holding a detection within
-    TIE_MARGIN of a correct detection's similarity (that one's image too) the way the classic
-    code does: one matrix-vector product per image. FAISS multiplies whole blocks, whose float32
-    sums can differ from those in the last bits (up to 2e-7 seen); between two near-equal
-    similarities that can swap a ranking. -> whether anything was recomputed."""
-    around = np.concatenate([correct_sim - TIE_MARGIN,
-                             np.nextafter(correct_sim.astype(np.float64) + TIE_MARGIN, np.inf)])
-    counts = count_at_least(sims, around)
-    crowded = correct_sim[counts[:len(correct_sim)] - counts[len(correct_sim):] > 1]
-    if len(crowded) == 0:
-        return False
+    TIE_MARGIN of one of the ``crowded`` values (correct detections' similarities) the way the
+    classic code does: one matrix-vector product per image. FAISS multiplies whole blocks, whose
+    float32 sums can differ from those in the last bits (up to 2.1e-7 seen); between two
+    near-equal similarities that can swap a ranking."""
     near = np.zeros(len(sims), bool)
     for value in crowded:
         near |= np.abs(sims - value) <= TIE_MARGIN
@@ -164,7 +188,6 @@ def settle_near_ties(sims: np.ndarray, rows: np.ndarray | None, kept: KeptDetect
     for image, start in zip(images, starts):
         lo, hi = kept.offsets[image], kept.offsets[image + 1]
         sims[start:start + hi - lo] = kept.embeddings[lo:hi] @ query_embedding
-    return True
 
 
 def _positions(rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -206,6 +229,7 @@ class SearchEvaluator:
         self._kept: KeptDetections | None = None
         self._people: list[np.ndarray] | None = None
         self._index: SimilarityIndex | None = None
+        self._qualifying: list | None = None
 
     def process(self, results: SearchResults):
         self.reset()
@@ -221,6 +245,7 @@ class SearchEvaluator:
             self._kept = KeptDetections.from_results(self.results, self.det_thresh)
             self._index = SimilarityIndex(self._kept.embeddings, self.index_kind,
                                           use_gpu=self.use_gpu)
+            self._qualifying = qualifying_detections(self._kept, self.protocols)
         if self.cbgm and self._people is None:
             self._people = self._context_people()
         return self._kept, self._index
@@ -246,7 +271,7 @@ class SearchEvaluator:
             for i, (sims, rows) in zip(range(start, stop), self._similarities(start, stop)):
                 exact = None if self.cbgm else self.results.query_embeddings[i]
                 ap[i], rank[i], count_tp[i] = score_query(sims, rows, kept, self.protocols[i],
-                                                          exact)
+                                                          self._qualifying[i], exact)
         return self._summarise(self.results, ap, rank, count_gt, count_tp, index.approximate)
 
     def _similarities(self, start: int, stop: int):
@@ -282,7 +307,7 @@ class SearchEvaluator:
         sims = SimilarityIndex(kept.embeddings, "flat", use_gpu=False).similarities(
             self.results.query_embeddings[query:query + 1], rows)[0]
         sims = self._rescored(query, sims, rows)
-        correct = set(correct_detections(sims, rows, kept, p)[0].tolist())
+        correct = set(correct_detections(sims, rows, self._qualifying[query])[0].tolist())
         order = np.argsort(sims, kind="stable")[::-1][:k]
         return [{"image": int(kept.image[rows[j]]), "box": kept.boxes[rows[j]],
                  "score": float(sims[j]), "correct": int(j) in correct} for j in order]
