@@ -39,7 +39,7 @@ from pipeline.data import read_dataset  # noqa: E402
 from pipeline.data.records import ImageRecord, PersonSearchData, QueryRecord  # noqa: E402
 from pipeline.evaluation.evaluator import SearchEvaluator  # noqa: E402
 from pipeline.evaluation.reference import reference_evaluate  # noqa: E402
-from pipeline.evaluation.results_file import SearchResults, read_results  # noqa: E402
+from pipeline.gallery.results_file import SearchResults, read_results  # noqa: E402
 from prw_sized import write_prw_sized  # noqa: E402
 
 PRW_SECTION = "## Evaluation speed: the PRW-sized case"

@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 
 from pipeline.data.records import ImageRecord, PersonSearchData, QueryGallery, QueryRecord
+from pipeline.evaluation import evaluator
 from pipeline.evaluation.evaluator import evaluate_search
 from pipeline.evaluation.metrics import (adaptive_iou_threshold, average_precision,
                                          detection_ap_recall, match_detections,
                                          match_detections_all)
 from pipeline.evaluation.reference import reference_evaluate
-from pipeline.evaluation.results_file import (Detections, ResultsFileError, SearchResults,
-                                              read_results, write_results)
+from pipeline.gallery import similarity
+from pipeline.gallery.results_file import (Detections, ResultsFileError, SearchResults,
+                                           read_results, write_results)
 
 NAN4 = [np.nan] * 4
 
@@ -270,21 +272,20 @@ def test_near_ties_are_settled_as_the_classic_code_computes(monkeypatch):
     the last bits. Here A's person is at 0.5 and B's stranger at 0.5 - 2**-23 computed image by
     image, but the block puts the stranger 3e-7 higher: the evaluator recomputes such near ties
     per image, so the person still ranks first (the classic code's ranking)."""
-    from pipeline.evaluation import evaluator, search
     gallery = [rec("q.jpg", [[0, 0, 20, 40]], [7], 1), rec("A.jpg", [[0, 0, 20, 40]], [7], 2),
                rec("B.jpg", [[50, 0, 70, 40]], [3], 2)]
     data = PersonSearchData("prw", Path("."), [], gallery,
                             [QueryRecord("q.jpg", gallery[0].boxes[0], 7, 1)])
     res = results([[([0, 0, 20, 40], 0.9, 1.0)], [([0, 0, 20, 40], 0.9, 0.5)],
                    [([50, 0, 70, 40], 0.9, 0.5 - 2 ** -23)]], [[0, 0, 20, 40]], [[1, 0]])
-    exact = search.SimilarityIndex.similarities
+    exact = similarity.SimilarityIndex.similarities
 
     def blockwise(self, queries, rows=None):
         sims = exact(self, queries, rows)
         sims[:, -1] += 3e-7                 # B's only detection is the last kept row
         return sims
 
-    monkeypatch.setattr(search.SimilarityIndex, "similarities", blockwise)
+    monkeypatch.setattr(similarity.SimilarityIndex, "similarities", blockwise)
     ev = evaluate_search(data, res, progress=False)
     assert ev.first_rank.tolist() == [0] and ev.ap.tolist() == [1.0]
     assert [r["first_rank"] for r in reference_evaluate(data, res)] == [0]
@@ -610,8 +611,8 @@ def test_tied_duplicates_in_one_image_the_later_is_correct():
 # ------------------------------------------------------------------ run_searcher
 
 class GroundTruthSearcher:
-    """A searcher (``detect`` / ``embed_boxes``) that 'detects' the ground-truth boxes of each
-    image and embeds every box by its identity (one-hot; unlabeled persons: the last axis)."""
+    """A searcher (pipeline.models.searcher) that 'detects' the ground-truth boxes of each image
+    and embeds every box by its identity (one-hot; unlabeled persons: the last axis)."""
 
     def __init__(self, data, pids):
         self.records = list(data.gallery)                # detect() is called in gallery order
@@ -645,14 +646,14 @@ def test_run_searcher_writes_a_valid_results_file(synthetic_prw, tmp_path):
     import torch
 
     from pipeline.data import read_dataset
-    from pipeline.evaluation.run_model import run_searcher
+    from pipeline.inference.run import run_searcher
     data = read_dataset("prw", synthetic_prw)
     # half-pixel query boxes, to see which form is embedded (the world's boxes are whole)
     data.queries = [QueryRecord(q.image, q.box + 0.5, q.pid, q.camera) for q in data.queries]
     pids = sorted({int(p) for r in data.gallery for p in r.pids if p >= 0})
     searcher = GroundTruthSearcher(data, pids)
     path = run_searcher(searcher, data, tmp_path / "r.h5", device="cpu", batch_size=3,
-                        amp_dtype=torch.bfloat16, progress=False)
+                        amp=True, progress=False)
     res = read_results(path, data)           # validates names, counts, query boxes
     assert len(res.scores) == sum(len(r.boxes) for r in data.gallery)
     ev = evaluate_search(data, res, progress=False)
@@ -669,7 +670,7 @@ def test_run_searcher_writes_a_valid_results_file(synthetic_prw, tmp_path):
 
 
 def test_similarity_index_flat_exact_and_ivf_flagged():
-    from pipeline.evaluation.search import SimilarityIndex
+    from pipeline.gallery.similarity import SimilarityIndex
     rng = np.random.default_rng(0)
     base = (rng.integers(-2, 3, (300, 8)) / 4).astype(np.float32)
     q = (rng.integers(-2, 3, (3, 8)) / 4).astype(np.float32)

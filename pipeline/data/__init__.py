@@ -3,7 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .cuhk_sysu import read_cuhk_sysu
+from .prw import read_prw
 from .records import DATASETS, DatasetError, PersonSearchData
+
+READERS = {"prw": read_prw, "cuhk-sysu": read_cuhk_sysu}
 
 
 def read_dataset(name: str, root: str | Path, *, train: bool = True) -> PersonSearchData:
@@ -11,10 +15,6 @@ def read_dataset(name: str, root: str | Path, *, train: bool = True) -> PersonSe
 
     ``train=False`` leaves the training split out (empty): evaluation reads the test split only.
     """
-    if name == "prw":
-        from .prw import read_prw
-        return read_prw(root, train=train)
-    if name == "cuhk-sysu":
-        from .cuhk_sysu import read_cuhk_sysu
-        return read_cuhk_sysu(root, train=train)
-    raise DatasetError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+    if name not in READERS:
+        raise DatasetError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+    return READERS[name](root, train=train)

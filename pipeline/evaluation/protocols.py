@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.data.cuhk_sysu import GALLERY_SIZES, LABELING_GALLERY
 from pipeline.data.published_boxes import PUBLISHED, choose
-from pipeline.data.records import PersonSearchData
+from pipeline.data.records import FULL_GALLERY, PersonSearchData
 
-CUHK_GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000, -1)
-DEFAULT_GALLERY_SIZE = {"cuhk-sysu": 100, "prw": -1}
+CUHK_GALLERY_SIZES = (*GALLERY_SIZES, FULL_GALLERY)
+DEFAULT_GALLERY_SIZE = {"cuhk-sysu": 100, "prw": FULL_GALLERY}
 
 
 class ProtocolError(ValueError):
@@ -45,8 +46,9 @@ def build_protocol(data: PersonSearchData, gallery_size: int | None = None,
     """One QueryProtocol per query of ``data`` (in query order); ``boxes``: "published" or
     "exact" ground-truth boxes."""
     if data.dataset == "prw":
-        if gallery_size not in (None, -1):
-            raise ProtocolError(f"PRW has only the full gallery (-1), not {gallery_size}")
+        if gallery_size not in (None, FULL_GALLERY):
+            raise ProtocolError(f"PRW has only the full gallery ({FULL_GALLERY}), not "
+                                f"{gallery_size}")
         return prw_protocol(data, multi_view, boxes)
     if data.dataset == "cuhk-sysu":
         if multi_view:
@@ -85,7 +87,7 @@ def cuhk_protocol(data: PersonSearchData, gallery_size: int,
     """TestG{N} galleries; N = -1: the TestG50 list then all other pool images but the query's."""
     if gallery_size not in CUHK_GALLERY_SIZES:
         raise ProtocolError(f"CUHK-SYSU gallery size must be one of {CUHK_GALLERY_SIZES}")
-    source = 50 if gallery_size == -1 else gallery_size
+    source = LABELING_GALLERY if gallery_size == FULL_GALLERY else gallery_size
     if source not in data.query_galleries:
         raise ProtocolError(f"no TestG{source} protocol galleries in {data.root} "
                             f"(have {sorted(data.query_galleries)})")
@@ -103,7 +105,7 @@ def cuhk_protocol(data: PersonSearchData, gallery_size: int,
         gt = choose(g.boxes, g.published_boxes, data.dataset, boxes)
         present = ~np.isnan(gt).any(axis=1)
         listed = None
-        if gallery_size == -1:          # then every other pool image, in pool order
+        if gallery_size == FULL_GALLERY:  # then every other pool image, in pool order
             rest = np.ones(len(data.gallery), bool)
             rest[gal] = False
             if q.image in index:

@@ -20,7 +20,7 @@ from pipeline.data.records import PersonSearchData, QueryRecord
 from pipeline.evaluation.cbgm import CONTEXT_NMS_IOU, DEFAULT_K
 from pipeline.evaluation.metrics import adaptive_iou_threshold, average_precision, box_iou, \
     first_hit_rank
-from pipeline.evaluation.results_file import SearchResults
+from pipeline.gallery.results_file import SearchResults
 
 
 def reference_evaluate(data: PersonSearchData, results: SearchResults, *,

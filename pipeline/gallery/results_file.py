@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from pipeline.data.published_boxes import PUBLISHED, choose
@@ -87,7 +88,6 @@ def write_results(path, dataset: str, gallery_images, offsets, boxes, scores, em
                   query_images, query_boxes, query_embeddings, context=None) -> Path:
     """Write a results file (shapes as in the module docstring), atomically (a temporary file
     renamed into place). ``context``: None or (offsets, boxes, scores, embeddings) per query."""
-    import h5py
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = h5py.string_dtype("utf-8")
@@ -128,7 +128,6 @@ def _boxes(boxes) -> np.ndarray:
 
 def read_results(path, data: PersonSearchData) -> SearchResults:
     """Read and validate a results file against ``data``; gallery reordered to data.gallery."""
-    import h5py
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"results file {path} does not exist")

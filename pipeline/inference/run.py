@@ -1,5 +1,6 @@
-"""Run any Searcher over a dataset's gallery and queries and write the results file (schema
-"person-search-results/2", with each query image's detections as the CBGM context group)."""
+"""Run a :class:`~pipeline.models.searcher.Searcher` over a dataset's gallery and queries and
+write the results file (:mod:`pipeline.gallery.results_file`; schema 2, with each query image's
+detections as the CBGM context group)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,10 @@ from tqdm import tqdm
 from pipeline.data.images import load_image
 from pipeline.data.published_boxes import PUBLISHED, choose
 from pipeline.data.records import PersonSearchData
-from pipeline.evaluation.results_file import write_results
+from pipeline.gallery.results_file import write_results
+from pipeline.inference.searchers import load_searcher
+from pipeline.models.precision import autocast
+from pipeline.models.searcher import Searcher
 
 
 def _load_image(path: Path, device) -> torch.Tensor:
@@ -19,20 +23,27 @@ def _load_image(path: Path, device) -> torch.Tensor:
     return load_image(path).to(device)
 
 
-def _autocast(device, amp_dtype):
-    enabled = amp_dtype is not None and torch.device(device).type == "cuda"
-    return torch.autocast("cuda", dtype=amp_dtype, enabled=enabled) if enabled \
-        else torch.autocast("cpu", enabled=False)
+def results_from_model(source, model_kind: str, data: PersonSearchData, out_path, *,
+                       device="cpu", batch_size: int = 2, progress: bool = True,
+                       boxes: str = PUBLISHED) -> Path:
+    """Load a searcher (a student checkpoint, or a teacher config with ``model_kind``
+    "teacher") and write its results file over ``data``; bf16 on CUDA. ``boxes``: the query
+    boxes' convention (pipeline/data/published_boxes.py)."""
+    searcher = load_searcher(source, model_kind, device)
+    return run_searcher(searcher, data, out_path, device=device, batch_size=batch_size,
+                        amp=True, progress=progress, boxes=boxes)
 
 
-def run_searcher(searcher, data: PersonSearchData, out_path, *, device, batch_size: int = 2,
-                 amp_dtype=None, progress: bool = True, boxes: str = PUBLISHED) -> Path:
+def run_searcher(searcher: Searcher, data: PersonSearchData, out_path, *, device,
+                 batch_size: int = 2, amp: bool = False, progress: bool = True,
+                 boxes: str = PUBLISHED) -> Path:
     """Detect in every gallery image, embed every query box (whole pixels unless ``boxes`` is
     "exact", as the published numbers embed them), keep each query image's detections (its
-    gallery ones; one extra detection pass for a query image outside the gallery), write."""
+    gallery ones; one extra detection pass for a query image outside the gallery), write the
+    results file. ``amp``: bf16 autocast on CUDA."""
     gallery = data.gallery
     paths = {r.name: r.path for r in (*data.gallery, *data.train)}
-    with torch.no_grad(), _autocast(device, amp_dtype):
+    with torch.no_grad(), autocast(device, amp):
         dets = _detect_all(searcher, [r.path for r in gallery], device, batch_size, progress,
                            "gallery")
         found = {r.name: i for i, r in enumerate(gallery)}
