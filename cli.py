@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import resource
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -15,31 +17,56 @@ from cache import CacheMismatchError, TeacherCache
 from cache.verify import verify_cache
 from pipeline.config import ConfigError, load_config
 from pipeline.config.teacher import TeacherConfig
-from pipeline.data import read_dataset
+from pipeline.data import ensure_dataset, read_dataset
 from pipeline.data.cuhk_sysu import GALLERY_SIZES
 from pipeline.data.inspect import export_csv, format_table, split_summary
+from pipeline.data.published import check_release
 from pipeline.data.records import FULL_GALLERY, DatasetError
-from pipeline.data.synthetic import SyntheticWorldError, generate, parse_size
+from pipeline.data.synthetic import MARKER, SyntheticWorldError, generate, parse_size
 from pipeline.demo import run_demo
 from pipeline.engine.trainer import NonFiniteLossError
 from pipeline.evaluation.command import default_out_dir, evaluate_command
 from pipeline.evaluation.protocols import ProtocolError
 from pipeline.gallery.results_file import ResultsFileError
-from pipeline.inference.run import results_from_model
+from pipeline.inference.onnx_export import OnnxExportError, export_checkpoint, verify_export
+from pipeline.inference.onnx_runtime import OnnxModelError
+from pipeline.inference.run import RUNTIMES, results_from_model
 from pipeline.models.checkpoint import CheckpointError
+from pipeline.models.torch_files import TorchFileError
 from pipeline.stages.student import CacheContractError, train_student
 from pipeline.stages.teacher_cache import build_cache
 from pipeline.stages.teachers import train_detector, train_reid
 
 
 def friendly_errors(fn):
-    """Turn the project's own input errors into a one-line message and exit code 2."""
+    """Turn the project's own input errors (bad config, data, cache, checkpoint or results
+    file) into a one-line message and exit code 1."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (DatasetError, ConfigError, FileNotFoundError) as e:
-            raise click.ClickException(str(e)) from None
+        except (DatasetError, ConfigError, FileNotFoundError, CacheMismatchError,
+                CheckpointError, TorchFileError) as e:
+            raise click.ClickException(" ".join(str(e).splitlines())) from None
+    return wrapper
+
+
+def report_peak_memory(fn):
+    """After the command succeeds, print its peak memory (resident set size) as the last line
+    on stderr: this process, its largest finished child (DataLoader workers), and on CUDA the
+    most GPU memory PyTorch held."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        result = fn(*args, **kwargs)
+        gb = 1e9 / 1024  # ru_maxrss counts KiB on Linux
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / gb
+        child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / gb
+        text = f"peak memory: {own:.2f} GB" + (f" (largest worker {child:.2f} GB)" if child else "")
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            text += f", GPU {torch.cuda.max_memory_allocated() / 1e9:.2f} GB"
+        click.echo(text, err=True)
+        return result
     return wrapper
 
 
@@ -55,9 +82,12 @@ def cli():
 @click.option("--root", type=click.Path(), required=True, help="dataset folder as released")
 @click.option("--export", "export", type=click.Path(dir_okay=False), default=None,
               help="write every box to this CSV: split,image,x1,y1,x2,y2,pid,camera")
+@click.option("--check", is_flag=True,
+              help="compare with the release's published counts; exit 1 on any difference")
 @friendly_errors
-def inspect_dataset(dataset, root, export):
-    """Summarise a dataset per split; optionally export every box as CSV."""
+def inspect_dataset(dataset, root, export, check):
+    """Summarise a dataset per split; optionally export every box as CSV or check that it is
+    the complete release."""
     data = read_dataset(dataset, root)
     click.echo(f"{dataset} at {root}")
     click.echo(format_table(split_summary(data)))
@@ -67,6 +97,16 @@ def inspect_dataset(dataset, root, export):
     if export:
         rows = export_csv(data, export)
         click.echo(f"wrote {rows} boxes to {export}")
+    if check:
+        table, differences = check_release(data)
+        click.echo(table)
+        for d in differences:
+            click.echo(f"differs: {d}")
+        if differences:
+            made = " (it is a synthetic world)" if (Path(root) / MARKER).is_file() else ""
+            raise click.ClickException(f"{root} differs from the published {dataset} release "
+                                       f"in {len(differences)} count(s), listed above{made}")
+        click.echo(f"ok: {root} holds the complete {dataset} release")
 
 
 def _size_option(ctx, param, value):
@@ -123,9 +163,11 @@ _SET_HELP = "override a config value, e.g. --set detector.epochs=2 (repeatable)"
 @click.option("--resume", is_flag=True, help="continue from the part's checkpoint_last.pt")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @friendly_errors
+@report_peak_memory
 def train_teacher_cmd(part, config_path, overrides, resume, no_progress):
     """Train one teacher; prints its checkpoint (out_dir/detector.pt or reid.pt) last."""
     cfg = _teacher_config(config_path, overrides)
+    ensure_dataset(cfg.data, say=lambda text: click.echo(text, err=True))
     train = train_detector if part == "detector" else train_reid
     try:
         path = train(cfg, resume=resume, progress=not no_progress)
@@ -142,23 +184,43 @@ def train_teacher_cmd(part, config_path, overrides, resume, no_progress):
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (overrides cache.device)")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @friendly_errors
+@report_peak_memory
 def build_cache_cmd(config_path, overrides, train_missing, device, no_progress):
     """Run both teachers over the training split into the teacher cache (resumes an
-    interrupted build; returns at once when the cache exists). Prints the cache path last."""
+    interrupted build; returns at once when the cache exists), then verify it against the
+    training split. Makes a synthetic world (data.synthetic) that is missing. Prints the cache
+    path last."""
     cfg = _teacher_config(config_path, overrides)
+    ensure_dataset(cfg.data, say=lambda text: click.echo(text, err=True))
     for part, train in (("detector", train_detector), ("reid", train_reid)):
         path = cfg.checkpoint(part)
         if path.is_file():
             continue
+        sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun every rank would train
+            raise click.ClickException(
+                f"teacher {part} checkpoint not found: {path}; the teachers train in one "
+                f"process: run `python cli.py train-teacher --part {part} --config "
+                f"{config_path}{sets}` first, then build-cache under torchrun")
         if not train_missing:
             raise click.ClickException(
                 f"teacher {part} checkpoint not found: {path}; train it with `python cli.py "
-                f"train-teacher --part {part} --config {config_path}` or pass --train-missing")
+                f"train-teacher --part {part} --config {config_path}{sets}` or pass "
+                "--train-missing")
         click.echo(f"training the {part} teacher -> {path}", err=True)
         train(cfg, progress=not no_progress)
     start = time.perf_counter()
     path = build_cache(cfg, device=device, progress=not no_progress)
-    click.echo(f"cache ready in {time.perf_counter() - start:.1f} s", err=True)
+    seconds = time.perf_counter() - start
+    problems = verify_cache(path, read_dataset(cfg.data.dataset, cfg.data.root).train,
+                            cfg.data.dataset)
+    if problems:
+        more = f" (+{len(problems) - 1} more: `python cli.py cache verify {path}`)" \
+            if len(problems) > 1 else ""
+        raise click.ClickException(f"the cache fails verification: {problems[0]}{more}; "
+                                   f"delete {path} and run build-cache again")
+    click.echo(f"cache ready in {seconds:.1f} s, verified: {path} holds every training image "
+               f"of {cfg.data.root}", err=True)
     click.echo(str(path))
 
 
@@ -230,6 +292,7 @@ def cache_verify_cmd(path, dataset, root):
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (overrides train.device)")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @friendly_errors
+@report_peak_memory
 def train_student_cmd(config_path, overrides, resume, device, no_progress):
     """Train an end-to-end student from the teacher cache; prints the run directory last."""
     try:
@@ -284,10 +347,14 @@ GALLERY_CHOICES = [str(n) for n in (*GALLERY_SIZES, FULL_GALLERY)]
               help="CBGM: context of k2 people, the query included [default: CUHK-SYSU 3, PRW 4]")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--batch-size", type=int, default=2, show_default=True)
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="torch", show_default=True,
+              help="run the student in PyTorch or ONNX Runtime (a .pt --checkpoint is exported "
+                   "to OUT_DIR/model.onnx first; an exported .onnx file runs as it is)")
 @friendly_errors
+@report_peak_memory
 def evaluate(dataset, root, results, checkpoint, teacher_config, gallery_size, multi_view,
              det_thresh, json_path, per_query, visualize, out_dir, index, exact_boxes, cbgm,
-             cbgm_k1, cbgm_k2, device, batch_size):
+             cbgm_k1, cbgm_k2, device, batch_size, runtime):
     """Search mAP / top-k and detection AP / recall with the standard protocols."""
     sources = [s for s in (results, checkpoint, teacher_config) if s is not None]
     if len(sources) != 1:
@@ -300,15 +367,45 @@ def evaluate(dataset, root, results, checkpoint, teacher_config, gallery_size, m
             kind = "student" if checkpoint is not None else "teacher"
             results = results_from_model(checkpoint or teacher_config, kind, data,
                                          Path(out_dir) / "results.h5", device=device,
-                                         batch_size=batch_size, boxes=boxes)
+                                         batch_size=batch_size, runtime=runtime, boxes=boxes)
         table, _ = evaluate_command(
             data, results, gallery_size=None if gallery_size is None else int(gallery_size),
             multi_view=multi_view, det_thresh=det_thresh, index=index, json_path=json_path,
             per_query=per_query, visualize=visualize, out_dir=out_dir, boxes=boxes, cbgm=cbgm,
             cbgm_k1=cbgm_k1, cbgm_k2=cbgm_k2)
-    except (ResultsFileError, ProtocolError, CheckpointError, RuntimeError) as e:
+    except (ResultsFileError, ProtocolError, CheckpointError, OnnxModelError,
+            RuntimeError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(table)
+
+
+# ---------------------------------------------------------------- deployment
+
+@cli.command("export")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="a trained student, e.g. RUN/checkpoint_last.pt")
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="file to write")
+@click.option("--proposals", type=click.IntRange(min=1), default=None,
+              help="RPN proposals scored per frame (default: the model's; fewer is faster, "
+                   "see BENCHMARKS.md)")
+@click.option("--int8", "int8_folder", type=click.Path(file_okay=False, exists=True),
+              default=None, help="quantize the convolutions to int8, calibrated on up to 16 "
+              "images under this folder (training frames, not the ones to be searched)")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="run one random frame through PyTorch and ONNX Runtime and compare")
+@friendly_errors
+def export_cmd(checkpoint, fmt, out, proposals, int8_folder, verify):
+    """Export a student for deployment: one ONNX file with a gallery mode (image -> boxes,
+    scores, embeddings) and a query mode (image + boxes -> embeddings); prints its path last."""
+    try:
+        path = export_checkpoint(checkpoint, out, proposals=proposals, int8_folder=int8_folder)
+        if verify:
+            click.echo(verify_export(checkpoint, path), err=True)
+    except (CheckpointError, OnnxExportError, OnnxModelError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{fmt}: {os.path.getsize(path) / 1e6:.1f} MB", err=True)
+    click.echo(str(path))
 
 
 # ---------------------------------------------------------------- demo

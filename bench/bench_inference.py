@@ -2,6 +2,21 @@
 
     .venv/bin/python bench/bench_inference.py --device cuda            # the issue's setting
     .venv/bin/python bench/bench_inference.py --device cpu --quick     # a small smoke run
+    .venv/bin/python bench/bench_inference.py --cpu-table \
+        --checkpoint work/runs/student-synthetic-r18-all/checkpoint_last.pt  # CPU: see below
+
+--cpu-table: frames/s on the CPU, PyTorch vs ONNX Runtime (and the other fast modes), R18 and
+R50 students and a ResNet-50 SeqNet-style baseline (the R50 student in PyTorch float32, the
+published settings), at each of --threads, all modes interleaved frame by frame so that load
+from other jobs hits every mode alike; ratios to the baseline at the same thread count. The
+frames are 1920x1080 mosaics of synthetic test scenes, scaled so the people reach the network
+at the size the trained student saw (about 64-144 px tall at 900/1500): a trained student then
+finds a realistic number of people (printed per mode). Models run with the published PRW
+inference settings (900/1500, RoIAlign 14, 6000/300 proposals, <= 100 detections) unless a
+mode says otherwise; --r50-checkpoint gives trained R50 weights, else they are random and the
+R50 keeps every proposal as a candidate (score threshold off) and is capped at the R18's
+detection count, so its embedding work is the same as a trained one's. int8 modes are
+calibrated on two mosaics of training scenes.
 
 Frames are 1920x1080 (resized by the network to --min-size/--max-size, 900/1500 standard).
 Inference modes: float32, bf16 autocast, bf16 + channels-last, bf16 + torch.compile of the
@@ -15,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime
+import os
 import platform
 import statistics
 import sys
@@ -35,6 +52,9 @@ from pipeline.config.model import ModelConfig  # noqa: E402
 from pipeline.distill.student import build_student  # noqa: E402
 from pipeline.models.student import load_student  # noqa: E402
 from student_step import TERMS, random_targets  # noqa: E402
+from cpu_modes import Mode, mosaic_frames, people_scale, published_settings, runner, \
+    temporary_workdir  # noqa: E402
+from pipeline.inference.speed import proportional_max_size  # noqa: E402
 
 NUM_IDS = 500
 EMB_DIM = 256
@@ -141,6 +161,111 @@ def training_row(args, frames, terms, amp: bool):
     return len(batch) / statistics.median(times), peak
 
 
+# ------------------------------------------------------------------ CPU table (--cpu-table)
+
+BASELINE = "R50 student, PyTorch float32 (SeqNet-style baseline)"
+
+
+def cpu_modes(args) -> list[tuple[str, str | None, Mode]]:
+    """(backbone, checkpoint, mode) rows; the first is the baseline. The last rows are the
+    footage settings: fewer proposals (--proposals) and smaller inputs (--small-sizes)."""
+    r18, r50 = ("resnet18", args.checkpoint), ("resnet50", args.r50_checkpoint)
+    n = args.proposals
+    fewer = {"rpn_post_nms_top_n_test": n}
+
+    def small(size):
+        return {"min_size": size, "max_size": proportional_max_size(size, 900, 1500), **fewer}
+    rows = [(*r50, Mode(BASELINE)),
+            (*r50, Mode("R50 student, ONNX Runtime", "onnx")),
+            (*r18, Mode("R18 student, PyTorch float32")),
+            (*r18, Mode("R18 student, PyTorch bf16", bf16=True)),
+            (*r18, Mode("R18 student, ONNX Runtime", "onnx")),
+            (*r18, Mode("R18 student, ONNX Runtime int8", "onnx", int8=True)),
+            (*r18, Mode(f"R18 student, PyTorch float32, {n} proposals", settings=fewer)),
+            (*r18, Mode(f"R18 student, PyTorch bf16, {n} proposals", bf16=True, settings=fewer))]
+    rows += [(*r18, Mode(f"R18 student, PyTorch bf16, {n} proposals, input {size}", bf16=True,
+                         settings=small(size))) for size in args.small_sizes]
+    size = args.small_sizes[len(args.small_sizes) // 2]
+    rows += [(*r18, Mode(f"R18 student, PyTorch float32, {n} proposals, input {size}",
+                         settings=small(size))),
+             (*r18, Mode(f"R18 student, ONNX Runtime, {n} proposals, input {size}", "onnx",
+                         settings=small(size))),
+             (*r18, Mode(f"R18 student, ONNX Runtime int8, {n} proposals, input {size}", "onnx",
+                         int8=True, settings=small(size)))]
+    keep = [r for i, r in enumerate(rows)   # the baseline unless skipped: ratios are to it
+            if (i == 0 and not args.skip_baseline)
+            or (i > 0 and (not args.only or any(k in r[2].label for k in args.only)))]
+    return keep
+
+
+def thread_counts(spec: list[str]) -> list[int]:
+    counts = [os.cpu_count() if t == "all" else int(t) for t in spec]
+    return sorted(set(counts), key=counts.index)
+
+
+def build_runners(args, rows, frames, workdir: Path) -> dict:
+    """label -> runner. A random-weight R50 keeps every proposal as a candidate and is capped
+    at the trained R18's detections per frame, so its embedding work matches a trained one."""
+    base = published_settings()
+    scale = people_scale(args.checkpoint, args.data_root)
+    calibration = mosaic_frames(args.data_root, 2, tile_scale=scale, tiles=args.tiles, seed=1,
+                                split="train") if any(m.int8 for _, _, m in rows) else None
+    runners = {m.label: runner(ckpt, backbone, m, base, workdir, calibration)
+               for backbone, ckpt, m in rows if backbone == "resnet18" or ckpt}
+    if all(label in runners for label in (m.label for _, _, m in rows)):
+        return runners
+    first_r18 = next(m.label for backbone, _, m in rows if backbone == "resnet18")
+    r18_dets = statistics.mean(len(o["boxes"]) for o in runners[first_r18].detect(frames[:2]))
+    cap = {"det_detections_per_img": max(1, round(r18_dets)), "det_score_thresh": -1.0}
+    for backbone, ckpt, m in rows:
+        if m.label not in runners:
+            runners[m.label] = runner(ckpt, backbone, m, {**base, **cap}, workdir)
+    return runners
+
+
+def time_modes(args, rows, runners, frames, threads) -> tuple[dict, dict, dict, list]:
+    """Every mode on every frame at every thread count, round after round; -> per (label,
+    threads) wall and CPU seconds, per label detection counts, and the load seen each round."""
+    wall = {(m.label, t): [] for _, _, m in rows for t in threads}
+    cpu, dets, loads = copy.deepcopy(wall), {}, []
+    for it in range(args.warmup + args.iters):
+        for frame in frames:
+            for (_, _, mode), t in ((r, t) for r in rows for t in threads):
+                torch.set_num_threads(t)
+                t0, c0 = time.perf_counter(), time.process_time()
+                out = runners[mode.label].detect([frame], threads=t)[0]
+                if it >= args.warmup:
+                    wall[(mode.label, t)].append(time.perf_counter() - t0)
+                    cpu[(mode.label, t)].append(time.process_time() - c0)
+                    dets.setdefault(mode.label, []).append(len(out["boxes"]))
+        loads.append(os.getloadavg()[0])
+        print(f"  round {it + 1}/{args.warmup + args.iters} done, load {loads[-1]:.2f}",
+              flush=True)
+    return wall, cpu, dets, loads
+
+
+def cpu_table(args) -> tuple[str, list]:
+    """Interleaved frames/s of every mode at every thread count; -> (markdown, loads)."""
+    scale = people_scale(args.checkpoint, args.data_root)
+    frames = mosaic_frames(args.data_root, args.frames, tile_scale=scale, tiles=args.tiles)
+    threads, rows = thread_counts(args.threads), cpu_modes(args)
+    with temporary_workdir() as workdir:
+        runners = build_runners(args, rows, frames, Path(workdir))
+        wall, cpu, dets, loads = time_modes(args, rows, runners, frames, threads)
+    fps = {k: 1.0 / statistics.median(v) for k, v in wall.items()}
+    head = "| mode | detections/frame | " + " | ".join(
+        f"{t} threads: frames/s | x baseline | CPU s/frame" for t in threads) + " |"
+    lines = [head, "|---|---|" + "---|---|---|" * len(threads)]
+    ratio = lambda label, t: f"{fps[(label, t)] / fps[(BASELINE, t)]:.2f}x" \
+        if (BASELINE, t) in fps else "-"
+    for _, _, m in rows:
+        cells = [f"{fps[(m.label, t)]:.3f} | {ratio(m.label, t)} | "
+                 f"{statistics.median(cpu[(m.label, t)]):.2f}" for t in threads]
+        lines.append(f"| {m.label} | {statistics.mean(dets[m.label]):.1f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines), loads
+
+
 def machine(device: str) -> str:
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                 if l.startswith("model name")), platform.machine())
@@ -158,12 +283,35 @@ def main() -> None:
     p.add_argument("--max-size", type=int, default=1500)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--train-batch", type=int, default=5)
-    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--iters", type=int, default=None,
+                   help="timed iterations (default 10; --cpu-table: rounds over the frames, 2)")
     p.add_argument("--modes", nargs="+",
                    default=["float32", "bf16", "bf16+channels_last", "bf16+compile"])
     p.add_argument("--quick", action="store_true", help="small frames and few iterations (CPU)")
     p.add_argument("--record", action="store_true", help="append the table to BENCHMARKS.md")
+    p.add_argument("--cpu-table", action="store_true",
+                   help="CPU: PyTorch vs ONNX Runtime, R18 / R50 students vs the baseline")
+    p.add_argument("--r50-checkpoint", default=None, help="--cpu-table: trained R50 weights")
+    p.add_argument("--data-root", default="work/data/synthetic-prw",
+                   help="--cpu-table: synthetic PRW world whose test scenes make the frames")
+    p.add_argument("--frames", type=int, default=3, help="--cpu-table: distinct frames")
+    p.add_argument("--tiles", type=int, default=6, help="--cpu-table: scenes per frame")
+    p.add_argument("--warmup", type=int, default=1, help="--cpu-table: untimed rounds")
+    p.add_argument("--threads", nargs="+", default=["2", "all"],
+                   help="--cpu-table: thread counts ('all' = every core)")
+    p.add_argument("--proposals", type=int, default=100,
+                   help="--cpu-table: proposals kept in the fewer-proposals modes")
+    p.add_argument("--small-sizes", type=int, nargs="+", default=[750, 600, 450],
+                   help="--cpu-table: shorter sides of the small-input modes")
+    p.add_argument("--only", nargs="+", default=None,
+                   help="--cpu-table: modes whose label contains one of these")
+    p.add_argument("--skip-baseline", action="store_true",
+                   help="--cpu-table: leave the R50 baseline out (time the --only modes alone)")
     args = p.parse_args()
+    if args.cpu_table:
+        args.iters = args.iters or 2
+        return cpu_table_main(args)
+    args.iters = args.iters or 10
     if args.quick:
         args.frame, args.min_size, args.max_size = "480x270", 270, 480
         args.batch, args.train_batch, args.iters = 2, 2, 2
@@ -197,6 +345,24 @@ def main() -> None:
                     f"- machine: {machine(args.device)}\n- command: `python bench/bench_inference.py "
                     f"{' '.join(sys.argv[1:])}`\n- date: {datetime.date.today()}\n"
                     f"- detections per frame (fp32): {per_frame:.1f}\n\n{text}\n")
+
+
+def cpu_table_main(args) -> None:
+    if not args.checkpoint:
+        raise SystemExit("--cpu-table needs --checkpoint (a trained R18 student)")
+    print(f"# {machine('cpu')}\n# load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    table, loads = cpu_table(args)
+    print("\n" + table)
+    if args.record:
+        r50 = args.r50_checkpoint or "random weights, detections capped at the R18's count"
+        with open(ROOT / "BENCHMARKS.md", "a") as f:
+            f.write(f"\n## CPU inference on full-size frames: PyTorch vs ONNX Runtime\n\n"
+                    f"- machine: {machine('cpu')}\n- command: `python bench/bench_inference.py "
+                    f"{' '.join(sys.argv[1:])}`\n- date: {datetime.date.today()}\n"
+                    f"- load average (1 min) after each round: "
+                    f"{', '.join(f'{x:.2f}' for x in loads)}\n"
+                    f"- R18: {args.checkpoint}; R50: {r50}\n\n"
+                    f"{table}\n")
 
 
 if __name__ == "__main__":

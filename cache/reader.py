@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from .hdf5 import open_hdf5
 from .schema import (EMBEDDING_ATTR, GROUPS, PER_VIEW, SCHEMA, SCHEMA_VERSION, SHARED, VIEWS,
                      entry_key)
 
@@ -59,8 +61,23 @@ class TeacherCache:
         f = self._h5()
         attrs = f.attrs
         if _text(attrs.get("schema", "")) != SCHEMA:
-            raise CacheMismatchError(f"{self.path}: not a teacher cache (schema attribute "
-                                     f"{attrs.get('schema')!r}; a .partial file is unfinished)")
+            self.close()
+            unfinished = (" (a .partial file is an unfinished build)"
+                          if self.path.name.endswith(".partial") else "")
+            raise CacheMismatchError(f"teacher cache {self.path} is unusable: it is not a "
+                                     f"teacher cache (schema attribute {attrs.get('schema')!r})"
+                                     f"{unfinished}")
+        try:
+            self._read_meta(f)
+        except CacheMismatchError:
+            raise
+        except (KeyError, ValueError, TypeError) as e:  # a dataset or attribute is missing
+            self.close()
+            raise CacheMismatchError(f"teacher cache {self.path} is unusable: incomplete or "
+                                     f"damaged ({_first_line(e)})") from None
+
+    def _read_meta(self, f: h5py.File) -> None:
+        attrs = f.attrs
         if int(attrs["schema_version"]) != SCHEMA_VERSION:
             raise CacheMismatchError(f"{self.path}: schema version {int(attrs['schema_version'])}"
                                      f", this code reads {SCHEMA_VERSION}: rebuild the cache")
@@ -86,7 +103,7 @@ class TeacherCache:
     def _h5(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():
             # A handle inherited through fork is not safe to use: open our own.
-            self._file = h5py.File(self.path, "r")
+            self._file = open_hdf5(self.path, CacheMismatchError, "teacher cache")
             self._pid = os.getpid()
         return self._file
 
@@ -176,6 +193,15 @@ class TeacherCache:
         if problems:
             raise CacheMismatchError(f"teacher cache {self.path} does not fit: "
                                      + "; ".join(problems))
+
+
+def _first_line(error: BaseException) -> str:
+    """The gist of an h5py error: "Unable to ... (object 'x' doesn't exist)" -> "object 'x'
+    doesn't exist"."""
+    text = str(error).strip().strip("'\"")
+    inner = re.search(r"\(([^()]+)\)\W*$", text)
+    text = inner[1] if inner else text
+    return text.splitlines()[0][:160] if text else type(error).__name__
 
 
 def _per_view_key(key: str) -> bool:

@@ -19,3 +19,15 @@ def synthetic_cuhk(tmp_path_factory):
     from pipeline.data.synthetic import make_synthetic
     return make_synthetic("cuhk-sysu", tmp_path_factory.mktemp("synthetic") / "cuhk",
                           **TINY_CUHK)
+
+
+@pytest.fixture(autouse=True)
+def no_network_downloads(monkeypatch):
+    """Tests never download: torch hub's download fails as it does on a machine offline."""
+    import urllib.error
+
+    import torch.hub
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError(f"[Errno -3] Temporary failure in name resolution ({url})")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)

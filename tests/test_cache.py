@@ -127,7 +127,7 @@ def test_unfinished_file_is_refused(tmp_path):
     w = writer(tmp_path / "c.h5")
     w.append(make_entry(0))
     w.close()
-    with pytest.raises(CacheMismatchError, match="not a teacher cache"):
+    with pytest.raises(CacheMismatchError, match="is unusable: it is not a teacher cache"):
         TeacherCache(partial_path(tmp_path / "c.h5"))
 
 

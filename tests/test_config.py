@@ -72,3 +72,34 @@ def test_override_value_is_parsed_as_yaml():
     assert parse_override("a=none") == ("a", "none")
     assert parse_override("a=null") == ("a", None)
     assert from_dict(Experiment, {}, ["train.resume_from=null"]).train.resume_from is None
+
+
+NOTATIONS = [("3e-4", 3e-4), ("1e-3", 1e-3), ("5E-4", 5e-4), ("1.0e9", 1e9), ("-2.5e+3", -2500.0),
+             (".5", 0.5), ("1_000.5", 1000.5), ("0.003", 0.003), ("2", 2.0)]
+
+
+@pytest.mark.parametrize("text, value", NOTATIONS)
+def test_float_notations_on_the_command_line(text, value):
+    cfg = from_dict(Experiment, {}, [f"train.lr={text}"])
+    assert cfg.train.lr == value and isinstance(cfg.train.lr, float)
+
+
+@pytest.mark.parametrize("text, value", NOTATIONS)
+def test_float_notations_in_yaml_files(tmp_path, text, value):
+    path = tmp_path / "e.yaml"
+    path.write_text(f"train:\n  lr: {text}\n")
+    assert load_config(path, Experiment).train.lr == value
+
+
+def test_float_notation_in_optional_and_list_fields():
+    from pipeline.config.model import ModelConfig
+    from pipeline.config.student import TrainConfig
+    assert from_dict(TrainConfig, {"grad_clip": "1e1"}).grad_clip == 10.0
+    assert from_dict(ModelConfig, {"aspect_ratios": ["5e-1", 1, "2E0"]}).aspect_ratios == \
+        (0.5, 1.0, 2.0)
+
+
+@pytest.mark.parametrize("text", ["3e", "e-4", "1e-3x", "1.2.3", "one"])
+def test_words_that_only_look_like_numbers_are_refused(text):
+    with pytest.raises(ConfigError, match="train.lr: expected a number"):
+        from_dict(Experiment, {}, [f"train.lr={text}"])

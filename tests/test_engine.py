@@ -171,7 +171,7 @@ def test_strict_load_refuses_another_model(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nope.pt", Toy())
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="junk.pt is unusable: it is not a PyTorch file"):
         load_checkpoint(tmp_path / "junk.pt", Toy())
     model = Toy()
     ckpt = load_checkpoint(tmp_path / "checkpoint_last.pt", model)

@@ -113,6 +113,14 @@ def test_shipped_student_configs_load(path):
         assert (cfg.model.min_size, cfg.model.max_size) == (900, 1500)
         assert cfg.teacher_config == f"configs/teacher/{cfg.data.dataset}.yaml"
     assert cfg.run_dir.startswith("work/runs/")
+    # the student reads the data its teacher's cache was built from, and fits that cache
+    from pipeline.config.teacher import TeacherConfig
+    teacher = load_config(ROOT / cfg.teacher_config, TeacherConfig)
+    assert (cfg.data.dataset, cfg.data.root) == (teacher.data.dataset, teacher.data.root)
+    if cfg.distill.lut.enabled:
+        assert cfg.model.embedding_dim == teacher.reid.embedding_dim
+    if cfg.distill.detector.enabled:
+        assert cfg.distill.detector.num_proposals <= teacher.cache.proposals_per_image
 
 
 def test_what_each_variant_needs_from_the_cache():
@@ -226,7 +234,7 @@ def test_train_student_command_end_to_end(world, tmp_path):
     config = write_config(tmp_path, root, cache=cache, batch_size=len(data.train))
     result = CliRunner().invoke(cli, ["train-student", "--config", str(config), "--no-progress"])
     assert result.exit_code == 0, result.output
-    run_dir = Path(result.output.strip().splitlines()[-1])
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
     assert run_dir == tmp_path / "run"
     for name in ("config.yaml", "cache.json", "git_revision.txt", "checkpoint_last.pt",
                  "losses.csv", "losses.png", "train_stats.json"):

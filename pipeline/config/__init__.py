@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,11 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+# Decimal numbers as people write them: 3e-4, 1e-3, 5E-4, 1.0e9, .5, 1_000.5. PyYAML follows
+# YAML 1.1, whose floats need a dot and a signed exponent, so it reads "3e-4" and "1.0e9" as
+# strings; float fields accept them here (YAML files and --set alike).
+_NUMBER = re.compile(r"[-+]?(\d[\d_]*\.?[\d_]*|\.\d[\d_]*)([eE][-+]?\d+)?")
 
 
 class ConfigError(ValueError):
@@ -67,6 +73,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            return float(value.strip().replace("_", ""))
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

@@ -9,8 +9,20 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class SyntheticWorldConfig:
+    """A synthetic world in the dataset's on-disk layout, made at ``data.root`` by the commands
+    of stage one when that folder is missing (the options of ``cli.py make-synthetic``)."""
+    identities: int = 60
+    images: int = 240
+    size: str = "320x240"             # WIDTHxHEIGHT
+    cameras: int = 3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class DataConfig:
     dataset: str = "prw"              # "prw" or "cuhk-sysu"
-    root: str = "work/data/prw"       # dataset root as released (PRW/ or CUHK-SYSU/)
+    root: str = "work/data/PRW"       # dataset root as released (PRW/ or CUHK-SYSU/)
     flip: bool = True                 # random horizontal flip in training
     workers: int = 2                  # DataLoader worker processes
+    synthetic: SyntheticWorldConfig | None = None  # null: a real release, never generated

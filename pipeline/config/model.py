@@ -10,7 +10,7 @@ from typing import Literal
 class ModelConfig:
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
     norm: Literal["frozen", "batch"] = "frozen"   # frozen BN (ImageNet init) or trainable BN
-    pretrained: bool = False          # ImageNet weights from torch hub's cache; never downloaded
+    pretrained: bool = False          # ImageNet weights (torch hub's cache; downloaded if missing)
     weights_path: str | None = None   # explicit ImageNet state dict file (implies pretrained)
     frozen_stages: int = 0            # ResNet stages without gradient, from the stem: 0 none,
                                       # 1 the stem, 2 stem + layer1, ... (teachers count alike)

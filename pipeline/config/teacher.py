@@ -22,7 +22,8 @@ class DetectorConfig:
     fpn: bool = True
     fpn_channels: int = 256            # FPN width (narrower for small CPU teachers)
     box_head_dim: int = 1024           # width of the two-layer box head
-    pretrained: bool = False           # ImageNet weights from torch's local cache; never downloads
+    pretrained: bool = False           # ImageNet backbone (torch hub's cache; downloaded if missing)
+    coco: bool = False                 # start from torchvision's COCO Faster R-CNN R50-FPN instead
     frozen_stages: int = 0             # ResNet stages without gradient, from the stem (as the
                                        # student's model.frozen_stages): 0 all train
     min_size: int = 900                # input size: shorter image side after resize
@@ -54,7 +55,7 @@ class ReidConfig:
     """Strong-baseline Re-ID on ground-truth crops: label-smoothed ID loss + batch-hard
     triplet, BN-neck, PK sampling, Adam."""
     backbone: Backbone = "resnet50"
-    pretrained: bool = False
+    pretrained: bool = False           # ImageNet trunk (torch hub's cache; downloaded if missing)
     embedding_dim: int = 256           # linear projection when the backbone width differs
     crop_height: int = 256
     crop_width: int = 128

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from .cuhk_sysu import read_cuhk_sysu
 from .prw import read_prw
+from .published import missing_release
 from .records import DATASETS, DatasetError, PersonSearchData
+from .synthetic import SyntheticWorldError, make_synthetic, parse_size
 
 READERS = {"prw": read_prw, "cuhk-sysu": read_cuhk_sysu}
 
@@ -17,4 +20,31 @@ def read_dataset(name: str, root: str | Path, *, train: bool = True) -> PersonSe
     """
     if name not in READERS:
         raise DatasetError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+    if not Path(root).exists():
+        raise DatasetError(missing_release(name, root))
     return READERS[name](root, train=train)
+
+
+def ensure_dataset(data_cfg, say: Callable[[str], None] = print) -> None:
+    """Make sure ``data_cfg.root`` (a :class:`~pipeline.config.data.DataConfig`) holds data.
+
+    A missing root is made when the config describes a synthetic world (``data.synthetic``),
+    telling ``say`` so; a missing real release is a DatasetError saying where it goes."""
+    root = Path(data_cfg.root)
+    if root.exists():
+        return
+    if data_cfg.dataset not in DATASETS:
+        raise DatasetError(f"unknown dataset {data_cfg.dataset!r}; expected one of {DATASETS}")
+    world = data_cfg.synthetic
+    if world is None:
+        raise DatasetError(missing_release(data_cfg.dataset, root))
+    say(f"{root} does not exist: making the synthetic {data_cfg.dataset} world of the config "
+        f"there (`python cli.py make-synthetic --format {data_cfg.dataset} --out {root} "
+        f"--identities {world.identities} --images {world.images} --size {world.size} "
+        f"--cameras {world.cameras} --seed {world.seed}`)")
+    try:
+        make_synthetic(data_cfg.dataset, root, identities=world.identities, images=world.images,
+                       size=parse_size(world.size), cameras=world.cameras, seed=world.seed,
+                       progress=True)
+    except SyntheticWorldError as e:
+        raise DatasetError(f"data.synthetic: {e}") from None

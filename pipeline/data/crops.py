@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision.ops import roi_align
 
 from .images import load_image
-from .records import ImageRecord, contiguous_labels
+from .records import DatasetError, ImageRecord, contiguous_labels
 
 SAMPLING_RATIO = 2
 
@@ -57,7 +57,8 @@ class CropDataset(Dataset):
         self.records = list(records)
         items = [(i, j) for i, r in enumerate(self.records) for j in np.flatnonzero(r.labeled)]
         if not items:
-            raise ValueError("no labeled person boxes to train the Re-ID teacher on")
+            raise DatasetError("no labeled person boxes in the training split to train the "
+                               "Re-ID teacher on")
         self.items = items
         pids = np.array([self.records[i].pids[j] for i, j in items], np.int64)
         self.label_of = contiguous_labels(pids)

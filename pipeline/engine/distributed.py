@@ -10,6 +10,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from pipeline.config import ConfigError
+
 
 def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -25,6 +27,23 @@ def rank() -> int:
 
 def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
+
+
+def check_device(name: str, key: str) -> torch.device:
+    """``name`` ("cpu", "cuda", "cuda:1") as a device this machine has; a ConfigError naming
+    the setting ``key`` (e.g. "detector.device") otherwise."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{key}={name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}={name} but CUDA is not available here: use "
+                          f"--set {key}=cpu") from None
+    if device.type == "cuda" and device.index is not None and \
+            device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{key}={name} but this machine has {torch.cuda.device_count()} "
+                          "CUDA device(s)")
+    return device
 
 
 def init_distributed(device: str = "cpu") -> tuple[torch.device, bool]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from cache.hdf5 import open_hdf5
 from pipeline.data.published_boxes import PUBLISHED, choose
 from pipeline.data.records import DatasetError, PersonSearchData
 
@@ -131,24 +132,30 @@ def read_results(path, data: PersonSearchData) -> SearchResults:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"results file {path} does not exist")
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path, ResultsFileError, "results file") as f:
         _check_attrs(f, path, data.dataset)
         missing = [k for k in REQUIRED_KEYS if k not in f]
         if missing:
-            raise ResultsFileError(f"{path}: missing dataset /{missing[0]}")
+            raise ResultsFileError(f"results file {path} is unusable: missing dataset "
+                                   f"/{missing[0]}")
         present = [k for k in CONTEXT_KEYS if k in f]
         if present and len(present) < len(CONTEXT_KEYS):
             absent = next(k for k in CONTEXT_KEYS if k not in f)
-            raise ResultsFileError(f"{path}: /{present[0]} is there but /{absent} is missing "
-                                   "(the context group is all four datasets or none)")
-        arr = {k: f[k][()] for k in (*REQUIRED_KEYS, *present)}
+            raise ResultsFileError(f"results file {path} is unusable: /{present[0]} is there "
+                                   f"but /{absent} is missing (the context group is all four "
+                                   "datasets or none)")
+        try:
+            arr = {k: f[k][()] for k in (*REQUIRED_KEYS, *present)}
+        except (OSError, KeyError, TypeError, ValueError) as e:  # damaged data, or groups
+            raise ResultsFileError(f"results file {path} is unusable: a dataset cannot be "
+                                   f"read ({str(e).strip()[:160]})") from None
     return _validate(arr, path, data)
 
 
 def _check_attrs(f, path, dataset):
     if f.attrs.get("schema") not in READABLE_SCHEMAS:
-        raise ResultsFileError(f"{path}: schema attribute is {f.attrs.get('schema')!r}, "
-                               f"expected one of {READABLE_SCHEMAS}")
+        raise ResultsFileError(f"results file {path} is unusable: its schema attribute is "
+                               f"{f.attrs.get('schema')!r}, expected one of {READABLE_SCHEMAS}")
     if f.attrs.get("dataset") != dataset:
         raise ResultsFileError(f"{path}: results are for dataset {f.attrs.get('dataset')!r}, "
                                f"not {dataset!r}")

@@ -13,9 +13,13 @@ from pipeline.data.images import load_image
 from pipeline.data.published_boxes import PUBLISHED, choose
 from pipeline.data.records import PersonSearchData
 from pipeline.gallery.results_file import write_results
+from pipeline.inference.onnx_export import onnx_searcher
 from pipeline.inference.searchers import load_searcher
 from pipeline.models.precision import autocast
 from pipeline.models.searcher import Searcher
+
+
+RUNTIMES = ("torch", "onnx")
 
 
 def _load_image(path: Path, device) -> torch.Tensor:
@@ -25,11 +29,22 @@ def _load_image(path: Path, device) -> torch.Tensor:
 
 def results_from_model(source, model_kind: str, data: PersonSearchData, out_path, *,
                        device="cpu", batch_size: int = 2, progress: bool = True,
-                       boxes: str = PUBLISHED) -> Path:
+                       runtime: str = "torch", boxes: str = PUBLISHED) -> Path:
     """Load a searcher (a student checkpoint, or a teacher config with ``model_kind``
-    "teacher") and write its results file over ``data``; bf16 on CUDA. ``boxes``: the query
-    boxes' convention (pipeline/data/published_boxes.py)."""
-    searcher = load_searcher(source, model_kind, device)
+    "teacher") and write its results file over ``data``; bf16 on CUDA. ``runtime`` "onnx":
+    the student in ONNX Runtime, a .pt checkpoint exported beside ``out_path`` (model.onnx)
+    first, a .onnx file as it is. ``boxes``: the query boxes' convention
+    (pipeline/data/published_boxes.py)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; expected one of {RUNTIMES}")
+    if runtime == "onnx":
+        if model_kind != "student":
+            raise RuntimeError("--runtime onnx runs the student only (the two-step teacher is "
+                               "not exported)")
+        searcher = onnx_searcher(source, Path(out_path).parent / "model.onnx", device=device)
+        device = "cpu"   # frames reach ONNX Runtime as NumPy arrays, whatever its provider
+    else:
+        searcher = load_searcher(source, model_kind, device)
     return run_searcher(searcher, data, out_path, device=device, batch_size=batch_size,
                         amp=True, progress=progress, boxes=boxes)
 

@@ -6,23 +6,19 @@ global average pooling gives one vector per box.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torchvision
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from pipeline.models.pretrained import imagenet_state_dict, load_pretrained
+
 RESNETS = {
-    "resnet18": (torchvision.models.resnet18, "ResNet18_Weights"),
-    "resnet34": (torchvision.models.resnet34, "ResNet34_Weights"),
-    "resnet50": (torchvision.models.resnet50, "ResNet50_Weights"),
+    "resnet18": torchvision.models.resnet18,
+    "resnet34": torchvision.models.resnet34,
+    "resnet50": torchvision.models.resnet50,
 }
 NORMS = ("frozen", "batch")
-
-
-class PretrainedWeightsMissing(FileNotFoundError):
-    """ImageNet weights were asked for but are not on disk (nothing is downloaded silently)."""
 
 
 class ResNetC4Backbone(nn.Sequential):
@@ -54,21 +50,6 @@ def _out_channels(block: nn.Module) -> int:
     return (block.conv3 if hasattr(block, "conv3") else block.conv2).out_channels
 
 
-def _pretrained_state(name: str, weights_path: str | None) -> dict:
-    """ImageNet state dict from ``weights_path`` or torch hub's cache; never downloads."""
-    if weights_path:
-        path = Path(weights_path)
-    else:
-        weights = getattr(torchvision.models, RESNETS[name][1]).IMAGENET1K_V1
-        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-        url = weights.url
-    if not path.is_file():
-        hint = "" if weights_path else f"; download {url} to that path first"
-        raise PretrainedWeightsMissing(
-            f"pretrained {name} weights not found at {path}{hint} (or set model.pretrained=false)")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def build_resnet_c4(name: str = "resnet50", *, norm: str = "frozen", pretrained: bool = False,
                     weights_path: str | None = None,
                     frozen_stages: int = 0) -> tuple[ResNetC4Backbone, Res5Head]:
@@ -77,16 +58,18 @@ def build_resnet_c4(name: str = "resnet50", *, norm: str = "frozen", pretrained:
     norm: "frozen" (FrozenBatchNorm2d, the standard with ImageNet weights) or "batch" (trainable
     BatchNorm2d, better from scratch). frozen_stages: stages whose weights get no gradient,
     from the stem (0 none, 1 the stem, 2 stem + layer1, ...; :func:`freeze_stages`).
+    pretrained: ImageNet weights through torchvision's weights API (torch hub's cache,
+    downloaded when missing); weights_path: an explicit state dict file instead.
     """
     if name not in RESNETS:
         raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(RESNETS)}")
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
     norm_layer = FrozenBatchNorm2d if norm == "frozen" else nn.BatchNorm2d
-    resnet = RESNETS[name][0](weights=None, norm_layer=norm_layer)
+    resnet = RESNETS[name](weights=None, norm_layer=norm_layer)
     if pretrained or weights_path:
-        state = _pretrained_state(name, weights_path)
-        resnet.load_state_dict(state, strict=True)
+        load_pretrained(resnet, imagenet_state_dict(name, weights_path),
+                        f"ImageNet weights for {name} ({weights_path or 'torch hub'})")
     freeze_stages(resnet, frozen_stages)
     return ResNetC4Backbone(resnet), Res5Head(resnet)
 

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.models.torch_files import TorchFileError, load_torch_file
+
 CHECKPOINT_FORMAT = "person-search-checkpoint/1"
 
 
@@ -128,14 +130,20 @@ def link_or_copy(src: str | Path, dst: str | Path) -> None:
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """The raw checkpoint dict; clear errors for a missing or foreign file."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not ours"
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        ckpt = load_torch_file(path, map_location, what="checkpoint")
+    except TorchFileError as e:  # its message never suggests weights_only=False
+        raise CheckpointError(str(e)) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
+        bare = isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values())
+        kind = ("a bare state dict, without the model class and arguments that rebuild the "
+                "model" if bare else "not written by this toolkit")
+        raise CheckpointError(f"checkpoint {path} is unusable: it is {kind} (no "
+                              f"{CHECKPOINT_FORMAT} format tag)")
+    missing = [k for k in ("model", "model_class", "model_args") if k not in ckpt]
+    if missing or not isinstance(ckpt["model"], dict):
+        raise CheckpointError(f"checkpoint {path} is unusable: incomplete (missing "
+                              f"{missing or ['a state dict under model']})")
     return ckpt
 
 

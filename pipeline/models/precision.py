@@ -1,5 +1,7 @@
-"""Mixed precision, defined once: bf16 autocast on CUDA, plain float32 elsewhere (a CPU gains
-nothing from bf16 convolutions here, and the exactness checks are made in float32)."""
+"""Mixed precision, defined once: bf16 autocast on CUDA, plain float32 elsewhere. (On a CPU with
+native bf16, e.g. AVX512_BF16, bf16 runs the student about 1.8x faster but moves detections
+near the score threshold; BENCHMARKS.md "Fast inference modes" gives what it costs in mAP, so
+the CPU default stays float32, where the exactness checks are made.)"""
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,7 @@
 """Teacher detector: torchvision Faster R-CNN with a ResNet-FPN backbone, 2 classes
-(background, person), no pretrained weights unless asked for (never downloads).
+(background, person). Starts from scratch, from an ImageNet backbone (``pretrained``), or from
+torchvision's COCO Faster R-CNN ResNet-50-FPN (``coco``: everything but the class predictor),
+both through torchvision's weights API (:mod:`pipeline.models.pretrained`).
 
 Besides the usual ``model(images)`` detection, :func:`score_given_boxes` runs the box head on
 GIVEN boxes (the cache stores the teacher's logits and regressed boxes for them), and
@@ -17,11 +19,17 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import misc as misc_ops
 from torchvision.ops import boxes as box_ops
 
-from pipeline.models.backbone import _pretrained_state, freeze_stages
+from pipeline.config import ConfigError
+from pipeline.models.backbone import freeze_stages
+from pipeline.models.pretrained import (COCO_PREDICTOR_PREFIX, PretrainedWeightsMissing,
+                                        coco_detector_state_dict, imagenet_state_dict,
+                                        load_pretrained)
 
 NUM_CLASSES = 2
 PERSON = 1
 POOL = 7  # RoIAlign output size of the box head (torchvision's default)
+# The architecture of torchvision's COCO Faster R-CNN: coco=True needs exactly these settings.
+COCO_ARCHITECTURE = {"backbone": "resnet50", "fpn_channels": 256, "box_head_dim": 1024}
 
 
 class TeacherDetector(FasterRCNN):
@@ -33,17 +41,18 @@ class TeacherDetector(FasterRCNN):
                  rpn_pre_nms_top_n_train: int = 2000, rpn_post_nms_top_n_train: int = 2000,
                  rpn_pre_nms_top_n_test: int = 1000, rpn_post_nms_top_n_test: int = 1000,
                  box_batch_size_per_image: int = 512, box_detections_per_img: int = 100,
-                 box_score_thresh: float = 0.05, frozen_bn: bool | None = None):
+                 box_score_thresh: float = 0.05, frozen_bn: bool | None = None,
+                 coco: bool = False):
         self_args = dict(locals())
         self_args.pop("self")
         self_args.pop("__class__", None)
         # Frozen BN only makes sense over ImageNet statistics; from scratch BN must train.
-        frozen_bn = pretrained if frozen_bn is None else frozen_bn
+        frozen_bn = (pretrained or coco) if frozen_bn is None else frozen_bn
         norm = misc_ops.FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
         resnet = getattr(torchvision.models, backbone)(weights=None, norm_layer=norm)
-        if pretrained:
-            resnet.load_state_dict(_pretrained_state(backbone, None))
-        freeze_stages(resnet, frozen_stages)
+        if pretrained and not coco:  # the COCO weights include an ImageNet-trained backbone
+            load_pretrained(resnet, imagenet_state_dict(backbone),
+                            f"ImageNet weights for {backbone}")
         widths = [resnet.inplanes // 8 * 2 ** i for i in range(4)]  # layer1..layer4 outputs
         body = BackboneWithFPN(resnet, {f"layer{i + 1}": str(i) for i in range(4)}, widths,
                                fpn_channels)
@@ -58,14 +67,31 @@ class TeacherDetector(FasterRCNN):
                          box_batch_size_per_image=box_batch_size_per_image,
                          box_detections_per_img=box_detections_per_img,
                          box_score_thresh=box_score_thresh)
-        # rebuilt from the state dict alone: no ImageNet file needed, same norm layers
-        self.model_args = {**self_args, "pretrained": False, "frozen_bn": frozen_bn}
+        if coco:
+            load_pretrained(self, coco_detector_state_dict(), "torchvision's COCO Faster R-CNN "
+                            "weights", skip_prefix=COCO_PREDICTOR_PREFIX)
+        freeze_stages(resnet, frozen_stages)
+        # rebuilt from the state dict alone: no weights file needed, same norm layers
+        self.model_args = {**self_args, "pretrained": False, "coco": False,
+                           "frozen_bn": frozen_bn}
 
 
 def build_teacher_detector(cfg) -> TeacherDetector:
     """``cfg``: :class:`pipeline.config.teacher.DetectorConfig`."""
     if not cfg.fpn:
-        raise ValueError("detector.fpn=false is not supported: the teacher is ResNet-FPN")
+        raise ConfigError("detector.fpn=false is not supported: the teacher is ResNet-FPN")
+    if cfg.coco:
+        other = {k: getattr(cfg, k) for k, v in COCO_ARCHITECTURE.items() if getattr(cfg, k) != v}
+        if other:
+            raise ConfigError(f"detector.coco starts from torchvision's COCO Faster R-CNN, whose "
+                              f"architecture is {COCO_ARCHITECTURE}; this config has {other}")
+    try:
+        return _build(cfg)
+    except PretrainedWeightsMissing as e:
+        raise e.for_setting("detector.coco" if cfg.coco else "detector.pretrained") from None
+
+
+def _build(cfg) -> TeacherDetector:
     return TeacherDetector(
         backbone=cfg.backbone, pretrained=cfg.pretrained, frozen_stages=cfg.frozen_stages,
         fpn_channels=cfg.fpn_channels, box_head_dim=cfg.box_head_dim,
@@ -76,7 +102,7 @@ def build_teacher_detector(cfg) -> TeacherDetector:
         rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
         box_batch_size_per_image=cfg.box_batch_size_per_image,
         box_detections_per_img=cfg.box_detections_per_img,
-        box_score_thresh=cfg.box_score_thresh)
+        box_score_thresh=cfg.box_score_thresh, coco=cfg.coco)
 
 
 def _ratios(image_sizes, original_sizes, like: Tensor) -> list[Tensor]:

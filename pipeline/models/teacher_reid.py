@@ -15,7 +15,8 @@ import torchvision
 from torch import Tensor, nn
 
 from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from pipeline.models.backbone import _pretrained_state
+from pipeline.models.pretrained import (PretrainedWeightsMissing, imagenet_state_dict,
+                                        load_pretrained)
 
 WIDTHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 
@@ -33,7 +34,8 @@ class TeacherReid(nn.Module):
                                crop_height=crop_height, crop_width=crop_width, pretrained=False)
         resnet = getattr(torchvision.models, backbone)(weights=None)
         if pretrained:
-            resnet.load_state_dict(_pretrained_state(backbone, None))
+            load_pretrained(resnet, imagenet_state_dict(backbone),
+                            f"ImageNet weights for {backbone}")
         self.trunk = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
                                    resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4)
         width = WIDTHS[backbone]
@@ -67,10 +69,12 @@ class TeacherReid(nn.Module):
 
 def build_teacher_reid(cfg, num_classes: int) -> TeacherReid:
     """``cfg``: :class:`pipeline.config.teacher.ReidConfig`."""
-    return TeacherReid(backbone=cfg.backbone, num_classes=num_classes,
-                       embedding_dim=cfg.embedding_dim,
-                       crop_height=cfg.crop_height, crop_width=cfg.crop_width,
-                       pretrained=cfg.pretrained)
+    try:
+        return TeacherReid(backbone=cfg.backbone, num_classes=num_classes,
+                           embedding_dim=cfg.embedding_dim, crop_height=cfg.crop_height,
+                           crop_width=cfg.crop_width, pretrained=cfg.pretrained)
+    except PretrainedWeightsMissing as e:
+        raise e.for_setting("reid.pretrained") from None
 
 
 # ------------------------------------------------------------------------------ losses

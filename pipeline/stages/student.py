@@ -83,7 +83,10 @@ def open_checked_cache(cfg: StudentConfig, train_records) -> tuple[object, Path,
         raise CacheContractError(
             f"teacher cache not found: {path}; build it first with "
             f"`make teacher-cache CONFIG={cfg.teacher_config}`")
-    cache = TeacherCache(path)
+    try:
+        cache = TeacherCache(path)
+    except CacheMismatchError as e:
+        raise CacheContractError(str(e)) from None
     try:
         cache.check_compatible(split_fingerprint(train_records), dataset=cfg.data.dataset,
                                need_flip=needs["need_flip"],
@@ -151,7 +154,11 @@ def check_resume_config(run_dir: Path, cfg: StudentConfig, cache_info: dict) -> 
     """Refuse to resume a run with a different config (beyond RESUME_MAY_CHANGE) or cache."""
     saved_path = run_dir / "config.yaml"
     if saved_path.is_file():
-        saved = _flat(yaml.safe_load(saved_path.read_text()) or {})
+        try:
+            saved = _flat(yaml.safe_load(saved_path.read_text()) or {})
+        except (yaml.YAMLError, UnicodeDecodeError, AttributeError) as e:
+            raise ConfigError(f"cannot resume {run_dir}: its config.yaml is unreadable "
+                              f"({type(e).__name__})") from None
         now = _flat(to_dict(cfg))
         diff = sorted(k for k in set(saved) | set(now)
                       if saved.get(k) != now.get(k) and k not in RESUME_MAY_CHANGE)
@@ -161,7 +168,12 @@ def check_resume_config(run_dir: Path, cfg: StudentConfig, cache_info: dict) -> 
                                           for k in diff[:6]))
     saved_cache = run_dir / "cache.json"
     if saved_cache.is_file():
-        old = json.loads(saved_cache.read_text())
+        try:
+            old = json.loads(saved_cache.read_text())
+            old.get("cache")
+        except (ValueError, UnicodeDecodeError, AttributeError) as e:
+            raise ConfigError(f"cannot resume {run_dir}: its cache.json is unreadable "
+                              f"({type(e).__name__})") from None
         keys = ("cache", "split_fingerprint", "detector_fingerprint", "reid_fingerprint",
                 "config_fingerprint")
         changed = [k for k in keys if old.get(k) != cache_info.get(k)]
@@ -178,9 +190,8 @@ def train_student(config_path: str | Path, overrides: Sequence[str] = (), *, res
     overrides = list(overrides) + ([f"train.device={device}"] if device else [])
     cfg = load_config(config_path, StudentConfig, overrides)
     t = cfg.train
+    dist_utils.check_device(t.device, "train.device")
     dev, distributed = dist_utils.init_distributed(t.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={t.device} but CUDA is not available here")
     seed_everything(t.seed)
 
     data = read_dataset(cfg.data.dataset, cfg.data.root)

@@ -194,9 +194,8 @@ def build_cache(cfg, *, device: str | None = None, progress: bool = True,
     final = cache_path(cfg, records)
     if final.is_file():
         return final
+    dist_utils.check_device(device or cfg.cache.device, "cache.device")
     dev, distributed = dist_utils.init_distributed(device or cfg.cache.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"cache device {dev} requested but CUDA is not available here")
     rank, world = dist_utils.rank(), dist_utils.world_size()
     attrs = cache_attrs(cfg, records)
     detector = load_detector(cfg.checkpoint("detector"), dev)

@@ -12,11 +12,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.config import to_dict
+from pipeline.config import ConfigError, to_dict
 from pipeline.config.teacher import TeacherConfig
 from pipeline.data import read_dataset
 from pipeline.data.crops import CropDataset, PKSampler
+from pipeline.data.records import DatasetError
 from pipeline.data.torch_dataset import DetectionDataset, collate_detection
+from pipeline.engine.distributed import check_device
 from pipeline.engine.schedule import build_scheduler
 from pipeline.engine.trainer import Trainer, build_train_loader
 from pipeline.models.checkpoint import save_checkpoint
@@ -26,17 +28,10 @@ from pipeline.models.teacher_reid import batch_hard_triplet_loss, build_teacher_
 WARMUP_FACTOR = 0.001
 
 
-def _device(name: str) -> torch.device:
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name} requested but CUDA is not available here")
-    return dev
-
-
 def _train_records(cfg: TeacherConfig):
     records = read_dataset(cfg.data.dataset, cfg.data.root).train
     if not records:
-        raise ValueError(f"{cfg.data.root}: the training split is empty")
+        raise DatasetError(f"{cfg.data.root}: the training split is empty")
     return records
 
 
@@ -60,7 +55,7 @@ def detector_step(model, batch, device):
 def train_detector(cfg: TeacherConfig, *, resume: bool = False, progress: bool = True) -> Path:
     d = cfg.detector
     torch.manual_seed(d.seed)
-    device = _device(d.device)
+    device = check_device(d.device, "detector.device")
     records = _train_records(cfg)
     model = build_teacher_detector(d)
     dataset = DetectionDataset(records, flip_prob=0.5 if d.flip else 0.0, seed=d.seed)
@@ -95,12 +90,27 @@ def make_reid_step(label_smoothing: float, margin: float, triplet_weight: float)
     return reid_step
 
 
+def check_pk_batch(r, identities: int, root: str) -> None:
+    """A PK batch needs P >= 2 identities (K >= 2 crops each) that the training split has."""
+    if r.ids_per_batch < 2 or r.crops_per_id < 2:
+        raise ConfigError(f"reid.ids_per_batch ({r.ids_per_batch}) and reid.crops_per_id "
+                          f"({r.crops_per_id}) must both be at least 2 (batch-hard triplets)")
+    if identities < 2:
+        raise ConfigError(f"the training split of {root} has {identities} labeled identity; "
+                          "the Re-ID teacher needs at least 2")
+    if r.ids_per_batch > identities:
+        raise ConfigError(f"reid.ids_per_batch={r.ids_per_batch} identities per batch, but the "
+                          f"training split of {root} has only {identities}: use "
+                          f"--set reid.ids_per_batch={identities} (or fewer)")
+
+
 def train_reid(cfg: TeacherConfig, *, resume: bool = False, progress: bool = True) -> Path:
     r = cfg.reid
     torch.manual_seed(r.seed)
-    device = _device(r.device)
+    device = check_device(r.device, "reid.device")
     dataset = CropDataset(_train_records(cfg), (r.crop_height, r.crop_width), jitter=r.jitter,
                           seed=r.seed)
+    check_pk_batch(r, dataset.num_classes, cfg.data.root)
     sampler = PKSampler(dataset.labels, r.ids_per_batch, r.crops_per_id, seed=r.seed)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=r.workers,
                         pin_memory=device.type == "cuda")

@@ -1,0 +1,44 @@
+"""Opening HDF5 files with one clear sentence when a file is unusable.
+
+h5py reports an unreadable file as ``OSError: Unable to synchronously open file (file signature
+not found)`` or ``(truncated file: eof = ..., stored_eof = ...)``; the file's first bytes say
+more plainly what it is: empty, a truncated HDF5 file, a PyTorch file, or something else.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import h5py
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+ZIP_MAGIC = b"PK\x03\x04"        # torch.save's format
+
+
+def what_is_wrong(path: str | Path, error: BaseException) -> str:
+    """Why h5py could not open ``path`` (raising ``error``), in a few words."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if not head:
+        return "the file is empty"
+    if head.startswith(HDF5_MAGIC):
+        sizes = re.search(r"eof = (\d+).*stored_eof = (\d+)", str(error))
+        if sizes:
+            return (f"it is a truncated HDF5 file ({int(sizes[1]):,} of its "
+                    f"{int(sizes[2]):,} bytes)")
+        return f"it is a damaged HDF5 file ({str(error).strip()[:160]})"
+    if head.startswith(ZIP_MAGIC):
+        return "it is a PyTorch file (zip archive), not HDF5"
+    return "it is not an HDF5 file (unrecognised content)"
+
+
+def open_hdf5(path: str | Path, error_type: type[Exception], what: str) -> h5py.File:
+    """``h5py.File(path, "r")``; ``error_type`` with a one-line message when it fails
+    (``what`` names the kind of file, e.g. "teacher cache")."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise error_type(f"{what} {path} is unusable: {what_is_wrong(path, e)}") from None
