@@ -370,6 +370,16 @@ GALLERY_CHOICES = [str(n) for n in (*GALLERY_SIZES, FULL_GALLERY)]
               help="pictures (and a model's results.h5); default: beside --json, else ./eval")
 @click.option("--index", type=click.Choice(["flat", "ivf"]), default="flat", show_default=True,
               help="flat = exact; ivf = approximate (flagged in the output)")
+@click.option("--exact-boxes", is_flag=True,
+              help="score against the released float boxes; default: whole-pixel boxes, as "
+                   "every published number was computed")
+@click.option("--cbgm", is_flag=True,
+              help="re-score with context bipartite graph matching (SeqNet's CBGM)")
+@click.option("--cbgm-k1", type=click.IntRange(min=1), default=None,
+              help="CBGM: re-score the images of the k1 most similar detections "
+                   "[default: CUHK-SYSU 10, PRW 30]")
+@click.option("--cbgm-k2", type=click.IntRange(min=1), default=None,
+              help="CBGM: context of k2 people, the query included [default: CUHK-SYSU 3, PRW 4]")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--batch-size", type=int, default=2, show_default=True)
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="torch", show_default=True,
@@ -378,24 +388,26 @@ GALLERY_CHOICES = [str(n) for n in (*GALLERY_SIZES, FULL_GALLERY)]
 @friendly_errors
 @report_peak_memory
 def evaluate(dataset, root, results, checkpoint, teacher_config, gallery_size, multi_view,
-             det_thresh, json_path, per_query, visualize, out_dir, index, device, batch_size,
-             runtime):
+             det_thresh, json_path, per_query, visualize, out_dir, index, exact_boxes, cbgm,
+             cbgm_k1, cbgm_k2, device, batch_size, runtime):
     """Search mAP / top-k and detection AP / recall with the standard protocols."""
     sources = [s for s in (results, checkpoint, teacher_config) if s is not None]
     if len(sources) != 1:
         raise click.UsageError("give exactly one of --results, --checkpoint and --teacher-config")
-    data = read_dataset(dataset, root)
+    data = read_dataset(dataset, root, train=False)
     out_dir = default_out_dir(json_path) if out_dir is None else out_dir
+    boxes = "exact" if exact_boxes else "published"
     try:
         if checkpoint is not None or teacher_config is not None:
             kind = "student" if checkpoint is not None else "teacher"
             results = results_from_model(checkpoint or teacher_config, kind, data,
                                          Path(out_dir) / "results.h5", device=device,
-                                         batch_size=batch_size, runtime=runtime)
+                                         batch_size=batch_size, runtime=runtime, boxes=boxes)
         table, _ = evaluate_command(
             data, results, gallery_size=None if gallery_size is None else int(gallery_size),
             multi_view=multi_view, det_thresh=det_thresh, index=index, json_path=json_path,
-            per_query=per_query, visualize=visualize, out_dir=out_dir)
+            per_query=per_query, visualize=visualize, out_dir=out_dir, boxes=boxes, cbgm=cbgm,
+            cbgm_k1=cbgm_k1, cbgm_k2=cbgm_k2)
     except (ResultsFileError, ProtocolError, CheckpointError, OnnxModelError,
             RuntimeError) as e:
         raise click.ClickException(str(e)) from None

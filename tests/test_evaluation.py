@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 
 from pipeline.data.records import ImageRecord, PersonSearchData, QueryGallery, QueryRecord
-from pipeline.evaluation.evaluator import KeptDetections, evaluate_search
+from pipeline.evaluation import evaluator
+from pipeline.evaluation.evaluator import evaluate_search
 from pipeline.evaluation.metrics import (adaptive_iou_threshold, average_precision,
-                                         detection_ap_recall)
-from pipeline.evaluation.protocols import build_protocol
-from pipeline.evaluation.reference import reference_search
-from pipeline.gallery.results_file import (ResultsFileError, SearchResults, read_results,
-                                              write_results)
+                                         detection_ap_recall, match_detections,
+                                         match_detections_all)
+from pipeline.evaluation.reference import reference_evaluate
+from pipeline.gallery import similarity
+from pipeline.gallery.results_file import (Detections, ResultsFileError, SearchResults,
+                                           read_results, write_results)
 
 NAN4 = [np.nan] * 4
 
@@ -54,6 +56,8 @@ def test_average_precision_matches_sklearn_by_hand(y_true, y_score, expected):
 def test_adaptive_iou_threshold():
     assert adaptive_iou_threshold(np.array([0, 0, 10, 10])) == pytest.approx(100 / 400)
     assert adaptive_iou_threshold(np.array([0, 0, 50, 100])) == 0.5
+    many = adaptive_iou_threshold(np.array([[0, 0, 10, 10], [5, 5, 55, 105], [0, 0, 4, 6]]))
+    np.testing.assert_allclose(many, [100 / 400, 0.5, 24 / (14 * 16)])
 
 
 # ------------------------------------------------------------------ PRW by hand
@@ -117,6 +121,176 @@ def test_det_thresh_drops_detections():
     # C's detection (0.99, correct) now counts: ranking 0.99 c, 0.95 c, 0.90, 0.70, 0.50 c
     # AP = (1 + 1 + 3/5)/3 x 3/3 = 0.8667
     assert ev.ap[0] == pytest.approx((1 + 1 + 3 / 5) / 3, abs=1e-12)
+
+
+# ------------------------------------------------------------------ whole-pixel boxes by hand
+
+def both_ways(data, res, **options):
+    """Fast path and reference, published (default) and exact boxes -> {convention: (ap, tp)}."""
+    out = {}
+    for boxes in ("published", "exact"):
+        ev = evaluate_search(data, res, boxes=boxes, progress=False, **options)
+        ref = reference_evaluate(data, res, boxes=boxes, gallery_size=options.get("gallery_size"))
+        assert ev.ap.tolist() == [r["ap"] for r in ref]
+        assert ev.count_tp.tolist() == [r["count_tp"] for r in ref]
+        out[boxes] = (ev.ap[0], int(ev.count_tp[0]), ev.metrics["det_recall"])
+    return out
+
+
+def test_prw_ground_truth_in_whole_pixels_by_hand():
+    """A's person is at [0.9, 0.9, 10.9, 10.9]; whole pixels: [0, 0, 10, 10] (threshold
+    100/400 = 0.25). The detection [0, 0, 10, 40] has IoU 100/400 = 0.25 with the whole-pixel
+    box (correct) but 91/409 = 0.222 with the float box (threshold 0.25: wrong)."""
+    gallery = [rec("q.jpg", [[0, 0, 20, 40]], [7], 1), rec("A.jpg", [[0.9, 0.9, 10.9, 10.9]], [7], 2)]
+    data = PersonSearchData("prw", Path("."), [], gallery,
+                            [QueryRecord("q.jpg", gallery[0].boxes[0], 7, 1)])
+    res = results([[([0, 0, 20, 40], 0.9, 1.0)], [([0, 0, 10, 40], 0.9, 0.9)]],
+                  [[0, 0, 20, 40]], [[1, 0]])
+    got = both_ways(data, res)
+    assert got["published"][:2] == (1.0, 1) and got["exact"][:2] == (0.0, 0)
+    # detection (IoU >= 0.5 only): neither convention matches A's person; q's box is found
+    assert got["published"][2] == got["exact"][2] == 0.5
+
+
+def test_cuhk_ground_truth_truncated_before_adding_by_hand():
+    """g0's person: x, y, w, h = 0.6, 0.6, 9.6, 9.6 -> whole pixels [0, 0, 9, 9] (w, h = 9:
+    threshold 81/361 = 0.2244). The detection [0, 0, 9, 40]: IoU 81/360 = 0.225 (correct);
+    with the float box [0.6, 0.6, 10.2, 10.2] (threshold 92.16/384.16 = 0.2399) IoU 80.64/371.52
+    = 0.217 (wrong). Truncating after adding ([0, 0, 10, 10], threshold 0.25) would miss too."""
+    box, small = [0, 0, 50, 100], [0.6, 0.6, 10.2, 10.2]
+    gallery = [rec("q.jpg", [box], [-1]), rec("g0.jpg", [small], [-1]), rec("g1.jpg", [box], [-1])]
+    galleries = {100: [QueryGallery(("g0.jpg", "g1.jpg"), np.array([small, NAN4], np.float32))]}
+    data = PersonSearchData("cuhk-sysu", Path("."), [], gallery,
+                            [QueryRecord("q.jpg", np.array(box, np.float32), 1)], galleries)
+    res = results([[(box, 0.9, 1.0)], [([0, 0, 9, 40], 0.9, 0.7)], [(box, 0.9, 0.5)]],
+                  [box], [[1, 0]])
+    got = both_ways(data, res, gallery_size=100)
+    assert got["published"][:2] == (1.0, 1) and got["exact"][:2] == (0.0, 0)
+
+
+# ------------------------------------------------------------------ CBGM by hand
+
+Q, MATE, OTHER = [1, 0, 0], [0, 0, 1], [0, 1, 0]     # the query, its companion, someone else
+
+
+def unit(*v):
+    v = np.array(v, np.float64)
+    return (v / np.linalg.norm(v)).tolist()
+
+
+def detections(groups):
+    """groups: per image (or query) a list of (box, score, embedding) -> Detections."""
+    off = np.r_[0, np.cumsum([len(g) for g in groups])]
+    flat = [d for g in groups for d in g]
+    return Detections(off, np.array([d[0] for d in flat], np.float32).reshape(-1, 4),
+                      np.array([d[1] for d in flat], np.float32),
+                      np.array([d[2] for d in flat], np.float32).reshape(-1, 3))
+
+
+def cbgm_prw_world(with_context=True):
+    """Query pid 1 in q (cam 1) walks with pid 2. A: pid 1 (similarity 0.5) with pid 2;
+    B: a stranger at 0.6; E: a stranger at 0.3 who looks like the companion (0.9).
+    q's own detections: the query person itself (a box overlapping the query box, IoU > 0.5),
+    the companion, and a low-score box (0.3 < det_thresh)."""
+    left, right = [0, 0, 20, 40], [40, 0, 60, 40]
+    gallery = [rec("q.jpg", [left, right], [1, 2], 1), rec("A.jpg", [left, right], [1, 2], 2),
+               rec("B.jpg", [[100, 0, 120, 40]], [3], 2), rec("E.jpg", [[90, 0, 110, 40]], [4], 2)]
+    data = PersonSearchData("prw", Path("."), [], gallery,
+                            [QueryRecord("q.jpg", np.array(left, np.float32), 1, 1)])
+    g = detections([[(left, 0.9, Q), (right, 0.9, MATE)],
+                    [(left, 0.9, unit(0.5, 0.75 ** 0.5, 0)), (right, 0.9, MATE)],
+                    [([100, 0, 120, 40], 0.9, [0.6, 0.8, 0])],
+                    [([90, 0, 110, 40], 0.9, unit(0.3, 0, 0.9))]])
+    context = detections([[([0, 0, 20, 41], 0.95, OTHER), (right, 0.9, MATE),
+                           ([70, 0, 90, 40], 0.3, OTHER)]]) if with_context else None
+    return data, SearchResults(g.offsets, g.boxes, g.scores, g.embeddings,
+                               np.array([left], np.float32), np.array([Q], np.float32), context)
+
+
+@pytest.mark.parametrize("options, ap, rank", [
+    ({}, 0.5, 1),                       # no CBGM: B 0.6 (wrong) ranks above A's person (0.5)
+    # A: weights [[0.5, 0], [0, 1]] -> query-person, companion-companion; the matching's
+    # largest weight (1.0) becomes the person's similarity. B: the query takes the stranger
+    # (0.6 stays). E: the companion takes its only detection, the query is left out (0.3 stays).
+    ({"cbgm": True}, 1.0, 0),
+    ({"cbgm": True, "cbgm_k1": 1}, 0.5, 1),   # only B, the most similar, is re-scored
+    ({"cbgm": True, "cbgm_k2": 1}, 0.5, 1),   # no companion: A's matching is the query alone
+])
+def test_cbgm_prw_by_hand(options, ap, rank):
+    data, res = cbgm_prw_world()
+    ev = evaluate_search(data, res, progress=False, **options)
+    assert ev.ap.tolist() == [ap] and ev.first_rank.tolist() == [rank]
+    ref = reference_evaluate(data, res, cbgm=options.get("cbgm", False),
+                             k1=options.get("cbgm_k1"), k2=options.get("cbgm_k2"))
+    assert [r["ap"] for r in ref] == [ap] and [r["first_rank"] for r in ref] == [rank]
+
+
+def test_cbgm_context_leaves_out_the_query_itself_and_weak_boxes():
+    """Were q's own box (IoU > 0.5 with the query box, embedding OTHER) a context person, it
+    would win A's person (0.87 + 1 > 0.5 + 1) and the query would go unmatched: AP 0.5."""
+    data, res = cbgm_prw_world()
+    res.context.boxes[0] = [200, 0, 220, 40]          # now a separate person
+    assert evaluate_search(data, res, cbgm=True, progress=False).ap.tolist() == [0.5]
+    assert [r["ap"] for r in reference_evaluate(data, res, cbgm=True)] == [0.5]
+
+
+def test_cbgm_without_context_group_uses_the_query_images_gallery_detections():
+    data, res = cbgm_prw_world(with_context=False)
+    ev = evaluate_search(data, res, cbgm=True, progress=False)
+    assert ev.ap.tolist() == [1.0] and ev.metrics["cbgm_context"] == "gallery detections"
+    assert [r["ap"] for r in reference_evaluate(data, res, cbgm=True)] == [1.0]
+    assert (ev.metrics["cbgm_k1"], ev.metrics["cbgm_k2"]) == (30, 4)      # SeqNet's PRW values
+
+
+def test_cbgm_cuhk_by_hand():
+    """TestG100: g0 (a stranger at 0.8), g1 (the query person at 0.6, beside its companion):
+    CBGM lifts the person to 1.0, AP 0.5 -> 1.0. Whole pool (-1): the TestG50 list (g1) then
+    g0 and g2 (a stranger at 0.7 beside someone like the companion). Only the list is
+    re-scored, as in SeqNet: g2 keeps 0.7 (re-scored it would tie the person at 1.0: AP 0.5)."""
+    box, other = [0, 0, 50, 100], [60, 0, 110, 100]
+    gallery = [rec("q.jpg", [box, other], [-1, -1]), rec("g0.jpg", [box], [-1]),
+               rec("g1.jpg", [box, other], [-1, -1]), rec("g2.jpg", [box, other], [-1, -1])]
+    galleries = {50: [QueryGallery(("g1.jpg",), np.array([box], np.float32))],
+                 100: [QueryGallery(("g0.jpg", "g1.jpg"), np.array([NAN4, box], np.float32))]}
+    data = PersonSearchData("cuhk-sysu", Path("."), [], gallery,
+                            [QueryRecord("q.jpg", np.array(box, np.float32), 1)], galleries)
+    g = detections([[(box, 0.9, Q), (other, 0.9, MATE)], [(box, 0.9, [0.8, 0.6, 0])],
+                    [(box, 0.9, [0.6, 0.8, 0]), (other, 0.9, MATE)],
+                    [(box, 0.9, unit(0.7, 0.71 ** 0.5, 0)), (other, 0.9, MATE)]])
+    res = SearchResults(g.offsets, g.boxes, g.scores, g.embeddings,
+                        np.array([box], np.float32), np.array([Q], np.float32))
+    for size, plain, matched in ((100, 0.5, 1.0), (-1, 1 / 3, 1.0)):
+        for cbgm, ap in ((False, plain), (True, matched)):
+            ev = evaluate_search(data, res, gallery_size=size, cbgm=cbgm, progress=False)
+            ref = reference_evaluate(data, res, gallery_size=size, cbgm=cbgm)
+            assert ev.ap.tolist() == [r["ap"] for r in ref] == pytest.approx([ap]), (size, cbgm)
+    assert ev.metrics["cbgm_k1"] == 10 and ev.metrics["cbgm_k2"] == 3     # SeqNet's CUHK values
+
+
+def test_near_ties_are_settled_as_the_classic_code_computes(monkeypatch):
+    """FAISS multiplies whole blocks; its float32 sums may differ from one product per image in
+    the last bits. Here A's person is at 0.5 and B's stranger at 0.5 - 2**-23 computed image by
+    image, but the block puts the stranger 3e-7 higher: the evaluator recomputes such near ties
+    per image, so the person still ranks first (the classic code's ranking)."""
+    gallery = [rec("q.jpg", [[0, 0, 20, 40]], [7], 1), rec("A.jpg", [[0, 0, 20, 40]], [7], 2),
+               rec("B.jpg", [[50, 0, 70, 40]], [3], 2)]
+    data = PersonSearchData("prw", Path("."), [], gallery,
+                            [QueryRecord("q.jpg", gallery[0].boxes[0], 7, 1)])
+    res = results([[([0, 0, 20, 40], 0.9, 1.0)], [([0, 0, 20, 40], 0.9, 0.5)],
+                   [([50, 0, 70, 40], 0.9, 0.5 - 2 ** -23)]], [[0, 0, 20, 40]], [[1, 0]])
+    exact = similarity.SimilarityIndex.similarities
+
+    def blockwise(self, queries, rows=None):
+        sims = exact(self, queries, rows)
+        sims[:, -1] += 3e-7                 # B's only detection is the last kept row
+        return sims
+
+    monkeypatch.setattr(similarity.SimilarityIndex, "similarities", blockwise)
+    ev = evaluate_search(data, res, progress=False)
+    assert ev.first_rank.tolist() == [0] and ev.ap.tolist() == [1.0]
+    assert [r["first_rank"] for r in reference_evaluate(data, res)] == [0]
+    monkeypatch.setattr(evaluator, "settle_near_ties", lambda *args: None)
+    assert evaluate_search(data, res, progress=False).first_rank.tolist() == [1]
 
 
 # ------------------------------------------------------------------ CUHK-SYSU by hand
@@ -200,24 +374,46 @@ def random_world(rng, dataset, images=40, queries=15, dim=6):
     return data, res
 
 
-@pytest.mark.parametrize("dataset, options", [
-    ("prw", {}), ("prw", {"multi_view": True}), ("cuhk-sysu", {"gallery_size": 50}),
-    ("cuhk-sysu", {"gallery_size": 100}), ("cuhk-sysu", {"gallery_size": -1})])
+FAST_VS_REFERENCE = [
+    ("prw", {}), ("prw", {"multi_view": True}), ("prw", {"boxes": "exact"}),
+    ("prw", {"cbgm": True}), ("prw", {"cbgm": True, "multi_view": True, "cbgm_k1": 3}),
+    ("cuhk-sysu", {"gallery_size": 50}), ("cuhk-sysu", {"gallery_size": 100}),
+    ("cuhk-sysu", {"gallery_size": -1}), ("cuhk-sysu", {"gallery_size": 100, "boxes": "exact"}),
+    ("cuhk-sysu", {"gallery_size": 100, "cbgm": True}),
+    ("cuhk-sysu", {"gallery_size": -1, "cbgm": True, "cbgm_k1": 4, "cbgm_k2": 2})]
+
+
+@pytest.mark.parametrize("dataset, options", FAST_VS_REFERENCE)
 def test_fast_path_equals_reference(dataset, options):
+    """The reference builds galleries, positives, kept detections and CBGM on its own."""
     rng = np.random.default_rng(3)
-    for _ in range(4):
+    ref_options = {(k[-2:] if k.startswith("cbgm_") else k): v for k, v in options.items()}
+    for trial in range(4):
         data, res = random_world(rng, dataset)
+        if trial % 2:              # half the worlds carry a context group of their own
+            res.context = random_context(rng, data, res)
         ev = evaluate_search(data, res, chunk_size=4, progress=False, **options)
-        kept = KeptDetections.from_results(res, 0.5)
-        split = [slice(a, b) for a, b in zip(kept.offsets[:-1], kept.offsets[1:])]
-        ref = reference_search(build_protocol(data, options.get("gallery_size"),
-                                              options.get("multi_view", False)),
-                               res.query_embeddings, [kept.boxes[s] for s in split],
-                               [kept.embeddings[s] for s in split])
+        ref = reference_evaluate(data, res, **ref_options)
         assert ev.ap.tolist() == [r["ap"] for r in ref]
         assert ev.first_rank.tolist() == [r["first_rank"] for r in ref]
         assert ev.count_tp.tolist() == [r["count_tp"] for r in ref]
         assert ev.count_gt.tolist() == [r["count_gt"] for r in ref]
+
+
+def random_context(rng, data, res, dim=6):
+    """Each query image's people: the query box (jittered) and others, grid embeddings."""
+    boxes, scores, embs, offsets = [], [], [], [0]
+    for q, e in zip(data.queries, res.query_embeddings):
+        n = int(rng.integers(0, 5))
+        own = np.r_[[q.box + rng.normal(0, 1, 4)], rng.uniform(0, 100, (n, 2)).repeat(2, 1)
+                    + [0, 0, 20, 40]]
+        boxes.append(own)
+        scores.append(rng.uniform(0.3, 1, len(own)))
+        embs.append(np.r_[[e], rng.integers(-2, 3, (n, dim)) / 4])
+        offsets.append(offsets[-1] + len(own))
+    return Detections(np.array(offsets), np.concatenate(boxes).astype(np.float32),
+                      np.concatenate(scores).astype(np.float32),
+                      np.concatenate(embs).astype(np.float32))
 
 
 # ------------------------------------------------------------------ results file
@@ -251,6 +447,51 @@ def test_results_round_trip_reorders_and_normalises(tmp_path):
     norms = np.linalg.norm(np.delete(back.embeddings, zero, 0), axis=1)
     np.testing.assert_allclose(norms, 1, atol=1e-6)
     assert evaluate_search(data, back, progress=False).ap == pytest.approx([0.5, 0], abs=1e-3)
+
+
+def test_results_schema_2_context_group_round_trip_and_schema_1_still_read(tmp_path):
+    data, res = cbgm_prw_world()
+    c = res.context
+    path = write_world(tmp_path / "r.h5", data, res,
+                       context=(c.offsets, c.boxes, c.scores, c.embeddings * 2))
+    with h5py.File(path) as f:
+        assert f.attrs["schema"] == "person-search-results/2" and "query/context_boxes" in f
+    back = read_results(path, data)
+    np.testing.assert_array_equal(back.context.offsets, c.offsets)
+    np.testing.assert_array_equal(back.context.boxes, c.boxes)
+    np.testing.assert_allclose(back.context.embeddings, c.embeddings, atol=1e-7)  # normalised
+    assert evaluate_search(data, back, cbgm=True, progress=False).ap.tolist() == [1.0]
+    old = write_world(tmp_path / "old.h5", data, res)
+    with h5py.File(old, "a") as f:
+        f.attrs["schema"] = "person-search-results/1"
+    assert read_results(old, data).context is None
+
+
+def test_results_query_boxes_in_whole_pixels_are_accepted(tmp_path):
+    data, res = prw_world()
+    queries = [QueryRecord(q.image, q.box + 0.75, q.pid, q.camera) for q in data.queries]
+    data = PersonSearchData("prw", Path("."), [], data.gallery, queries)
+    whole = np.floor(res.query_boxes + 0.75)                 # as the published code embeds them
+    assert read_results(write_world(tmp_path / "a.h5", data, res, query_boxes=whole), data)
+    with pytest.raises(ResultsFileError, match="whole pixels"):
+        read_results(write_world(tmp_path / "b.h5", data, res, query_boxes=whole - 0.75), data)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda f: _drop(f, "query/context_scores"), "context_scores is missing"),
+    (lambda f: _replace(f, "query/context_offsets", lambda a: a[:-1]), "context_offsets"),
+    (lambda f: _replace(f, "query/context_embeddings", lambda a: a[:, :2]), "D must equal"),
+    (lambda f: _replace(f, "query/context_boxes", lambda a: a * np.nan), "context_boxes holds NaN"),
+])
+def test_bad_context_group_refused(tmp_path, edit, match):
+    data, res = cbgm_prw_world()
+    c = res.context
+    path = write_world(tmp_path / "r.h5", data, res,
+                       context=(c.offsets, c.boxes, c.scores, c.embeddings))
+    with h5py.File(path, "a") as f:
+        edit(f)
+    with pytest.raises(ResultsFileError, match=match):
+        read_results(path, data)
 
 
 def _drop(f, key):
@@ -345,6 +586,15 @@ def test_cli_evaluate_on_synthetic_prw(synthetic_prw, tmp_path):
                                        str(synthetic_prw), "--results", str(path),
                                        "--gallery-size", "50"])
     assert bad.exit_code != 0 and "PRW" in bad.output
+    for flags, expect in ((["--cbgm", "--cbgm-k1", "5"], {"cbgm": True, "cbgm_k1": 5,
+                                                          "cbgm_k2": 4, "boxes": "published"}),
+                          (["--exact-boxes"], {"cbgm": False, "boxes": "exact"})):
+        out = CliRunner().invoke(cli.cli, ["evaluate", "--dataset", "prw", "--root",
+                                           str(synthetic_prw), "--results", str(path),
+                                           "--json", str(tmp_path / "f.json"), *flags])
+        assert out.exit_code == 0, out.output
+        metrics = json.loads((tmp_path / "f.json").read_text())
+        assert metrics["mAP"] == 1.0 and expect.items() <= metrics.items()
 
 
 def test_tied_duplicates_in_one_image_the_later_is_correct():
@@ -361,14 +611,15 @@ def test_tied_duplicates_in_one_image_the_later_is_correct():
 # ------------------------------------------------------------------ run_searcher
 
 class GroundTruthSearcher:
-    """Searcher (pipeline.models.searcher) that 'detects' the ground-truth boxes of each image and embeds
-    every box by its identity (one-hot; unlabeled persons get the last axis)."""
+    """A searcher (pipeline.models.searcher) that 'detects' the ground-truth boxes of each image
+    and embeds every box by its identity (one-hot; unlabeled persons: the last axis)."""
 
     def __init__(self, data, pids):
         self.records = list(data.gallery)                # detect() is called in gallery order
         self.query_pids = [q.pid for q in data.queries]  # embed_boxes() in query order
         self.axis = {p: i for i, p in enumerate(pids)}
         self.dim = len(pids) + 1
+        self.embedded = []
 
     def _embed(self, pids):
         import torch
@@ -387,6 +638,7 @@ class GroundTruthSearcher:
         return out
 
     def embed_boxes(self, images, boxes):
+        self.embedded += [b.numpy() for b in boxes]
         return [self._embed([self.query_pids.pop(0)] * len(b)) for b in boxes]
 
 
@@ -396,6 +648,8 @@ def test_run_searcher_writes_a_valid_results_file(synthetic_prw, tmp_path):
     from pipeline.data import read_dataset
     from pipeline.inference.run import run_searcher
     data = read_dataset("prw", synthetic_prw)
+    # half-pixel query boxes, to see which form is embedded (the world's boxes are whole)
+    data.queries = [QueryRecord(q.image, q.box + 0.5, q.pid, q.camera) for q in data.queries]
     pids = sorted({int(p) for r in data.gallery for p in r.pids if p >= 0})
     searcher = GroundTruthSearcher(data, pids)
     path = run_searcher(searcher, data, tmp_path / "r.h5", device="cpu", batch_size=3,
@@ -404,6 +658,15 @@ def test_run_searcher_writes_a_valid_results_file(synthetic_prw, tmp_path):
     assert len(res.scores) == sum(len(r.boxes) for r in data.gallery)
     ev = evaluate_search(data, res, progress=False)
     assert ev.metrics["mAP"] == 1.0 and ev.metrics["det_recall"] == 1.0
+    # query boxes were embedded in whole pixels; each query's context is its image's detections
+    np.testing.assert_array_equal(np.concatenate(searcher.embedded).reshape(-1, 4),
+                                  [q.box - 0.5 for q in data.queries])
+    names = [r.name for r in data.gallery]
+    for i, q in enumerate(data.queries):
+        np.testing.assert_array_equal(res.context.boxes[res.context.group(i)],
+                                      data.gallery[names.index(q.image)].boxes)
+    assert evaluate_search(data, res, cbgm=True, progress=False).metrics["cbgm_context"] \
+        == "query group"
 
 
 def test_similarity_index_flat_exact_and_ivf_flagged():
@@ -473,5 +736,5 @@ def test_cli_refuses_a_bad_results_file_cleanly(synthetic_prw, tmp_path):
                          [q.image for q in data.queries], res.query_boxes, res.query_embeddings)
     out = CliRunner().invoke(cli.cli, ["evaluate", "--dataset", "prw", "--root",
                                        str(synthetic_prw), "--results", str(path)])
-    assert out.exit_code != 0 and "cuhk-sysu" in out.output and "Traceback" not in out.output
-    assert isinstance(ResultsFileError("x"), ValueError)
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    assert out.output == (f"Error: {path}: results are for dataset 'cuhk-sysu', not 'prw'\n")

@@ -13,13 +13,16 @@ from .synthetic import SyntheticWorldError, make_synthetic, parse_size
 READERS = {"prw": read_prw, "cuhk-sysu": read_cuhk_sysu}
 
 
-def read_dataset(name: str, root: str | Path) -> PersonSearchData:
-    """Read a released dataset: ``name`` is "prw" or "cuhk-sysu"; ``root`` its top folder."""
+def read_dataset(name: str, root: str | Path, *, train: bool = True) -> PersonSearchData:
+    """Read a released dataset: ``name`` is "prw" or "cuhk-sysu"; ``root`` its top folder.
+
+    ``train=False`` leaves the training split out (empty): evaluation reads the test split only.
+    """
     if name not in READERS:
         raise DatasetError(f"unknown dataset {name!r}; expected one of {DATASETS}")
     if not Path(root).exists():
         raise DatasetError(missing_release(name, root))
-    return READERS[name](root)
+    return READERS[name](root, train=train)
 
 
 def ensure_dataset(data_cfg, say: Callable[[str], None] = print) -> None:

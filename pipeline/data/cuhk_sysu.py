@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from .images import image_size
+from .image_files import image_size
 from .matfile import as_string, cell_strings, field, load_mat, numbers, struct_items, xywh
 from .prw import check_inside, xywh_to_xyxy
+from .published_boxes import cuhk_boxes
 from .records import (UNLABELED, DatasetError, ImageRecord, PersonSearchData, QueryGallery,
                       QueryRecord)
 
@@ -114,7 +115,8 @@ def _records(root: Path, images, names: list[str], labels: dict, mat_path: Path)
         pids = np.array([labels.get((name, _key(b)), UNLABELED) for b in xywh_arr], np.int64)
         xyxy = check_inside(xywh_to_xyxy(xywh_arr), width, height, f"{mat_path} ({name})")
         records.append(ImageRecord(name=name, path=image_path, width=width, height=height,
-                                   boxes=xyxy.astype(np.float32), pids=pids, camera=None))
+                                   boxes=xyxy.astype(np.float32), pids=pids, camera=None,
+                                   published_boxes=cuhk_boxes(xywh_arr)))
     return records
 
 
@@ -129,15 +131,19 @@ def _galleries(protocol, n: int, path: Path, queries_ref) -> list[QueryGallery]:
             raise DatasetError(f"{path}: query {q} ({qname}) differs from TestG{LABELING_GALLERY}"
                                f"'s query {q} ({ref_name})")
         boxes = np.full((len(gallery), 4), np.nan, np.float32)
+        xywh_rows = np.full((len(gallery), 4), np.nan)
         for g, (_, box) in enumerate(gallery):
             if box is not None:
                 boxes[g] = xywh_to_xyxy(box)[0]
-        out.append(QueryGallery(images=tuple(name for name, _ in gallery), boxes=boxes))
+                xywh_rows[g] = box
+        out.append(QueryGallery(images=tuple(name for name, _ in gallery), boxes=boxes,
+                                published_boxes=cuhk_boxes(xywh_rows)))
     return out
 
 
-def read_cuhk_sysu(root: str | Path) -> PersonSearchData:
-    """Read a CUHK-SYSU release rooted at ``root`` (the folder holding Image/ and annotation/)."""
+def read_cuhk_sysu(root: str | Path, *, train: bool = True) -> PersonSearchData:
+    """Read a CUHK-SYSU release rooted at ``root`` (the folder holding Image/ and annotation/);
+    ``train=False``: the training images and Train.mat are not read (``train`` is empty)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: CUHK-SYSU root folder does not exist")
@@ -153,7 +159,7 @@ def read_cuhk_sysu(root: str | Path) -> PersonSearchData:
     pool_set = set(pool)
     train_names = [name for name, _ in images if name not in pool_set]
 
-    labels = read_train_identities(paths["train"])
+    labels = read_train_identities(paths["train"]) if train else {}
     g50_path = paths["test"] / f"TestG{LABELING_GALLERY}.mat"
     if not g50_path.is_file():
         raise DatasetError(f"{g50_path}: file is missing (it defines the test identities)")
@@ -172,14 +178,15 @@ def read_cuhk_sysu(root: str | Path) -> PersonSearchData:
             if gbox is not None:
                 test_labels[(gname, _key(gbox))] = q + 1
 
-    train = _records(root, images, train_names, labels, paths["images"])
+    train = _records(root, images, train_names, labels, paths["images"]) if train else []
     gallery = _records(root, images, pool, test_labels, paths["images"])
     sizes = {r.name: (r.width, r.height) for r in gallery}
     queries = []
     for q, (qname, qbox) in enumerate(queries_ref):
         w, h = sizes[qname]
         box = check_inside(xywh_to_xyxy(qbox), w, h, f"{g50_path}: query {q}")[0]
-        queries.append(QueryRecord(image=qname, box=box.astype(np.float32), pid=q + 1))
+        queries.append(QueryRecord(image=qname, box=box.astype(np.float32), pid=q + 1,
+                                   published_box=cuhk_boxes(qbox)[0]))
     galleries = {n: _galleries(p, n, paths["test"] / f"TestG{n}.mat", queries_ref)
                  for n, p in protocols.items()}
     return PersonSearchData(dataset="cuhk-sysu", root=root, train=train, gallery=gallery,

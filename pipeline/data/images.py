@@ -1,35 +1,11 @@
-"""Image decoding with errors that name the file."""
+"""Image decoding into the tensors torchvision detection models take."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from .records import DatasetError
-
-
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: image file is missing") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise DatasetError(f"{path}: image does not decode ({e})") from None
-
-
-def load_rgb(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB array."""
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: image file is missing") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise DatasetError(f"{path}: image does not decode ({e})") from None
+from .image_files import load_rgb
 
 
 def load_image(path: str | Path) -> torch.Tensor:

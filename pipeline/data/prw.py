@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from .images import image_size
+from .image_files import image_size
 from .matfile import cell_strings, load_mat, numbers
+from .published_boxes import prw_frame_boxes, prw_query_box
 from .records import (UNLABELED, DatasetError, ImageRecord, PersonSearchData, QueryRecord)
 
 ANNOTATION_VARIABLES = ("box_new", "anno_file", "anno_previous")
@@ -57,7 +58,7 @@ def check_inside(xyxy: np.ndarray, width: int, height: int, where: str) -> np.nd
     return xyxy
 
 
-def read_annotation(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_annotation(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(boxes xywh (N,4) float64, pids (N,) int64 with UNLABELED) of one frame's .mat."""
     raw = load_mat(path, ANNOTATION_VARIABLES)
     values = numbers(raw, str(path)) if raw.dtype == object else np.asarray(raw, np.float64)
@@ -77,14 +78,15 @@ def read_annotation(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_frame(root: Path, stem: str) -> ImageRecord:
-    image_path = root / "frames" / f"{stem}.jpg"
-    ann_path = root / "annotations" / f"{stem}.jpg.mat"
+    # one path join each: thousands of frames are read per dataset, and pathlib is slow
+    image_path, ann_path = root / f"frames/{stem}.jpg", f"{root}/annotations/{stem}.jpg.mat"
     xywh, pids = read_annotation(ann_path)
     width, height = image_size(image_path)
-    boxes = check_inside(xywh_to_xyxy(clip_xy_at_zero(xywh)), width, height, str(ann_path))
+    boxes = check_inside(xywh_to_xyxy(clip_xy_at_zero(xywh)), width, height, ann_path)
     return ImageRecord(name=f"{stem}.jpg", path=image_path, width=width, height=height,
                        boxes=boxes.astype(np.float32), pids=pids,
-                       camera=camera_of(stem, str(ann_path)))
+                       camera=camera_of(stem, ann_path),
+                       published_boxes=prw_frame_boxes(xywh))
 
 
 def read_frame_list(path: Path, variable: str) -> list[str]:
@@ -125,12 +127,13 @@ def read_queries(path: Path, test_frames: dict[str, ImageRecord]) -> list[QueryR
         box = check_inside(xywh_to_xyxy(clip_xy_at_zero(xywh)), frame.width, frame.height,
                            where)[0]
         queries.append(QueryRecord(image=frame.name, box=box.astype(np.float32), pid=pid,
-                                   camera=frame.camera))
+                                   camera=frame.camera, published_box=prw_query_box(xywh)))
     return queries
 
 
-def read_prw(root: str | Path) -> PersonSearchData:
-    """Read a PRW release rooted at ``root`` (the folder holding frames/ and annotations/)."""
+def read_prw(root: str | Path, *, train: bool = True) -> PersonSearchData:
+    """Read a PRW release rooted at ``root`` (the folder holding frames/ and annotations/);
+    ``train=False``: the training frames are not read (``train`` is empty)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: PRW root folder does not exist")
@@ -139,7 +142,7 @@ def read_prw(root: str | Path) -> PersonSearchData:
     overlap = set(train_names) & set(test_names)
     if overlap:
         raise DatasetError(f"{root}: frames in both train and test lists, e.g. {sorted(overlap)[:3]}")
-    train = [read_frame(root, n) for n in train_names]
+    train = [read_frame(root, n) for n in train_names] if train else []
     gallery = [read_frame(root, n) for n in test_names]
     queries = read_queries(root / "query_info.txt", {frame_stem(r.name): r for r in gallery})
     return PersonSearchData(dataset="prw", root=root, train=train, gallery=gallery,

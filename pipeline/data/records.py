@@ -1,6 +1,8 @@
 """The one record type every reader hands on, whatever the dataset.
 
-Boxes are always float32 ``(x1, y1, x2, y2)`` in pixels of the original image.
+Boxes are always float32 ``(x1, y1, x2, y2)`` in pixels of the original image. Readers of the
+released datasets also fill ``published_boxes`` / ``published_box``: the same boxes in whole
+pixels, as the published evaluation code reads them (:mod:`pipeline.data.published_boxes`).
 Identities are the dataset's own numbers; a person without identity carries
 :data:`UNLABELED`. Training code that needs contiguous class indices maps them
 with :func:`contiguous_labels`.
@@ -36,6 +38,7 @@ class ImageRecord:
     boxes: np.ndarray         # (N, 4) float32 x1, y1, x2, y2
     pids: np.ndarray          # (N,) int64; UNLABELED for no identity
     camera: int | None = None  # PRW camera number; None for CUHK-SYSU
+    published_boxes: np.ndarray | None = None  # (N, 4) whole pixels; None: derive from boxes
 
     @property
     def labeled(self) -> np.ndarray:
@@ -50,6 +53,7 @@ class QueryRecord:
     box: np.ndarray           # (4,) float32 x1, y1, x2, y2
     pid: int                  # PRW: the identity; CUHK-SYSU: q + 1 for protocol query q
     camera: int | None = None
+    published_box: np.ndarray | None = None  # (4,) whole pixels; None: derive from box
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,6 +62,7 @@ class QueryGallery:
 
     images: tuple[str, ...]   # gallery image names (never the query image)
     boxes: np.ndarray         # (G, 4) float32 box of the query person per image; NaN rows where absent
+    published_boxes: np.ndarray | None = None  # (G, 4) whole pixels (NaN rows alike) or None
 
 
 @dataclass(eq=False)

@@ -19,9 +19,9 @@ def format_table(metrics: dict) -> str:
     """Markdown table of the metrics (percent) and the settings."""
     head = "| " + " | ".join(METRIC_KEYS) + " |"
     row = "| " + " | ".join(f"{100 * metrics[k]:.2f}" for k in METRIC_KEYS) + " |"
-    settings = ", ".join(f"{k}={metrics[k]}" for k in ("dataset", "gallery_size", "multi_view",
-                                                       "det_thresh", "index", "approximate",
-                                                       "num_queries"))
+    keys = ("dataset", "gallery_size", "multi_view", "det_thresh", "boxes", "cbgm", "cbgm_k1",
+            "cbgm_k2", "cbgm_context", "index", "approximate", "num_queries")
+    settings = ", ".join(f"{k}={metrics[k]}" for k in keys if k in metrics)
     return "\n".join([head, "|" + "---|" * len(METRIC_KEYS), row, settings])
 
 
@@ -56,12 +56,14 @@ def default_out_dir(json_path=None) -> Path:
 
 
 def evaluate_command(data, results_path, *, gallery_size, multi_view, det_thresh, index,
-                     json_path=None, per_query=None, visualize=0, out_dir=None):
+                     json_path=None, per_query=None, visualize=0, out_dir=None,
+                     boxes="published", cbgm=False, cbgm_k1=None, cbgm_k2=None):
     """Evaluate a results file; writes the requested outputs; -> (table text, metrics)."""
     out_dir = default_out_dir(json_path) if out_dir is None else Path(out_dir)
     results = read_results(results_path, data)
     evaluator = SearchEvaluator(data, gallery_size=gallery_size, multi_view=multi_view,
-                                det_thresh=det_thresh, index=index)
+                                det_thresh=det_thresh, index=index, boxes=boxes, cbgm=cbgm,
+                                cbgm_k1=cbgm_k1, cbgm_k2=cbgm_k2)
     evaluator.process(results)
     ev = evaluator.evaluate()
     if json_path:

@@ -36,7 +36,7 @@ def _ap_from_groups(tp_cum: np.ndarray, n_cum: np.ndarray, num_pos: int) -> floa
     """Groups with positives, by descending score: cumulative positives and items at each
     group end -> sum of (recall step * precision), summed in that order."""
     precision = tp_cum / n_cum
-    recall_step = np.diff(np.r_[0, tp_cum]) / num_pos
+    recall_step = np.diff(tp_cum, prepend=0) / num_pos
     return float(np.sum(recall_step * precision))
 
 
@@ -92,10 +92,13 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / union, 0.0)
 
 
-def adaptive_iou_threshold(gt_box: np.ndarray) -> float:
-    """min(0.5, w*h / ((w+10)*(h+10))) for a ground-truth box x1,y1,x2,y2 (small persons)."""
-    w, h = float(gt_box[2] - gt_box[0]), float(gt_box[3] - gt_box[1])
-    return min(0.5, w * h / ((w + 10) * (h + 10)))
+def adaptive_iou_threshold(gt_boxes: np.ndarray) -> np.ndarray | float:
+    """min(0.5, w*h / ((w+10)*(h+10))) of ground-truth boxes x1,y1,x2,y2: (N,4) -> (N,),
+    (4,) -> float. Small persons get a looser threshold (the classic search protocol)."""
+    b = np.asarray(gt_boxes, np.float64)
+    w, h = b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
+    thresh = np.minimum(0.5, w * h / ((w + 10) * (h + 10)))
+    return float(thresh) if b.ndim == 1 else thresh
 
 
 def match_detections(gt_boxes: np.ndarray, det_boxes: np.ndarray, iou_thresh: float = 0.5
@@ -143,6 +146,42 @@ def greedy_match_detections(gt_boxes: np.ndarray, det_boxes: np.ndarray,
 MATCHERS = {"classic": match_detections, "greedy": greedy_match_detections}
 
 
+def match_detections_all(gt_boxes: list[np.ndarray], det_boxes: list[np.ndarray],
+                         iou_thresh: float = 0.5) -> np.ndarray:
+    """:func:`match_detections` of every image at once -> (sum N_i,) bool, images in order.
+
+    All (GT, detection) pairs of each image in one flat array; each detection's best GT and
+    each GT's best detection (highest IoU, the first on ties, as argmax) by grouped lexsorts.
+    """
+    n_gt = np.array([len(g) for g in gt_boxes], np.int64)
+    n_det = np.array([len(d) for d in det_boxes], np.int64)
+    pairs = n_gt * n_det
+    tp = np.zeros(n_det.sum(), bool)
+    if pairs.sum() == 0:
+        return tp
+    image = np.repeat(np.arange(len(pairs)), pairs)
+    k = np.arange(pairs.sum()) - np.repeat(np.cumsum(pairs) - pairs, pairs)
+    g = np.r_[0, np.cumsum(n_gt)[:-1]][image] + k // n_det[image]      # global GT index
+    d = np.r_[0, np.cumsum(n_det)[:-1]][image] + k % n_det[image]      # global detection index
+    gts = np.concatenate([np.asarray(b, np.float64).reshape(-1, 4) for b in gt_boxes])
+    dets = np.concatenate([np.asarray(b, np.float64).reshape(-1, 4) for b in det_boxes])
+    iou = box_iou_pairs(gts[g], dets[d]).astype(np.float32)
+    best_gt = _first_best(d, g, iou)     # per detection: its best GT
+    best_det = _first_best(g, d, iou)    # per GT: its best detection
+    mutual = (iou >= iou_thresh) & (best_gt[d] == g) & (best_det[g] == d)
+    tp[d[mutual]] = True
+    return tp
+
+
+def _first_best(group: np.ndarray, member: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """best[group] = the member with the highest value in that group, the smallest on ties."""
+    order = np.lexsort((member, -value, group))
+    first = np.insert(np.diff(group[order]) != 0, 0, True)
+    best = np.full(group.max() + 1, -1, np.int64)
+    best[group[order][first]] = member[order][first]
+    return best
+
+
 def detection_ap_recall(gt_boxes: list[np.ndarray], det_boxes: list[np.ndarray],
                         det_scores: list[np.ndarray], *, score_thresh: float = 0.01,
                         iou_thresh: float = 0.5, matching: str = "classic"
@@ -151,25 +190,26 @@ def detection_ap_recall(gt_boxes: list[np.ndarray], det_boxes: list[np.ndarray],
 
     Per image: gt (G,4), dets (N,4), scores (N,). Detections below score_thresh are dropped;
     matched detections are positives of one global ranking by score. ``matching``: "classic"
-    (mutual best IoU, :func:`match_detections`, the published numbers) or "greedy".
+    (mutual best IoU, :func:`match_detections`, the published numbers; every image at once by
+    :func:`match_detections_all`) or "greedy".
     """
     if matching not in MATCHERS:
         raise ValueError(f"matching must be one of {sorted(MATCHERS)}, got {matching!r}")
-    match = MATCHERS[matching]
-    y_true, y_score, count_gt, count_tp = [], [], 0, 0
-    for gt, det, score in zip(gt_boxes, det_boxes, det_scores):
+    kept_dets, kept_scores = [], []
+    for det, score in zip(det_boxes, det_scores):
         keep = np.asarray(score) >= score_thresh
-        det, score = np.asarray(det).reshape(-1, 4)[keep], np.asarray(score)[keep]
-        count_gt += len(gt)
-        tp = match(gt, det, iou_thresh)
-        count_tp += int(tp.sum())
-        y_true.append(tp)
-        y_score.append(score)
+        kept_dets.append(np.asarray(det).reshape(-1, 4)[keep])
+        kept_scores.append(np.asarray(score)[keep])
+    count_gt = sum(len(g) for g in gt_boxes)
     if count_gt == 0:
         return 0.0, 0.0
-    recall = count_tp / count_gt
-    y_true = np.concatenate(y_true) if y_true else np.zeros(0, bool)
-    y_score = np.concatenate(y_score) if y_score else np.zeros(0)
+    if matching == "classic":
+        y_true = match_detections_all(gt_boxes, kept_dets, iou_thresh)
+    else:
+        y_true = np.concatenate([MATCHERS[matching](g, d, iou_thresh)
+                                 for g, d in zip(gt_boxes, kept_dets)] or [np.zeros(0, bool)])
+    y_score = np.concatenate(kept_scores) if kept_scores else np.zeros(0)
+    recall = int(y_true.sum()) / count_gt
     return average_precision(y_true, y_score) * recall, recall
 
 

@@ -1,11 +1,16 @@
 """The results file: every gallery detection and every query embedding of one model (HDF5).
 
-Layout (schema "person-search-results/1"; root attributes ``schema`` and ``dataset``):
+Layout (schema "person-search-results/2"; root attributes ``schema`` and ``dataset``):
   /gallery/images (M,) UTF-8   /gallery/offsets (M+1,) int64 (detections of image i are rows
   offsets[i]:offsets[i+1])     /gallery/boxes (T,4) float32 x1,y1,x2,y2 original pixels
   /gallery/scores (T,) float32 /gallery/embeddings (T,D) float32|float16
   /query/images (Q,) UTF-8     /query/boxes (Q,4) float32   /query/embeddings (Q,D)
+Optional, all four or none (the context of CBGM, ``evaluate --cbgm``): every person detected
+in each query's own image, as for a gallery image, query person included:
+  /query/context_offsets (Q+1,) int64   /query/context_boxes (C,4) float32
+  /query/context_scores (C,) float32    /query/context_embeddings (C,D) float32|float16
 Queries are in the dataset's query order; gallery images in any order, each test image once.
+Schema 1 (no context group) is still read.
 """
 from __future__ import annotations
 
@@ -16,13 +21,17 @@ import h5py
 import numpy as np
 
 from cache.hdf5 import open_hdf5
+from pipeline.data.published_boxes import PUBLISHED, choose
 from pipeline.data.records import DatasetError, PersonSearchData
 from pipeline.gallery.vectors import TEXT, l2_normalize, read_text, text_column
 
-SCHEMA = "person-search-results/1"
-QUERY_BOX_TOLERANCE = 0.5   # pixels
+SCHEMA = "person-search-results/2"
+READABLE_SCHEMAS = ("person-search-results/1", SCHEMA)
+QUERY_BOX_TOLERANCE = 0.5   # pixels, from the released box or from its whole-pixel form
 REQUIRED_KEYS = ("gallery/images", "gallery/offsets", "gallery/boxes", "gallery/scores",
                  "gallery/embeddings", "query/images", "query/boxes", "query/embeddings")
+CONTEXT_KEYS = ("query/context_offsets", "query/context_boxes", "query/context_scores",
+                "query/context_embeddings")
 
 
 class ResultsFileError(DatasetError):
@@ -33,8 +42,22 @@ class ResultsFileError(DatasetError):
 
 
 @dataclass
+class Detections:
+    """Detections grouped by image (or by query): group i holds rows offsets[i]:offsets[i+1]."""
+
+    offsets: np.ndarray          # (N+1,) int64
+    boxes: np.ndarray            # (T,4) float32
+    scores: np.ndarray           # (T,) float32
+    embeddings: np.ndarray       # (T,D) float32, L2-normalised
+
+    def group(self, i: int) -> slice:
+        return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+
+
+@dataclass
 class SearchResults:
-    """Detections per gallery image in ``data.gallery`` order, embeddings L2-normalised."""
+    """Detections per gallery image in ``data.gallery`` order, embeddings L2-normalised;
+    ``context``: the detections of each query's own image, per query (None when absent)."""
 
     offsets: np.ndarray          # (M+1,) int64
     boxes: np.ndarray            # (T,4) float32
@@ -42,32 +65,49 @@ class SearchResults:
     embeddings: np.ndarray       # (T,D) float32
     query_boxes: np.ndarray      # (Q,4) float32
     query_embeddings: np.ndarray  # (Q,D) float32
+    context: Detections | None = None
 
     def image_of_detection(self) -> np.ndarray:
         """(T,) gallery image index of every detection."""
         return np.repeat(np.arange(len(self.offsets) - 1), np.diff(self.offsets))
 
+    def gallery(self) -> Detections:
+        return Detections(self.offsets, self.boxes, self.scores, self.embeddings)
+
 
 def write_results(path, dataset: str, gallery_images, offsets, boxes, scores, embeddings,
-                  query_images, query_boxes, query_embeddings) -> Path:
-    """Write a results file (shapes as in the module docstring)."""
+                  query_images, query_boxes, query_embeddings, context=None) -> Path:
+    """Write a results file (shapes as in the module docstring), atomically (a temporary file
+    renamed into place). ``context``: None or (offsets, boxes, scores, embeddings) per query."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
+    partial = path.with_name(path.name + ".partial")
+    with h5py.File(partial, "w") as f:
         f.attrs["schema"], f.attrs["dataset"] = SCHEMA, dataset
         g = f.create_group("gallery")
         g.create_dataset("images", data=text_column(gallery_images), dtype=TEXT)
         g.create_dataset("offsets", data=np.asarray(offsets, np.int64))
         g.create_dataset("boxes", data=_boxes(boxes))
         g.create_dataset("scores", data=np.asarray(scores, np.float32).ravel())
-        emb = np.asarray(embeddings)
-        g.create_dataset("embeddings", data=emb if emb.dtype == np.float16 else emb.astype(np.float32))
+        g.create_dataset("embeddings", data=_floats(embeddings))
         q = f.create_group("query")
         q.create_dataset("images", data=text_column(query_images), dtype=TEXT)
         q.create_dataset("boxes", data=_boxes(query_boxes))
-        qe = np.asarray(query_embeddings)
-        q.create_dataset("embeddings", data=qe if qe.dtype == np.float16 else qe.astype(np.float32))
+        q.create_dataset("embeddings", data=_floats(query_embeddings))
+        if context is not None:
+            c_offsets, c_boxes, c_scores, c_embeddings = context
+            q.create_dataset("context_offsets", data=np.asarray(c_offsets, np.int64))
+            q.create_dataset("context_boxes", data=_boxes(c_boxes))
+            q.create_dataset("context_scores", data=np.asarray(c_scores, np.float32).ravel())
+            q.create_dataset("context_embeddings", data=_floats(c_embeddings))
+    partial.replace(path)
     return path
+
+
+def _floats(a) -> np.ndarray:
+    """Embeddings as stored: float16 kept, anything else float32."""
+    a = np.asarray(a)
+    return a if a.dtype == np.float16 else a.astype(np.float32)
 
 
 def _boxes(boxes) -> np.ndarray:
@@ -87,8 +127,14 @@ def read_results(path, data: PersonSearchData) -> SearchResults:
         if missing:
             raise ResultsFileError(f"results file {path} is unusable: missing dataset "
                                    f"/{missing[0]}")
+        present = [k for k in CONTEXT_KEYS if k in f]
+        if present and len(present) < len(CONTEXT_KEYS):
+            absent = next(k for k in CONTEXT_KEYS if k not in f)
+            raise ResultsFileError(f"results file {path} is unusable: /{present[0]} is there "
+                                   f"but /{absent} is missing (the context group is all four "
+                                   "datasets or none)")
         try:
-            arr = {k: f[k][()] for k in REQUIRED_KEYS}
+            arr = {k: f[k][()] for k in (*REQUIRED_KEYS, *present)}
         except (OSError, KeyError, TypeError, ValueError) as e:  # damaged data, or groups
             raise ResultsFileError(f"results file {path} is unusable: a dataset cannot be "
                                    f"read ({str(e).strip()[:160]})") from None
@@ -96,9 +142,9 @@ def read_results(path, data: PersonSearchData) -> SearchResults:
 
 
 def _check_attrs(f, path, dataset):
-    if f.attrs.get("schema") != SCHEMA:
+    if f.attrs.get("schema") not in READABLE_SCHEMAS:
         raise ResultsFileError(f"results file {path} is unusable: its schema attribute is "
-                               f"{f.attrs.get('schema')!r}, expected {SCHEMA!r}")
+                               f"{f.attrs.get('schema')!r}, expected one of {READABLE_SCHEMAS}")
     if f.attrs.get("dataset") != dataset:
         raise ResultsFileError(f"{path}: results are for dataset {f.attrs.get('dataset')!r}, "
                                f"not {dataset!r}")
@@ -107,40 +153,62 @@ def _check_attrs(f, path, dataset):
 def _validate(arr: dict, path: Path, data: PersonSearchData) -> SearchResults:
     def fail(msg):
         raise ResultsFileError(f"{path}: {msg}")
-    images, offsets = read_text(arr["gallery/images"]), np.asarray(arr["gallery/offsets"])
-    boxes, scores = arr["gallery/boxes"], arr["gallery/scores"]
-    emb, q_emb = arr["gallery/embeddings"], arr["query/embeddings"]
-    t = len(scores)
-    if scores.ndim != 1:
-        fail(f"gallery/scores has shape {scores.shape}, expected (T,)")
-    if not np.issubdtype(offsets.dtype, np.integer):
-        fail(f"gallery/offsets must be integers, not {offsets.dtype}")
-    for key, a in (("gallery/embeddings", emb), ("query/embeddings", q_emb)):
-        if a.dtype not in (np.float32, np.float16):
-            fail(f"{key} must be float32 or float16, not {a.dtype}")
-    if offsets.ndim != 1 or len(offsets) != len(images) + 1:
-        fail(f"gallery/offsets has shape {offsets.shape}, expected ({len(images) + 1},)")
-    if offsets[0] != 0 or np.any(np.diff(offsets) < 0) or offsets[-1] != t:
-        fail(f"gallery/offsets must start at 0, never decrease and end at {t} detections")
-    if boxes.shape != (t, 4):
-        fail(f"gallery/boxes has shape {boxes.shape}, expected ({t}, 4)")
-    if emb.ndim != 2 or len(emb) != t:
-        fail(f"gallery/embeddings has shape {emb.shape}, expected ({t}, D)")
-    if q_emb.ndim != 2 or q_emb.shape[1] != emb.shape[1]:
-        fail(f"query/embeddings has shape {q_emb.shape}; D must equal the gallery's {emb.shape[1]}")
-    for key, a in (("gallery/boxes", boxes), ("gallery/scores", scores),
-                   ("gallery/embeddings", emb), ("query/embeddings", q_emb)):
-        if not np.all(np.isfinite(a)):
-            fail(f"{key} holds NaN or infinite values")
+    images = read_text(arr["gallery/images"])
+    gallery = _detections(arr, "gallery", len(images), fail)
+    q_emb = arr["query/embeddings"]
+    _check_embeddings("query/embeddings", q_emb, gallery.embeddings.shape[1], fail)
     order = _gallery_order(images, data, fail)
     q_images, q_boxes = read_text(arr["query/images"]), np.asarray(arr["query/boxes"], np.float32)
     _check_queries(q_images, q_boxes, q_emb, data, fail)
-    counts = np.diff(offsets)[order]
-    rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in order]) \
+    context = _detections(arr, "query/context_", len(q_images), fail,
+                          gallery.embeddings.shape[1]) if CONTEXT_KEYS[0] in arr else None
+    if np.array_equal(order, np.arange(len(order))):    # written in the dataset's order
+        return SearchResults(gallery.offsets, gallery.boxes, gallery.scores,
+                             l2_normalize(gallery.embeddings), q_boxes, l2_normalize(q_emb), context)
+    counts = np.diff(gallery.offsets)[order]
+    starts = gallery.offsets[order]
+    rows = np.arange(counts.sum()) + np.repeat(starts - (np.cumsum(counts) - counts), counts) \
         if len(order) else np.zeros(0, np.int64)
-    return SearchResults(np.r_[0, np.cumsum(counts)].astype(np.int64),
-                         np.asarray(boxes, np.float32)[rows], np.asarray(scores, np.float32)[rows],
-                         l2_normalize(emb[rows]), q_boxes, l2_normalize(q_emb))
+    return SearchResults(np.r_[0, np.cumsum(counts)].astype(np.int64), gallery.boxes[rows],
+                         gallery.scores[rows], l2_normalize(gallery.embeddings[rows]), q_boxes,
+                         l2_normalize(q_emb), context)
+
+
+def _detections(arr: dict, prefix: str, groups: int, fail, dim: int | None = None) -> Detections:
+    """Check one offsets/boxes/scores/embeddings group (gallery or query context)."""
+    sep = "/" if prefix == "gallery" else ""
+    key = lambda name: f"{prefix}{sep}{name}"
+    offsets, boxes = np.asarray(arr[key("offsets")]), arr[key("boxes")]
+    scores, emb = arr[key("scores")], arr[key("embeddings")]
+    t = len(scores)
+    if scores.ndim != 1:
+        fail(f"{key('scores')} has shape {scores.shape}, expected (T,)")
+    if not np.issubdtype(offsets.dtype, np.integer):
+        fail(f"{key('offsets')} must be integers, not {offsets.dtype}")
+    if offsets.ndim != 1 or len(offsets) != groups + 1:
+        fail(f"{key('offsets')} has shape {offsets.shape}, expected ({groups + 1},)")
+    if offsets[0] != 0 or np.any(np.diff(offsets) < 0) or offsets[-1] != t:
+        fail(f"{key('offsets')} must start at 0, never decrease and end at {t} detections")
+    if boxes.shape != (t, 4):
+        fail(f"{key('boxes')} has shape {boxes.shape}, expected ({t}, 4)")
+    if emb.ndim != 2 or len(emb) != t:
+        fail(f"{key('embeddings')} has shape {emb.shape}, expected ({t}, D)")
+    _check_embeddings(key("embeddings"), emb, emb.shape[1] if dim is None else dim, fail)
+    for name, a in (("boxes", boxes), ("scores", scores)):
+        if not np.all(np.isfinite(a)):
+            fail(f"{key(name)} holds NaN or infinite values")
+    normalise = l2_normalize if prefix != "gallery" else (lambda e: e)   # gallery: after reorder
+    return Detections(offsets.astype(np.int64), np.asarray(boxes, np.float32),
+                      np.asarray(scores, np.float32), normalise(emb))
+
+
+def _check_embeddings(key: str, emb: np.ndarray, dim: int, fail):
+    if emb.dtype not in (np.float32, np.float16):
+        fail(f"{key} must be float32 or float16, not {emb.dtype}")
+    if emb.ndim != 2 or emb.shape[1] != dim:
+        fail(f"{key} has shape {emb.shape}; D must equal the gallery's {dim}")
+    if not np.all(np.isfinite(emb)):
+        fail(f"{key} holds NaN or infinite values")
 
 
 def _gallery_order(images, data, fail) -> np.ndarray:
@@ -158,12 +226,21 @@ def _gallery_order(images, data, fail) -> np.ndarray:
 
 
 def _check_queries(q_images, q_boxes, q_emb, data, fail):
+    """Names in query order; each box within QUERY_BOX_TOLERANCE of the dataset's released box
+    or of its whole-pixel form (a file written either way belongs to the dataset)."""
     nq = len(data.queries)
     if len(q_images) != nq or q_boxes.shape != (nq, 4) or len(q_emb) != nq:
         fail(f"query datasets hold {len(q_images)} images, {q_boxes.shape} boxes, {len(q_emb)} "
              f"embeddings; the dataset has {nq} queries")
-    for i, (name, box, q) in enumerate(zip(q_images, q_boxes, data.queries)):
+    for i, (name, q) in enumerate(zip(q_images, data.queries)):
         if name != q.image:
             fail(f"query {i} is image {name!r}, the dataset's query {i} is {q.image!r}")
-        if np.abs(box - np.asarray(q.box, np.float32)).max() > QUERY_BOX_TOLERANCE:
-            fail(f"query {i} box {box.tolist()} differs from the dataset's {np.asarray(q.box).tolist()}")
+    exact = np.array([q.box for q in data.queries], np.float64).reshape(-1, 4)
+    whole = np.array([choose(q.box, q.published_box, data.dataset, PUBLISHED)[0]
+                      for q in data.queries]).reshape(-1, 4)
+    far = np.minimum(np.abs(q_boxes - exact).max(1, initial=0),
+                     np.abs(q_boxes - whole).max(1, initial=0)) > QUERY_BOX_TOLERANCE
+    if far.any():
+        i = int(np.argmax(far))
+        fail(f"query {i} box {q_boxes[i].tolist()} differs from the dataset's "
+             f"{exact[i].tolist()} (whole pixels: {whole[i].tolist()})")
