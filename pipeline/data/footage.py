@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from . import read_dataset
-from .images import image_size, load_rgb
+from .image_files import image_size, load_rgb
 from .records import DATASETS, DatasetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
