@@ -12,50 +12,40 @@ import time
 from pathlib import Path
 
 import click
-import uvicorn
 
-from cache import CacheMismatchError, TeacherCache
+from cache import TeacherCache
 from cache.verify import verify_cache
-from pipeline.config import ConfigError, load_config
+from pipeline.config import load_config
 from pipeline.config.teacher import TeacherConfig
-from pipeline.app import create_app
 from pipeline.data import ensure_dataset, read_dataset
 from pipeline.data.cuhk_sysu import GALLERY_SIZES
 from pipeline.data.inspect import export_csv, format_table, split_summary
 from pipeline.data.published import check_release
-from pipeline.data.records import FULL_GALLERY, DatasetError
+from pipeline.data.records import FULL_GALLERY
 from pipeline.data.synthetic import MARKER, SyntheticWorldError, generate, parse_size
 from pipeline.data.synthetic.video import make_synthetic_video, read_footage_truth
 from pipeline.demo import run_demo
-from pipeline.engine.trainer import NonFiniteLossError
+from pipeline.errors import UserError
 from pipeline.evaluation.command import default_out_dir, evaluate_command
-from pipeline.evaluation.protocols import ProtocolError
 from pipeline.gallery.hits import SearchFilter
 from pipeline.gallery.report import format_time
-from pipeline.gallery.results_file import ResultsFileError
-from pipeline.gallery.store import GalleryError, read_manifest
-from pipeline.inference.indexing import index_footage
-from pipeline.inference.onnx_export import OnnxExportError, export_checkpoint, verify_export
-from pipeline.inference.onnx_runtime import OnnxModelError
-from pipeline.inference.query_model import QueryEmbedder
-from pipeline.inference.run import RUNTIMES, results_from_model
-from pipeline.inference.searching import QueryError, search_command
-from pipeline.models.checkpoint import CheckpointError
-from pipeline.models.torch_files import TorchFileError
-from pipeline.stages.student import CacheContractError, train_student
-from pipeline.stages.teacher_cache import build_cache
-from pipeline.stages.teachers import train_detector, train_reid
+from pipeline.gallery.store import read_manifest
+from pipeline.inference.onnx_runtime import RUNTIMES
+from pipeline.inference.searching import search_command
 
+# The commands that run a network import their implementation (and with it PyTorch, about
+# 2-4 s) when they run, each such line marked "optional": --help, the scoring of a results
+# file, searching from a hit and the cache commands stay PyTorch-free.
 
 def friendly_errors(fn):
-    """Turn the project's own input errors (bad config, data, cache, checkpoint or results
-    file) into a one-line message and exit code 1."""
+    """Turn the project's input errors (:class:`~pipeline.errors.UserError`: a bad config,
+    data folder, cache, checkpoint, results file, gallery or query) and missing files into a
+    one-line message and exit code 1."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (DatasetError, ConfigError, FileNotFoundError, CacheMismatchError,
-                CheckpointError, TorchFileError) as e:
+        except (UserError, FileNotFoundError) as e:
             raise click.ClickException(" ".join(str(e).splitlines())) from None
     return wrapper
 
@@ -201,13 +191,10 @@ _SET_HELP = "override a config value, e.g. --set detector.epochs=2 (repeatable)"
 @report_peak_memory
 def train_teacher_cmd(part, config_path, overrides, resume, no_progress):
     """Train one teacher; prints its checkpoint (out_dir/detector.pt or reid.pt) last."""
+    from pipeline.stages.teachers import TEACHER_TRAINERS  # optional: PyTorch
     cfg = _teacher_config(config_path, overrides)
     ensure_dataset(cfg.data, say=lambda text: click.echo(text, err=True))
-    train = train_detector if part == "detector" else train_reid
-    try:
-        path = train(cfg, resume=resume, progress=not no_progress)
-    except (NonFiniteLossError, CheckpointError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+    path = TEACHER_TRAINERS[part](cfg, resume=resume, progress=not no_progress)
     click.echo(str(path))
 
 
@@ -225,9 +212,11 @@ def build_cache_cmd(config_path, overrides, train_missing, device, no_progress):
     interrupted build; returns at once when the cache exists), then verify it against the
     training split. Makes a synthetic world (data.synthetic) that is missing. Prints the cache
     path last."""
+    from pipeline.stages.teacher_cache import build_cache  # optional: PyTorch
+    from pipeline.stages.teachers import TEACHER_TRAINERS  # optional: PyTorch
     cfg = _teacher_config(config_path, overrides)
     ensure_dataset(cfg.data, say=lambda text: click.echo(text, err=True))
-    for part, train in (("detector", train_detector), ("reid", train_reid)):
+    for part, train in TEACHER_TRAINERS.items():
         path = cfg.checkpoint(part)
         if path.is_file():
             continue
@@ -269,10 +258,7 @@ def cache_group():
 @friendly_errors
 def cache_info_cmd(path):
     """Summary of a cache file: fingerprints, sizes, what it holds."""
-    try:
-        c = TeacherCache(path)
-    except CacheMismatchError as e:
-        raise click.ClickException(str(e)) from None
+    c = TeacherCache(path)
     m = c.meta
     pids, _, counts = c.identity_table()
     rows = [("file", path), ("size", f"{os.path.getsize(path) / 1e6:.2f} MB"),
@@ -330,11 +316,9 @@ def cache_verify_cmd(path, dataset, root):
 @report_peak_memory
 def train_student_cmd(config_path, overrides, resume, device, no_progress):
     """Train an end-to-end student from the teacher cache; prints the run directory last."""
-    try:
-        run_dir = train_student(config_path, overrides, resume=resume, device=device,
-                                progress=not no_progress)
-    except (CacheContractError, NonFiniteLossError, CheckpointError) as e:
-        raise click.ClickException(str(e)) from None
+    from pipeline.stages.student import train_student  # optional: PyTorch
+    run_dir = train_student(config_path, overrides, resume=resume, device=device,
+                            progress=not no_progress)
     stats_path = Path(run_dir) / "train_stats.json"
     if stats_path.is_file():
         stats = json.loads(stats_path.read_text())
@@ -397,20 +381,17 @@ def evaluate(dataset, root, results, checkpoint, teacher_config, gallery_size, m
     data = read_dataset(dataset, root, train=False)
     out_dir = default_out_dir(json_path) if out_dir is None else out_dir
     boxes = "exact" if exact_boxes else "published"
-    try:
-        if checkpoint is not None or teacher_config is not None:
-            kind = "student" if checkpoint is not None else "teacher"
-            results = results_from_model(checkpoint or teacher_config, kind, data,
-                                         Path(out_dir) / "results.h5", device=device,
-                                         batch_size=batch_size, runtime=runtime, boxes=boxes)
-        table, _ = evaluate_command(
-            data, results, gallery_size=None if gallery_size is None else int(gallery_size),
-            multi_view=multi_view, det_thresh=det_thresh, index=index, json_path=json_path,
-            per_query=per_query, visualize=visualize, out_dir=out_dir, boxes=boxes, cbgm=cbgm,
-            cbgm_k1=cbgm_k1, cbgm_k2=cbgm_k2)
-    except (ResultsFileError, ProtocolError, CheckpointError, OnnxModelError,
-            RuntimeError) as e:
-        raise click.ClickException(str(e)) from None
+    if checkpoint is not None or teacher_config is not None:
+        from pipeline.inference.run import results_from_model  # optional: PyTorch
+        kind = "student" if checkpoint is not None else "teacher"
+        results = results_from_model(checkpoint or teacher_config, kind, data,
+                                     Path(out_dir) / "results.h5", device=device,
+                                     batch_size=batch_size, runtime=runtime, boxes=boxes)
+    table, _ = evaluate_command(
+        data, results, gallery_size=None if gallery_size is None else int(gallery_size),
+        multi_view=multi_view, det_thresh=det_thresh, index=index, json_path=json_path,
+        per_query=per_query, visualize=visualize, out_dir=out_dir, boxes=boxes, cbgm=cbgm,
+        cbgm_k1=cbgm_k1, cbgm_k2=cbgm_k2)
     click.echo(table)
 
 
@@ -433,28 +414,16 @@ def evaluate(dataset, root, results, checkpoint, teacher_config, gallery_size, m
 def export_cmd(checkpoint, fmt, out, proposals, int8_folder, verify):
     """Export a student for deployment: one ONNX file with a gallery mode (image -> boxes,
     scores, embeddings) and a query mode (image + boxes -> embeddings); prints its path last."""
-    try:
-        path = export_checkpoint(checkpoint, out, proposals=proposals, int8_folder=int8_folder)
-        if verify:
-            click.echo(verify_export(checkpoint, path), err=True)
-    except (CheckpointError, OnnxExportError, OnnxModelError) as e:
-        raise click.ClickException(str(e)) from None
+    from pipeline.inference.onnx_export import (  # optional: PyTorch
+        export_checkpoint, verify_export)
+    path = export_checkpoint(checkpoint, out, proposals=proposals, int8_folder=int8_folder)
+    if verify:
+        click.echo(verify_export(checkpoint, path), err=True)
     click.echo(f"{fmt}: {os.path.getsize(path) / 1e6:.1f} MB", err=True)
     click.echo(str(path))
 
 
 # ---------------------------------------------------------------- footage: index, search, serve
-
-def _footage_errors(fn):
-    """The footage commands' own input errors as one-line messages."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (GalleryError, QueryError) as e:
-            raise click.ClickException(str(e)) from None
-    return friendly_errors(wrapper)
-
 
 @cli.command("index")
 @click.option("--gallery", "gallery_dir", required=True, type=click.Path(file_okay=False),
@@ -479,22 +448,20 @@ def _footage_errors(fn):
               help="frames per commit (an interrupted run loses at most one chunk)")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
-@_footage_errors
+@friendly_errors
 def index_cmd(gallery_dir, model, sources, camera, every, index_kind, min_score, batch_size,
               workers, chunk, device, no_progress):
     """Detect and embed every person in SOURCE... (image folders, videos, prw:ROOT,
     cuhk-sysu:ROOT) into a searchable gallery. Resumes an interrupted run; a re-run embeds
     only new frames. Prints the gallery folder last."""
+    from pipeline.inference.indexing import index_footage  # optional: PyTorch
     if index_kind is None:
         manifest = read_manifest(Path(gallery_dir)) if Path(gallery_dir).is_dir() else None
         index_kind = manifest["index"]["kind"] if manifest else "flat"
-    try:
-        r = index_footage(gallery_dir, model, sources, camera=camera, every=every,
-                          device=device, batch_size=batch_size, workers=workers,
-                          min_score=min_score, index_kind=index_kind, chunk_frames=chunk,
-                          progress=not no_progress)
-    except ValueError as e:  # e.g. a CUDA device on a machine without one
-        raise click.ClickException(str(e)) from None
+    r = index_footage(gallery_dir, model, sources, camera=camera, every=every,
+                      device=device, batch_size=batch_size, workers=workers,
+                      min_score=min_score, index_kind=index_kind, chunk_frames=chunk,
+                      progress=not no_progress)
     for problem in r.skipped:
         click.echo(f"skipped: {problem}", err=True)
     if r.rank != 0:  # under torchrun process 0 reports for all
@@ -526,12 +493,13 @@ def index_cmd(gallery_dir, model, sources, camera, every, index_kind, min_score,
               show_default=True, help="folder for results.json, results.csv, results.html")
 @click.option("--model", default=None, help="the gallery's model at another path")
 @click.option("--device", default="cpu", show_default=True)
-@_footage_errors
+@friendly_errors
 def search_cmd(gallery_dir, image, box, hit, top, cameras, start, end, out_dir, model, device):
     """Rank the gallery's people by similarity to the query; writes results.json, .csv and
     .html into --out and prints the path of results.html last."""
     embedder_for = None
     if image is not None or model is not None:  # a picture needs the model; a named one is checked
+        from pipeline.inference.query_model import QueryEmbedder  # optional: PyTorch
         embedder_for = functools.partial(QueryEmbedder, model=model, device=device)
     filt = SearchFilter(tuple(cameras), start, end)
     payload, page = search_command(gallery_dir, out_dir, image=image, box=box, hit=hit,
@@ -551,9 +519,12 @@ def search_cmd(gallery_dir, image, box, hit, top, cameras, start, end, out_dir, 
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--model", default=None, help="the gallery's model at another path")
 @click.option("--device", default="cpu", show_default=True)
-@_footage_errors
+@friendly_errors
 def serve_cmd(gallery_dir, host, port, model, device):
     """A local web app over a gallery: browse frames, click a person or drop a picture."""
+    import uvicorn  # optional: the web server, only this command needs it
+
+    from pipeline.app import create_app  # optional: PyTorch (it embeds dropped pictures)
     app = create_app(gallery_dir, model=model, device=device)
     click.echo(f"serving {gallery_dir} on http://{host}:{port} (Ctrl-C stops)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

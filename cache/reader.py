@@ -9,12 +9,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from pipeline.errors import UserError
+
 from .hdf5 import open_hdf5
 from .schema import (EMBEDDING_ATTR, GROUPS, PER_VIEW, SCHEMA, SCHEMA_VERSION, SHARED, VIEWS,
                      entry_key)
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(UserError, ValueError):
     """The cache does not fit what a consumer needs; the message says what differs."""
 
 

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: package prefix -> layer number (a longer prefix wins)
 LAYERS = {
+    "pipeline.errors": 0,
     "pipeline.config": 0,
     "pipeline.data": 1,
     "cache": 2,

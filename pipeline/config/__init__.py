@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from pipeline.errors import UserError
+
 T = TypeVar("T")
 
 # Decimal numbers as people write them: 3e-4, 1e-3, 5E-4, 1.0e9, .5, 1_000.5. PyYAML follows
@@ -26,7 +28,7 @@ T = TypeVar("T")
 _NUMBER = re.compile(r"[-+]?(\d[\d_]*\.?[\d_]*|\.\d[\d_]*)([eE][-+]?\d+)?")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override is wrong; the message says which key."""
 
 

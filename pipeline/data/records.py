@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import UserError
+
 #: Identity of a person box that has no identity (PRW writes -2 on disk).
 UNLABELED = -1
 
@@ -23,7 +25,7 @@ DATASETS = ("prw", "cuhk-sysu")
 FULL_GALLERY = -1
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """Input data is malformed. The message names the file and what is wrong."""
 
 

@@ -15,9 +15,10 @@ import torch
 
 from cache import INTEGER_KEYS, TeacherCache
 from pipeline.data.torch_dataset import DetectionDataset
+from pipeline.errors import UserError
 
 
-class CacheAlignmentError(RuntimeError):
+class CacheAlignmentError(UserError, RuntimeError):
     """The cached per-image targets do not line up with the dataset's boxes."""
 
 

@@ -12,10 +12,11 @@ from torch import Tensor, nn
 
 from pipeline.distill.boxes import GROUP_BOX_KEYS, CachedBoxChoice
 from pipeline.distill.terms import DistillTerm
+from pipeline.errors import UserError
 from pipeline.models.roi_heads import HeadOutputs
 
 
-class MissingTargetError(KeyError):
+class MissingTargetError(UserError, KeyError):
     """A distillation term is on but the targets lack the cached key it needs."""
 
     def __str__(self) -> str:

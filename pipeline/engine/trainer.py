@@ -30,12 +30,13 @@ from torch.utils.data.distributed import DistributedSampler
 
 from pipeline.engine import distributed as dist_utils
 from pipeline.engine import hooks as H
+from pipeline.errors import UserError
 from pipeline.models.checkpoint import link_or_copy, load_checkpoint, save_checkpoint, unwrap_model
 
 StepFn = Callable[[nn.Module, object, torch.device], dict]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """A loss became NaN or infinite; the message names the loss and the step."""
 
 

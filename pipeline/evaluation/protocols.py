@@ -19,12 +19,13 @@ import numpy as np
 from pipeline.data.cuhk_sysu import GALLERY_SIZES, LABELING_GALLERY
 from pipeline.data.published_boxes import PUBLISHED, choose
 from pipeline.data.records import FULL_GALLERY, PersonSearchData
+from pipeline.errors import UserError
 
 CUHK_GALLERY_SIZES = (*GALLERY_SIZES, FULL_GALLERY)
 DEFAULT_GALLERY_SIZE = {"cuhk-sysu": 100, "prw": FULL_GALLERY}
 
 
-class ProtocolError(ValueError):
+class ProtocolError(UserError, ValueError):
     """The requested protocol does not exist for this dataset."""
 
 

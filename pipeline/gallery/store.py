@@ -42,6 +42,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from pipeline.errors import UserError
+
 from .faiss_index import INDEX_KINDS, build_index, extend_index, read_index, write_index
 from .vectors import TEXT, l2_normalize, read_text, text_column
 
@@ -54,7 +56,7 @@ LOCK = ".lock"
 JPEG = h5py.vlen_dtype(np.uint8)
 
 
-class GalleryError(ValueError):
+class GalleryError(UserError, ValueError):
     """A gallery folder is missing, malformed, busy or used inconsistently. Names the folder."""
 
 

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou
 
 from pipeline.data.images import load_image
+from pipeline.errors import UserError
 from pipeline.inference.onnx_runtime import ONNX_FORMAT, OnnxSearcher
 from pipeline.inference.speed import proposal_count, set_proposals
 from pipeline.models.student import PersonSearchNet, load_student
@@ -48,7 +49,7 @@ AGREEMENT_IOU = 0.99      # matched boxes, ONNX Runtime vs PyTorch, at least thi
 AGREEMENT_COSINE = 0.999  # and their embeddings at least this cosine
 
 
-class OnnxExportError(RuntimeError):
+class OnnxExportError(UserError, RuntimeError):
     """The model cannot be exported, or the exported graph is malformed."""
 
 

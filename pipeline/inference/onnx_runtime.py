@@ -16,13 +16,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from pipeline.errors import UserError
 from pipeline.inference.speed import proportional_max_size
 
+RUNTIMES = ("torch", "onnx")           # what a student can run in (evaluate --runtime)
 ONNX_FORMAT = "person-search-onnx/1"   # the format onnx_export.py writes
 QUIET = 3                              # ORT log level "error": the optional inputs are intended
 
 
-class OnnxModelError(ValueError):
+class OnnxModelError(UserError, ValueError):
     """The file is not a student exported by this toolkit, or cannot be loaded."""
 
 

@@ -13,13 +13,16 @@ from pipeline.data.images import load_image
 from pipeline.data.published_boxes import PUBLISHED, choose
 from pipeline.data.records import PersonSearchData
 from pipeline.gallery.results_file import write_results
+from pipeline.errors import UserError
 from pipeline.inference.onnx_export import onnx_searcher
+from pipeline.inference.onnx_runtime import RUNTIMES
 from pipeline.inference.searchers import load_searcher
 from pipeline.models.precision import autocast
 from pipeline.models.searcher import Searcher
 
 
-RUNTIMES = ("torch", "onnx")
+class RuntimeChoiceError(UserError, ValueError):
+    """A model cannot run in the runtime asked for."""
 
 
 def _load_image(path: Path, device) -> torch.Tensor:
@@ -39,7 +42,7 @@ def results_from_model(source, model_kind: str, data: PersonSearchData, out_path
         raise ValueError(f"unknown runtime {runtime!r}; expected one of {RUNTIMES}")
     if runtime == "onnx":
         if model_kind != "student":
-            raise RuntimeError("--runtime onnx runs the student only (the two-step teacher is "
+            raise RuntimeChoiceError("--runtime onnx runs the student only (the two-step teacher is "
                                "not exported)")
         searcher = onnx_searcher(source, Path(out_path).parent / "model.onnx", device=device)
         device = "cpu"   # frames reach ONNX Runtime as NumPy arrays, whatever its provider

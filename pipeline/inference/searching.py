@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.errors import UserError
 from pipeline.gallery.hits import DEFAULT_TOP, Hit, SearchFilter, find
 from pipeline.gallery.pictures import crop, detection_crop, jpeg_bytes
 from pipeline.gallery.report import write_results
@@ -26,7 +27,7 @@ from pipeline.gallery.store import Gallery, MissingItemError, open_gallery
 MAX_IMAGE_PIXELS = 50_000_000     # an upload larger than this is refused, not decoded
 
 
-class QueryError(ValueError):
+class QueryError(UserError, ValueError):
     """The query is unusable: unreadable picture, malformed box, box outside the image."""
 
 

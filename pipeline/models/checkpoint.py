@@ -29,12 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.errors import UserError
 from pipeline.models.torch_files import TorchFileError, load_torch_file
 
 CHECKPOINT_FORMAT = "person-search-checkpoint/1"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, malformed, or belongs to another model."""
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, ResNet34_Weights, ResNet50_Weights
 from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
 
+from pipeline.errors import UserError
 from pipeline.models.torch_files import TorchFileError, load_torch_file, what_is_wrong
 
 IMAGENET_WEIGHTS = {
@@ -32,7 +33,7 @@ COCO_DETECTOR_WEIGHTS = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
 COCO_PREDICTOR_PREFIX = "roi_heads.box_predictor."
 
 
-class PretrainedWeightsMissing(FileNotFoundError):
+class PretrainedWeightsMissing(UserError, FileNotFoundError):
     """Pretrained weights were asked for but cannot be used: not on disk and no download, a
     damaged file, or weights of another network. ``hub_path``: the torch hub file (the message
     says which folder it belongs in); ``setting``: the config key that switches the weights

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import torch
 
+from pipeline.errors import UserError
+
 ZIP_MAGIC = b"PK\x03\x04"        # torch.save's default format is a zip archive
 PICKLE_MAGIC = b"\x80"           # the legacy format starts with a pickle protocol byte
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
-class TorchFileError(ValueError):
+class TorchFileError(UserError, ValueError):
     """A file cannot be read as a PyTorch weights file; the message names it and says why."""
 
 

@@ -17,7 +17,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-
 import yaml
 
 from cache import CacheMismatchError, TeacherCache, split_fingerprint
@@ -33,13 +32,14 @@ from pipeline.distill.terms import term_needs
 from pipeline.engine import distributed as dist_utils
 from pipeline.engine.schedule import build_scheduler
 from pipeline.engine.trainer import Trainer, build_train_loader
+from pipeline.errors import UserError
 
 #: config keys that may change between a run and its resume
 RESUME_MAY_CHANGE = ("train.device", "train.epochs", "train.log_every", "data.workers",
                      "data.root")
 
 
-class CacheContractError(RuntimeError):
+class CacheContractError(UserError, RuntimeError):
     """The teacher cache is missing or does not fit this run; the message says what to do."""
 
 

@@ -129,3 +129,7 @@ def train_reid(cfg: TeacherConfig, *, resume: bool = False, progress: bool = Tru
                       keep_every_epoch=False)  # many short epochs: checkpoint_last.pt only
     trainer.train(resume=resume)
     return _export(trainer, model, cfg.checkpoint("reid"), cfg)
+
+
+#: how each teacher part is trained (stage one trains the missing ones)
+TEACHER_TRAINERS = {"detector": train_detector, "reid": train_reid}

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.errors import UserError
+
 from .appearance import Appearance, sample_appearance
 
 PEOPLE_PER_IMAGE = (2, 6)          # everyone in a scene, passers-by included
@@ -24,7 +26,7 @@ PRW_LARGE_PID = 932                # PRW's training ids end with 932 (released i
 PRW_SKIP_EVERY = 5                 # leave out every 5th id number, as the release has gaps
 
 
-class SyntheticWorldError(ValueError):
+class SyntheticWorldError(UserError, ValueError):
     """The requested world cannot be built (too few images, bad size ...)."""
 
 
