@@ -273,11 +273,14 @@ def train_student_cmd(config_path, overrides, resume, device, no_progress):
               help="pictures (and a model's results.h5); default: beside --json, else ./eval")
 @click.option("--index", type=click.Choice(["flat", "ivf"]), default="flat", show_default=True,
               help="flat = exact; ivf = approximate (flagged in the output)")
+@click.option("--gt-boxes", is_flag=True,
+              help="with --checkpoint: the gallery's ground-truth boxes stand in for the "
+                   "model's detections (score 1), so the mAP measures Re-ID alone")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--batch-size", type=int, default=2, show_default=True)
 @friendly_errors
 def evaluate(dataset, root, results, checkpoint, model_kind, gallery_size, multi_view, det_thresh,
-             json_path, per_query, visualize, out_dir, index, device, batch_size):
+             json_path, per_query, visualize, out_dir, index, gt_boxes, device, batch_size):
     """Search mAP / top-k and detection AP / recall with the standard protocols."""
     from pipeline.data import read_dataset
     from pipeline.evaluation.command import default_out_dir, evaluate_command, \
@@ -286,12 +289,15 @@ def evaluate(dataset, root, results, checkpoint, model_kind, gallery_size, multi
     from pipeline.evaluation.results_file import ResultsFileError
     if (results is None) == (checkpoint is None):
         raise click.UsageError("give exactly one of --results and --checkpoint")
+    if gt_boxes and checkpoint is None:
+        raise click.UsageError("--gt-boxes needs --checkpoint (it runs the model's query mode)")
     data = read_dataset(dataset, root)
     out_dir = default_out_dir(json_path) if out_dir is None else out_dir
     try:
         if checkpoint is not None:
             results = results_from_checkpoint(checkpoint, model_kind, data, out_dir,
-                                              device=device, batch_size=batch_size)
+                                              device=device, batch_size=batch_size,
+                                              gallery_mode="gt" if gt_boxes else "detect")
         table, _ = evaluate_command(
             data, results, gallery_size=None if gallery_size is None else int(gallery_size),
             multi_view=multi_view, det_thresh=det_thresh, index=index, json_path=json_path,
@@ -300,6 +306,88 @@ def evaluate(dataset, root, results, checkpoint, model_kind, gallery_size, multi
         raise click.ClickException(str(e)) from None
     click.echo(table)
 
+
+
+# ---------------------------------------------------------------- ablation
+
+def _int_list(ctx, param, value):
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+
+
+def _name_list(choices):
+    def parse(ctx, param, value):
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        bad = [n for n in names if n not in choices]
+        if bad:
+            raise click.BadParameter(f"{bad}: expected a comma-separated subset of {choices}")
+        return names
+    return parse
+
+
+@cli.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="base student YAML; its enabled distillation terms span the grid")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="folder for ablation.md, ablation.png, ablation.json (and runs/)")
+@click.option("--variants", default="none,alone,all-but-one,all", show_default=True,
+              callback=_name_list(("none", "alone", "all-but-one", "all")),
+              help="which term variants (comma-separated; '' for only --arm rows)")
+@click.option("--arm", "arms", multiple=True, metavar="NAME:KEY=VAL[;KEY=VAL]",
+              help="an extra named row: overrides on top of the base config (repeatable)")
+@click.option("--backbones", default="r18", show_default=True,
+              callback=_name_list(("r18", "r34", "r50")), help="comma-separated")
+@click.option("--seeds", default="0,1", show_default=True, callback=_int_list,
+              help="comma-separated train.seed values")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override for every run, e.g. --set cache=work/cache/x.h5 (repeatable)")
+@click.option("--teacher", "teacher_config", default=None, type=click.Path(dir_okay=False),
+              help="teacher YAML: adds the two-step teacher's row and the gap columns")
+@click.option("--runs-dir", default=None, type=click.Path(file_okay=False),
+              help="where runs live, keyed by config (default OUT/runs); share it between "
+                   "grids to reuse runs")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1),
+              help="runs at a time; each gets cores/jobs threads (1 on a 2-core machine)")
+@click.option("--device", default="cpu", show_default=True)
+@friendly_errors
+def ablate(config_path, out_dir, variants, arms, backbones, seeds, overrides, teacher_config,
+          runs_dir, jobs, device):
+    """Train and score a grid of students from one cache; table + plot, mean ± std over seeds."""
+    import shlex
+    from pathlib import Path
+
+    from pipeline.ablation import AblationError, parse_arm, plan_runs, run_ablation, \
+        term_variants
+    from pipeline.config import ConfigError, load_config
+    from pipeline.config.student import StudentConfig
+    try:
+        base = load_config(config_path, StudentConfig, overrides)
+        grid = term_variants(base.distill.enabled_terms(), variants) + \
+            [parse_arm(a) for a in arms]
+        if not grid:
+            raise click.UsageError("nothing to run: no --variants and no --arm")
+        if not seeds:
+            raise click.UsageError("--seeds is empty")
+        config = str(Path(config_path).resolve())
+        runs = plan_runs(config, grid, backbones, seeds, tuple(overrides))
+    except (ConfigError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{len(runs)} runs ({len(grid)} variants x {len(backbones)} backbones x "
+               f"{len(seeds)} seeds), {jobs} at a time")
+    command = "python cli.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        table, failures = run_ablation(
+            config, Path(out_dir), runs, runs_dir=Path(runs_dir) if runs_dir else None,
+            device=device, jobs=jobs, teacher_config=teacher_config, command=command,
+            echo=click.echo)
+    except AblationError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(Path(table).read_text())
+    if failures:
+        raise click.ClickException(f"{len(failures)} runs failed: " + "; ".join(failures))
+    click.echo(str(table))
 
 
 # ---------------------------------------------------------------- demo

@@ -12,8 +12,10 @@ from pipeline.evaluation.results_file import read_results
 METRIC_KEYS = ("mAP", "top1", "top5", "top10", "det_ap", "det_recall")
 
 
-def results_from_checkpoint(checkpoint, model_kind, data, out_dir, *, device, batch_size):
-    """Run the model of ``checkpoint`` over the dataset; -> path of the written results file."""
+def results_from_checkpoint(checkpoint, model_kind, data, out_dir, *, device, batch_size,
+                            gallery_mode: str = "detect"):
+    """Run the model of ``checkpoint`` over the dataset; -> path of the written results file
+    (``results.h5``; ``results_gt.h5`` with the GT boxes as the gallery, ``gallery_mode="gt"``)."""
     try:
         from pipeline.models import load_searcher
     except ImportError as e:
@@ -23,8 +25,9 @@ def results_from_checkpoint(checkpoint, model_kind, data, out_dir, *, device, ba
     from pipeline.evaluation.run_model import run_searcher
     searcher = load_searcher(checkpoint, model_kind, device)
     amp = torch.bfloat16 if str(device).startswith("cuda") else None
-    return run_searcher(searcher, data, Path(out_dir) / "results.h5", device=device,
-                        batch_size=batch_size, amp_dtype=amp)
+    name = "results.h5" if gallery_mode == "detect" else f"results_{gallery_mode}.h5"
+    return run_searcher(searcher, data, Path(out_dir) / name, device=device,
+                        batch_size=batch_size, amp_dtype=amp, gallery_mode=gallery_mode)
 
 
 def format_table(metrics: dict) -> str:

@@ -1,5 +1,10 @@
-"""Run any Searcher (CONTRACTS.md section 3) over a dataset's gallery and queries and write the
-results file (schema "person-search-results/1")."""
+"""Run any Searcher over a dataset's gallery and queries and write the results file (schema
+"person-search-results/1").
+
+Two gallery modes: ``"detect"`` (the searcher's own detections, the search protocol) and
+``"gt"`` (the ground-truth boxes as the gallery's detections, score 1, embedded by the
+searcher's query mode ``embed_boxes``): the mAP of the latter measures Re-ID quality alone,
+with the detector taken out (detection AP is then trivially perfect and means nothing)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,15 +29,33 @@ def _autocast(device, amp_dtype):
         else torch.autocast("cpu", enabled=False)
 
 
+GALLERY_MODES = ("detect", "gt")
+
+
+def _ground_truth_detections(searcher, images, records, device) -> list[dict]:
+    """The records' GT boxes as detections (score 1), embedded by ``embed_boxes``."""
+    boxes = [torch.as_tensor(np.asarray(r.boxes, np.float32).reshape(-1, 4), device=device)
+             for r in records]
+    embs = searcher.embed_boxes(images, boxes)
+    return [{"boxes": b, "scores": torch.ones(len(b)), "embeddings": e}
+            for b, e in zip(boxes, embs)]
+
+
 def run_searcher(searcher, data: PersonSearchData, out_path, *, device, batch_size: int = 2,
-                 amp_dtype=None, progress: bool = True) -> Path:
-    """Detect in every gallery image, embed every query box, write the results file."""
+                 amp_dtype=None, progress: bool = True, gallery_mode: str = "detect") -> Path:
+    """Detect in every gallery image (``gallery_mode="gt"``: take its GT boxes instead), embed
+    every query box, write the results file."""
+    if gallery_mode not in GALLERY_MODES:
+        raise ValueError(f"gallery_mode {gallery_mode!r}; expected one of {GALLERY_MODES}")
     boxes, scores, embs, counts = [], [], [], []
     gallery = data.gallery
     with torch.no_grad(), _autocast(device, amp_dtype):
         for s in tqdm(range(0, len(gallery), batch_size), desc="gallery", disable=not progress):
-            images = [_load_image(r.path, device) for r in gallery[s:s + batch_size]]
-            for out in searcher.detect(images):
+            records = gallery[s:s + batch_size]
+            images = [_load_image(r.path, device) for r in records]
+            outs = searcher.detect(images) if gallery_mode == "detect" else \
+                _ground_truth_detections(searcher, images, records, device)
+            for out in outs:
                 boxes.append(out["boxes"].float().cpu().numpy().reshape(-1, 4))
                 scores.append(out["scores"].float().cpu().numpy().ravel())
                 embs.append(out["embeddings"].float().cpu().numpy())
