@@ -1,22 +1,44 @@
 #!/usr/bin/env python
-"""Command line of the person-search toolkit. Parses options and calls pipeline/ and cache/.
-
-Each command imports its implementation lazily, so ``--help`` stays fast.
-"""
+"""Command line of the person-search toolkit. Parses options and calls pipeline/ and cache/."""
 from __future__ import annotations
 
 import functools
+import json
+import os
+import shlex
 import sys
+import time
+from pathlib import Path
 
 import click
+
+from cache import CacheMismatchError, TeacherCache
+from cache.verify import verify_cache
+from pipeline.ablation import AblationError, parse_arm, plan_runs, run_ablation, term_variants
+from pipeline.config import ConfigError, load_config
+from pipeline.config.student import StudentConfig
+from pipeline.config.teacher import TeacherConfig
+from pipeline.data import read_dataset
+from pipeline.data.cuhk_sysu import GALLERY_SIZES
+from pipeline.data.inspect import export_csv, format_table, split_summary
+from pipeline.data.records import FULL_GALLERY, DatasetError
+from pipeline.data.synthetic import SyntheticWorldError, generate, parse_size
+from pipeline.demo import run_demo
+from pipeline.engine.trainer import NonFiniteLossError
+from pipeline.evaluation.command import default_out_dir, evaluate_command
+from pipeline.evaluation.protocols import ProtocolError
+from pipeline.gallery.results_file import ResultsFileError
+from pipeline.inference.run import RESULTS_FILES, results_from_model
+from pipeline.models.checkpoint import CheckpointError
+from pipeline.stages.student import CacheContractError, train_student
+from pipeline.stages.teacher_cache import build_cache
+from pipeline.stages.teachers import train_detector, train_reid
 
 
 def friendly_errors(fn):
     """Turn the project's own input errors into a one-line message and exit code 2."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from pipeline.config import ConfigError
-        from pipeline.data.records import DatasetError
         try:
             return fn(*args, **kwargs)
         except (DatasetError, ConfigError, FileNotFoundError) as e:
@@ -39,8 +61,6 @@ def cli():
 @friendly_errors
 def inspect_dataset(dataset, root, export):
     """Summarise a dataset per split; optionally export every box as CSV."""
-    from pipeline.data import read_dataset
-    from pipeline.data.inspect import export_csv, format_table, split_summary
     data = read_dataset(dataset, root)
     click.echo(f"{dataset} at {root}")
     click.echo(format_table(split_summary(data)))
@@ -53,7 +73,6 @@ def inspect_dataset(dataset, root, export):
 
 
 def _size_option(ctx, param, value):
-    from pipeline.data.synthetic.world import SyntheticWorldError, parse_size
     try:
         return parse_size(value)
     except SyntheticWorldError as e:
@@ -76,16 +95,15 @@ def _size_option(ctx, param, value):
 @friendly_errors
 def make_synthetic_cmd(fmt, out, identities, images, size, cameras, seed):
     """Write a synthetic person-search world in the PRW or CUHK-SYSU format; prints its root."""
-    from pipeline.data.synthetic import SyntheticWorldError, generate
     try:
         dataset = generate(fmt, out, identities=identities, images=images, size=size,
                            cameras=cameras, seed=seed, progress=True)
     except SyntheticWorldError as e:
         raise click.UsageError(str(e)) from None
-    labeled = sum(int((r.pids >= 0).sum()) for r in dataset.train + dataset.test)
-    boxes = sum(len(r.boxes) for r in dataset.train + dataset.test)
-    extra = (f", galleries {sorted(dataset.galleries)}" if dataset.galleries else "")
-    click.echo(f"{fmt}: {len(dataset.train)} train + {len(dataset.test)} test images, "
+    labeled = sum(int((r.pids >= 0).sum()) for r in dataset.train + dataset.gallery)
+    boxes = sum(len(r.boxes) for r in dataset.train + dataset.gallery)
+    extra = (f", galleries {sorted(dataset.query_galleries)}" if dataset.query_galleries else "")
+    click.echo(f"{fmt}: {len(dataset.train)} train + {len(dataset.gallery)} test images, "
                f"{boxes} boxes ({labeled} labeled), {identities} identities, "
                f"{len(dataset.queries)} queries{extra}")
     click.echo(str(dataset.root))
@@ -94,8 +112,6 @@ def make_synthetic_cmd(fmt, out, identities, images, size, cameras, seed):
 # ---------------------------------------------------------------- teachers and cache (stage one)
 
 def _teacher_config(config_path, overrides):
-    from pipeline.config import load_config
-    from pipeline.config.teacher import TeacherConfig
     return load_config(config_path, TeacherConfig, list(overrides))
 
 
@@ -112,9 +128,6 @@ _SET_HELP = "override a config value, e.g. --set detector.epochs=2 (repeatable)"
 @friendly_errors
 def train_teacher_cmd(part, config_path, overrides, resume, no_progress):
     """Train one teacher; prints its checkpoint (out_dir/detector.pt or reid.pt) last."""
-    from pipeline.engine.checkpoint import CheckpointError
-    from pipeline.engine.teacher import train_detector, train_reid
-    from pipeline.engine.trainer import NonFiniteLossError
     cfg = _teacher_config(config_path, overrides)
     train = train_detector if part == "detector" else train_reid
     try:
@@ -135,13 +148,9 @@ def train_teacher_cmd(part, config_path, overrides, resume, no_progress):
 def build_cache_cmd(config_path, overrides, train_missing, device, no_progress):
     """Run both teachers over the training split into the teacher cache (resumes an
     interrupted build; returns at once when the cache exists). Prints the cache path last."""
-    import time
-
-    from cache.build import build_cache
-    from pipeline.engine.teacher import detector_path, reid_path, train_detector, train_reid
     cfg = _teacher_config(config_path, overrides)
-    for part, path, train in (("detector", detector_path(cfg), train_detector),
-                              ("reid", reid_path(cfg), train_reid)):
+    for part, train in (("detector", train_detector), ("reid", train_reid)):
+        path = cfg.checkpoint(part)
         if path.is_file():
             continue
         if not train_missing:
@@ -166,9 +175,6 @@ def cache_group():
 @friendly_errors
 def cache_info_cmd(path):
     """Summary of a cache file: fingerprints, sizes, what it holds."""
-    import os
-
-    from cache import CacheMismatchError, TeacherCache
     try:
         c = TeacherCache(path)
     except CacheMismatchError as e:
@@ -177,7 +183,7 @@ def cache_info_cmd(path):
     pids, _, counts = c.identity_table()
     rows = [("file", path), ("size", f"{os.path.getsize(path) / 1e6:.2f} MB"),
             ("schema version", m.schema_version), ("dataset", m.dataset),
-            ("created", m.created), ("images", m.num_images), ("feature dim", m.feature_dim),
+            ("created", m.created), ("images", m.num_images), ("embedding dim", m.embedding_dim),
             ("float16", m.float16), ("flip view", m.has_flip),
             ("proposals per image", m.proposals_per_image),
             ("proposal rows", m.num_proposals), ("jitter per box", m.jitter_per_box),
@@ -201,12 +207,10 @@ def cache_info_cmd(path):
 @friendly_errors
 def cache_verify_cmd(path, dataset, root):
     """Check a cache file's structure (and its data, with --dataset/--root); exit 1 on problems."""
-    from cache.verify import verify_cache
     if (dataset is None) != (root is None):
         raise click.UsageError("--dataset and --root go together")
     records = None
     if dataset is not None:
-        from pipeline.data import read_dataset
         records = read_dataset(dataset, root).train
     problems = verify_cache(path, records, dataset)
     if problems:
@@ -231,12 +235,6 @@ def cache_verify_cmd(path, dataset, root):
 @friendly_errors
 def train_student_cmd(config_path, overrides, resume, device, no_progress):
     """Train an end-to-end student from the teacher cache; prints the run directory last."""
-    import json
-    from pathlib import Path
-
-    from pipeline.engine.checkpoint import CheckpointError
-    from pipeline.engine.student import CacheContractError, train_student
-    from pipeline.engine.trainer import NonFiniteLossError
     try:
         run_dir = train_student(config_path, overrides, resume=resume, device=device,
                                 progress=not no_progress)
@@ -253,17 +251,21 @@ def train_student_cmd(config_path, overrides, resume, device, no_progress):
 
 # ---------------------------------------------------------------- evaluation
 
+GALLERY_CHOICES = [str(n) for n in (*GALLERY_SIZES, FULL_GALLERY)]
+
+
 @cli.command()
 @click.option("--dataset", type=click.Choice(["prw", "cuhk-sysu"]), required=True)
 @click.option("--root", type=click.Path(), required=True, help="dataset folder as released")
 @click.option("--results", "results", type=click.Path(dir_okay=False), default=None,
-              help="results file (HDF5, schema person-search-results/1)")
-@click.option("--checkpoint", default=None, help="run this model first instead of --results")
-@click.option("--model", "model_kind", type=click.Choice(["student", "teacher"]),
-              default="student", show_default=True)
-@click.option("--gallery-size", type=click.Choice(["50", "100", "500", "1000", "2000", "4000",
-                                                   "-1"]), default=None,
-              help="CUHK-SYSU protocol gallery (default 100; -1 = whole pool); PRW: -1 only")
+              help="results file (HDF5, pipeline/gallery/results_file.py) of any method")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="a student checkpoint (RUN/checkpoint_last.pt): run it first")
+@click.option("--teacher-config", type=click.Path(dir_okay=False), default=None,
+              help="a teacher YAML config: run its two-step teacher (out_dir/*.pt) first")
+@click.option("--gallery-size", type=click.Choice(GALLERY_CHOICES), default=None,
+              help=f"CUHK-SYSU protocol gallery (default 100; {FULL_GALLERY} = whole pool); "
+                   f"PRW: {FULL_GALLERY} only")
 @click.option("--multi-view", is_flag=True, help="PRW: only frames from other cameras")
 @click.option("--det-thresh", type=float, default=0.5, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
@@ -274,38 +276,37 @@ def train_student_cmd(config_path, overrides, resume, device, no_progress):
 @click.option("--index", type=click.Choice(["flat", "ivf"]), default="flat", show_default=True,
               help="flat = exact; ivf = approximate (flagged in the output)")
 @click.option("--gt-boxes", is_flag=True,
-              help="with --checkpoint: the gallery's ground-truth boxes stand in for the "
-                   "model's detections (score 1), so the mAP measures Re-ID alone")
+              help="with a model: the gallery's ground-truth boxes stand in for its detections "
+                   "(score 1, embedded in query mode), so the mAP measures Re-ID alone")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--batch-size", type=int, default=2, show_default=True)
 @friendly_errors
-def evaluate(dataset, root, results, checkpoint, model_kind, gallery_size, multi_view, det_thresh,
-             json_path, per_query, visualize, out_dir, index, gt_boxes, device, batch_size):
+def evaluate(dataset, root, results, checkpoint, teacher_config, gallery_size, multi_view,
+             det_thresh, json_path, per_query, visualize, out_dir, index, gt_boxes, device,
+             batch_size):
     """Search mAP / top-k and detection AP / recall with the standard protocols."""
-    from pipeline.data import read_dataset
-    from pipeline.evaluation.command import default_out_dir, evaluate_command, \
-        results_from_checkpoint
-    from pipeline.evaluation.protocols import ProtocolError
-    from pipeline.evaluation.results_file import ResultsFileError
-    if (results is None) == (checkpoint is None):
-        raise click.UsageError("give exactly one of --results and --checkpoint")
-    if gt_boxes and checkpoint is None:
-        raise click.UsageError("--gt-boxes needs --checkpoint (it runs the model's query mode)")
+    sources = [s for s in (results, checkpoint, teacher_config) if s is not None]
+    if len(sources) != 1:
+        raise click.UsageError("give exactly one of --results, --checkpoint and --teacher-config")
+    if gt_boxes and results is not None:
+        raise click.UsageError("--gt-boxes needs a model (--checkpoint or --teacher-config): "
+                               "it runs the model's query mode on the GT boxes")
     data = read_dataset(dataset, root)
     out_dir = default_out_dir(json_path) if out_dir is None else out_dir
     try:
-        if checkpoint is not None:
-            results = results_from_checkpoint(checkpoint, model_kind, data, out_dir,
-                                              device=device, batch_size=batch_size,
-                                              gallery_mode="gt" if gt_boxes else "detect")
+        if checkpoint is not None or teacher_config is not None:
+            kind = "student" if checkpoint is not None else "teacher"
+            mode = "gt" if gt_boxes else "detect"
+            results = results_from_model(checkpoint or teacher_config, kind, data,
+                                         Path(out_dir) / RESULTS_FILES[mode], device=device,
+                                         batch_size=batch_size, gallery_mode=mode)
         table, _ = evaluate_command(
             data, results, gallery_size=None if gallery_size is None else int(gallery_size),
             multi_view=multi_view, det_thresh=det_thresh, index=index, json_path=json_path,
             per_query=per_query, visualize=visualize, out_dir=out_dir)
-    except (ResultsFileError, ProtocolError, RuntimeError) as e:
+    except (ResultsFileError, ProtocolError, CheckpointError, RuntimeError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(table)
-
 
 
 # ---------------------------------------------------------------- ablation
@@ -355,13 +356,6 @@ def _name_list(choices):
 def ablate(config_path, out_dir, variants, arms, backbones, seeds, overrides, teacher_config,
           runs_dir, jobs, device):
     """Train and score a grid of students from one cache; table + plot, mean ± std over seeds."""
-    import shlex
-    from pathlib import Path
-
-    from pipeline.ablation import AblationError, parse_arm, plan_runs, run_ablation, \
-        term_variants
-    from pipeline.config import ConfigError, load_config
-    from pipeline.config.student import StudentConfig
     try:
         base = load_config(config_path, StudentConfig, overrides)
         grid = term_variants(base.distill.enabled_terms(), variants) + \
@@ -398,7 +392,6 @@ def ablate(config_path, out_dir, variants, arms, backbones, seeds, overrides, te
 @friendly_errors
 def demo(device):
     """The whole pipeline on synthetic data: data, teachers, cache, two students, evaluation."""
-    from pipeline.demo import run_demo
     run_demo(device)
 
 

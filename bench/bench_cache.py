@@ -31,14 +31,14 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from cache.build import _build_part, teacher_entries  # noqa: E402
+from pipeline.stages.teacher_cache import _build_part, teacher_entries  # noqa: E402
 from cache.key import cache_attrs  # noqa: E402
 from cache.writer import CacheWriter  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.config.teacher import TeacherConfig  # noqa: E402
 from pipeline.data import read_dataset  # noqa: E402
 from pipeline.data.images import load_image  # noqa: E402
-from pipeline.engine.teacher import detector_path, load_detector, load_reid, reid_path  # noqa: E402
+from pipeline.models.teachers import load_detector, load_reid  # noqa: E402
 
 SECTION = "## Teacher cache build"
 
@@ -94,9 +94,9 @@ def main() -> None:
     device = torch.device(args.device or cache_cfg.device)
     all_records = read_dataset(cfg.data.dataset, cfg.data.root).train
     records = all_records[:args.images]
-    det = load_detector(detector_path(cfg), device)
-    reid = load_reid(reid_path(cfg), device)
-    common = dict(feature_dim=reid.embed_dim, attrs=cache_attrs(cfg, all_records),
+    det = load_detector(cfg.checkpoint("detector"), device)
+    reid = load_reid(cfg.checkpoint("reid"), device)
+    common = dict(embedding_dim=reid.embedding_dim, attrs=cache_attrs(cfg, all_records),
                   has_flip=cache_cfg.flip, float16=cache_cfg.float16)
     naive_cfg = dataclasses.replace(cache_cfg, amp=False)
     rows = []

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.data.records import ImageRecord, PersonSearchData, QueryRecord  # noqa: E402
 from pipeline.evaluation.evaluator import KeptDetections, SearchEvaluator  # noqa: E402
 from pipeline.evaluation.reference import reference_search  # noqa: E402
-from pipeline.evaluation.results_file import SearchResults  # noqa: E402
+from pipeline.gallery.results_file import SearchResults  # noqa: E402
 
 BOXES_PER_FRAME = 10
 FRAMES_PER_PERSON = 4

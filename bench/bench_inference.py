@@ -30,8 +30,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from pipeline.config import from_dict  # noqa: E402
-from pipeline.config.model import DistillConfig, ModelConfig  # noqa: E402
-from pipeline.models.student import build_student, load_student  # noqa: E402
+from pipeline.config.distill import DistillConfig
+from pipeline.config.model import ModelConfig  # noqa: E402
+from pipeline.distill.student import build_student  # noqa: E402
+from pipeline.models.student import load_student  # noqa: E402
 from student_step import TERMS, random_targets  # noqa: E402
 
 NUM_IDS = 500

@@ -40,12 +40,12 @@ MODE_OVERRIDES = {"none": NO_DISTILL, "cache-extra": ["distill.roi_share=null"]}
 def build(cfg: StudentConfig, *, use_cache: bool):
     """(model, loader, optimizer, cache_or_None, needs) with the training code's own pieces."""
     from pipeline.data import read_dataset
-    from pipeline.data.student_dataset import StudentDataset
+    from pipeline.distill.dataset import StudentDataset
     from pipeline.data.torch_dataset import collate_detection
-    from pipeline.engine.student import (build_optimizer, cache_needs, open_checked_cache,
+    from pipeline.stages.student import (build_optimizer, cache_needs, open_checked_cache,
                                          seed_everything)
     from pipeline.engine.trainer import build_train_loader
-    from pipeline.models.student import build_student
+    from pipeline.distill.student import build_student
 
     seed_everything(cfg.train.seed)
     data = read_dataset(cfg.data.dataset, cfg.data.root)
@@ -56,11 +56,11 @@ def build(cfg: StudentConfig, *, use_cache: bool):
     table = cache.identity_table() if cache is not None and needs["need_table"] else None
     model = build_student(cfg.model, cfg.distill, data.train_identities(),
                           teacher_identity_table=table,
-                          teacher_feature_dim=cache.meta.feature_dim if cache else None)
+                          teacher_embedding_dim=cache.meta.embedding_dim if cache else None)
     keys = needs["keys"] if use_cache else []
     dataset = StudentDataset(data.train, cache_path=path if keys else None, cache_keys=keys,
-                             flip_prob=0.5 if cfg.data.flip else 0.0, min_size=cfg.data.min_size,
-                             max_size=cfg.data.max_size, seed=cfg.train.seed)
+                             flip_prob=0.5 if cfg.data.flip else 0.0, min_size=cfg.model.min_size,
+                             max_size=cfg.model.max_size, seed=cfg.train.seed)
     loader = build_train_loader(dataset, batch_size=cfg.train.batch_size,
                                 collate_fn=collate_detection, workers=cfg.data.workers,
                                 seed=cfg.train.seed)
@@ -89,7 +89,7 @@ class ModeRunner:
         self.images = 0
 
     def step(self, timed: bool) -> None:
-        from pipeline.engine.student import student_step
+        from pipeline.stages.student import student_step
         t0 = time.perf_counter()
         batch = next(self.batches)
         if self.online is not None:
@@ -130,12 +130,12 @@ class OnlineTeacher:
     copies of each. Weights are random: the cost does not depend on them."""
 
     def __init__(self, cfg: StudentConfig, needs: dict, device: torch.device, *,
-                 proposals: int = 64, jitter: int = 4, feature_dim: int = 256):
+                 proposals: int = 64, jitter: int = 4, embedding_dim: int = 256):
         from pipeline.models.teacher_detector import TeacherDetector
         m = cfg.model
         self.detector = TeacherDetector(backbone="resnet50", min_size=m.min_size,
                                         max_size=m.max_size).to(device).eval()
-        self.reid = _reid_teacher(feature_dim, device)
+        self.reid = _reid_teacher(embedding_dim, device)
         self.needs, self.device = needs, device
         self.proposals, self.jitter = proposals, jitter
 
@@ -164,7 +164,7 @@ class OnlineTeacher:
         return images, targets
 
 
-def _reid_teacher(feature_dim: int, device: torch.device):
+def _reid_teacher(embedding_dim: int, device: torch.device):
     """(image, boxes) -> (N, D) unit features: the project's re-ID teacher when present, else a
     ResNet-50 on 256x128 crops (the usual re-ID input) with a D-dim head."""
     import torch.nn.functional as F
@@ -173,12 +173,12 @@ def _reid_teacher(feature_dim: int, device: torch.device):
     try:
         from pipeline.models import teacher_reid as tr
         cls = getattr(tr, "TeacherReid", None) or getattr(tr, "TeacherReID")
-        model = cls(backbone="resnet50", num_classes=1, embed_dim=feature_dim).to(device).eval()
+        model = cls(backbone="resnet50", num_classes=1, embedding_dim=embedding_dim).to(device).eval()
         size = tuple(model.crop_size)
 
         def embed_teacher(image, boxes):
             if len(boxes) == 0:
-                return image.new_zeros((0, feature_dim))
+                return image.new_zeros((0, embedding_dim))
             crops = roi_align(image[None], [boxes.float()], output_size=size, aligned=True)
             return model.embed(crops)
         print("online: the project's re-ID teacher (TeacherReid, resnet50)", flush=True)
@@ -187,12 +187,12 @@ def _reid_teacher(feature_dim: int, device: torch.device):
         print(f"online: re-ID teacher unavailable ({type(e).__name__}: {e}); "
               "using a ResNet-50 crop embedder of the same shape", flush=True)
     net = torchvision.models.resnet50(weights=None)
-    net.fc = torch.nn.Linear(net.fc.in_features, feature_dim)
+    net.fc = torch.nn.Linear(net.fc.in_features, embedding_dim)
     net = net.to(device).eval()
 
     def embed(image, boxes):
         if len(boxes) == 0:
-            return image.new_zeros((0, feature_dim))
+            return image.new_zeros((0, embedding_dim))
         crops = roi_align(image[None], [boxes.float()], output_size=(256, 128), aligned=True)
         return F.normalize(net(crops), dim=1)
     return embed
@@ -260,7 +260,7 @@ def main(argv=None) -> None:
                   f"{platform.processor() or platform.platform()}, torch {torch.__version__}, " \
                   f"device {args.device}"
         text = (f"\n## Student training throughput\n\n`{cmd}` ({datetime.date.today()}; {machine}). "
-                f"Batch {cfg.train.batch_size}, images {cfg.data.min_size}/{cfg.data.max_size}, "
+                f"Batch {cfg.train.batch_size}, images {cfg.model.min_size}/{cfg.model.max_size}, "
                 f"{cfg.model.backbone}; mean over {args.steps} steps after "
                 f"{args.warmup} warm-up steps, the modes' steps interleaved; a step's time "
                 f"includes waiting for its batch. "

@@ -28,11 +28,12 @@ def run(args: list[str]) -> None:
     subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=ROOT, check=True)
 
 
-def evaluate(checkpoint: str, model: str, out_dir: Path) -> dict:
+def evaluate(model_option: list[str], out_dir: Path) -> dict:
+    """``model_option``: ``["--checkpoint", FILE]`` or ``["--teacher-config", FILE]``."""
     json_path = out_dir / "metrics.json"
     if not (ROOT / json_path).exists():
-        run(["evaluate", "--dataset", "prw", "--root", str(DATA_ROOT), "--checkpoint", checkpoint,
-             "--model", model, "--json", str(json_path), "--out-dir", str(out_dir)])
+        run(["evaluate", "--dataset", "prw", "--root", str(DATA_ROOT), *model_option,
+             "--json", str(json_path), "--out-dir", str(out_dir)])
     return json.loads((ROOT / json_path).read_text())
 
 
@@ -41,7 +42,7 @@ def variant_row(variant: str) -> tuple[str, dict, float | None]:
     run_dir = configured_run_dir(config)
     if not (ROOT / run_dir / "train_stats.json").exists():
         run(["train-student", "--config", config, "--no-progress"])
-    metrics = evaluate(str(run_dir / "checkpoint_last.pt"), "student", run_dir / "eval")
+    metrics = evaluate(["--checkpoint", str(run_dir / "checkpoint_last.pt")], run_dir / "eval")
     stats = json.loads((ROOT / run_dir / "train_stats.json").read_text())
     return f"student {variant}", metrics, stats.get("images_per_s")
 
@@ -51,7 +52,7 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=["r18-none", "r18-lut", "r18-all", "r50-none"])
     p.add_argument("--record", action="store_true", help="append the table to BENCHMARKS.md")
     args = p.parse_args()
-    rows = [("teacher (two-step)", evaluate(TEACHER_CONFIG, "teacher",
+    rows = [("teacher (two-step)", evaluate(["--teacher-config", TEACHER_CONFIG],
                                             Path("work/runs/teacher-eval")), None)]
     rows += [variant_row(v) for v in args.variants]
     lines = ["| model | mAP | top-1 | det AP | det recall | train images/s |",

@@ -22,8 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import from_dict  # noqa: E402
-from pipeline.config.model import DistillConfig, ModelConfig  # noqa: E402
-from pipeline.models.student import build_student  # noqa: E402
+from pipeline.config.distill import DistillConfig
+from pipeline.config.model import ModelConfig  # noqa: E402
+from pipeline.distill.student import build_student  # noqa: E402
 
 TERMS = ("lut", "feature", "relation", "detector", "jitter")
 

@@ -6,9 +6,13 @@ split (names, boxes, identities) and the cache/extraction settings; it leaves th
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.config.teacher import TeacherConfig, cache_key_settings
+from pipeline.data import read_dataset
 
 KEY_LENGTH = 16
 _CHUNK = 1 << 20
@@ -41,38 +45,33 @@ def cache_file_name(detector_fp: str, reid_fp: str, split_fp: str, config_fp: st
     return f"teacher-cache-{hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]}.h5"
 
 
-def cache_path(teacher_cfg) -> Path:
+def cache_attrs(teacher_cfg: TeacherConfig, records) -> dict:
+    """The key's parts, as the attributes the cache file carries: fingerprints of both teacher
+    checkpoints' bytes, of the training split and of the settings that change the contents."""
+    settings = json.dumps(cache_key_settings(teacher_cfg), sort_keys=True)
+    return {"dataset": teacher_cfg.data.dataset,
+            "split_fingerprint": split_fingerprint(records),
+            "detector_fingerprint": file_fingerprint(teacher_cfg.checkpoint("detector")),
+            "reid_fingerprint": file_fingerprint(teacher_cfg.checkpoint("reid")),
+            "config_fingerprint": hashlib.sha256(settings.encode()).hexdigest(),
+            "proposals_per_image": int(teacher_cfg.cache.proposals_per_image),
+            "jitter_per_box": int(teacher_cfg.cache.jitter_per_box)}
+
+
+def cache_path(teacher_cfg: TeacherConfig, records=None) -> Path:
     """The cache file of a teacher config: ``cache.dir / teacher-cache-<key>.h5``.
 
-    The key hashes both teacher checkpoints' content (``out_dir/detector.pt``, ``reid.pt``),
-    the training split and the cache + teacher-inference settings. FileNotFoundError (naming
-    the missing file) when a teacher has not been trained yet."""
-    from pipeline.data import read_dataset
-    out = Path(teacher_cfg.out_dir)
+    FileNotFoundError (naming the missing file) when a teacher has not been trained yet.
+    ``records``: the training split, when already read."""
     for part in ("detector", "reid"):
-        ckpt = out / f"{part}.pt"
+        ckpt = teacher_cfg.checkpoint(part)
         if not ckpt.is_file():
             raise FileNotFoundError(
                 f"teacher {part} checkpoint not found: {ckpt}; train it with "
                 f"`python cli.py train-teacher --part {part} --config <teacher config>`")
-    records = read_dataset(teacher_cfg.data.dataset, teacher_cfg.data.root).train
+    if records is None:
+        records = read_dataset(teacher_cfg.data.dataset, teacher_cfg.data.root).train
     a = cache_attrs(teacher_cfg, records)
     return Path(teacher_cfg.cache.dir) / cache_file_name(
         a["detector_fingerprint"], a["reid_fingerprint"], a["split_fingerprint"],
         a["config_fingerprint"])
-
-
-def cache_attrs(teacher_cfg, records) -> dict:
-    """The key's parts as the cache attributes the writer needs (CONTRACTS.md 2b)."""
-    import json
-
-    from pipeline.config.teacher import cache_key_settings
-    out = Path(teacher_cfg.out_dir)
-    settings = json.dumps(cache_key_settings(teacher_cfg), sort_keys=True)
-    return {"dataset": teacher_cfg.data.dataset,
-            "split_fingerprint": split_fingerprint(records),
-            "detector_fingerprint": file_fingerprint(out / "detector.pt"),
-            "reid_fingerprint": file_fingerprint(out / "reid.pt"),
-            "config_fingerprint": hashlib.sha256(settings.encode()).hexdigest(),
-            "proposals_per_image": int(teacher_cfg.cache.proposals_per_image),
-            "jitter_per_box": int(teacher_cfg.cache.jitter_per_box)}

@@ -8,7 +8,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .schema import GROUPS, PER_VIEW, SCHEMA, SCHEMA_VERSION, SHARED, VIEWS, entry_key
+from .schema import (EMBEDDING_ATTR, GROUPS, PER_VIEW, SCHEMA, SCHEMA_VERSION, SHARED, VIEWS,
+                     entry_key)
 
 
 class CacheMismatchError(ValueError):
@@ -24,7 +25,7 @@ class CacheMeta:
     reid_fingerprint: str
     config_fingerprint: str
     created: str
-    feature_dim: int
+    embedding_dim: int
     num_images: int
     proposals_per_image: int
     jitter_per_box: int
@@ -69,7 +70,7 @@ class TeacherCache:
             detector_fingerprint=_text(attrs["detector_fingerprint"]),
             reid_fingerprint=_text(attrs["reid_fingerprint"]),
             config_fingerprint=_text(attrs["config_fingerprint"]),
-            created=_text(attrs["created"]), feature_dim=int(attrs["feature_dim"]),
+            created=_text(attrs["created"]), embedding_dim=int(attrs[EMBEDDING_ATTR]),
             num_images=int(attrs["num_images"]),
             proposals_per_image=int(attrs["proposals_per_image"]),
             jitter_per_box=int(attrs["jitter_per_box"]), has_flip=bool(attrs["has_flip"]),
@@ -121,7 +122,8 @@ class TeacherCache:
         return slice(int(o[index]), int(o[index + 1]))
 
     def image_targets(self, index, flipped: bool = False) -> dict[str, np.ndarray]:
-        """Teacher targets of one image (CONTRACTS.md keys); boxes in original pixels."""
+        """Teacher targets of one image (keys: :data:`cache.schema.ENTRY_KEYS`); boxes in original
+        pixels."""
         i = self.index_of(index) if isinstance(index, str) else int(index)
         view = "flip" if flipped else "orig"
         if flipped and not self.meta.has_flip:

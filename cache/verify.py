@@ -76,14 +76,14 @@ def verify_cache(path: str | Path, records=None, dataset: str | None = None) -> 
             if rows < 0:
                 continue
             for name, (shape, _) in SHARED[group].items():
-                _check_rows(f, f"{group}/{name}", rows, resolve_shape(shape, m.feature_dim),
+                _check_rows(f, f"{group}/{name}", rows, resolve_shape(shape, m.embedding_dim),
                             problems, unit=False, tol=tol)
             for view in views:
                 for name, (shape, _) in PER_VIEW[group].items():
                     _check_rows(f, f"{group}/{view}/{name}", rows,
-                                resolve_shape(shape, m.feature_dim), problems,
+                                resolve_shape(shape, m.embedding_dim), problems,
                                 unit=(name == "features"), tol=tol)
-        _check_identities(f, m.feature_dim, tol, problems)
+        _check_identities(f, m.embedding_dim, tol, problems)
     if records is not None:
         try:
             cache.check_compatible(split_fingerprint(records), dataset=dataset or m.dataset)

@@ -15,8 +15,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .schema import (GROUPS, PER_VIEW, REQUIRED_ATTRS, SCHEMA, SCHEMA_VERSION, SHARED, VIEWS,
-                     entry_key, resolve_dtype, resolve_shape)
+from .reader import TeacherCache
+from .schema import (EMBEDDING_ATTR, GROUPS, PER_VIEW, REQUIRED_ATTRS, SCHEMA, SCHEMA_VERSION,
+                     SHARED, VIEWS, entry_key, resolve_dtype, resolve_shape)
 
 ROW_CHUNK = 4096           # HDF5 chunk length along rows
 COMPRESSION = dict(compression="gzip", compression_opts=4, shuffle=True)
@@ -37,23 +38,23 @@ def names_digest(names) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
-def _columns(feature_dim: int, has_flip: bool, float16: bool):
+def _columns(embedding_dim: int, has_flip: bool, float16: bool):
     """Every row dataset of the file: (path, trailing shape, dtype, group)."""
     views = VIEWS if has_flip else VIEWS[:1]
     for group in GROUPS:
         for name, (shape, dtype) in SHARED[group].items():
-            yield f"{group}/{name}", resolve_shape(shape, feature_dim), \
+            yield f"{group}/{name}", resolve_shape(shape, embedding_dim), \
                 resolve_dtype(dtype, float16), group, None, name
         for view in views:
             for name, (shape, dtype) in PER_VIEW[group].items():
-                yield f"{group}/{view}/{name}", resolve_shape(shape, feature_dim), \
+                yield f"{group}/{view}/{name}", resolve_shape(shape, embedding_dim), \
                     resolve_dtype(dtype, float16), group, view, name
 
 
 class CacheWriter:
     """Append per-image teacher outputs, in the order of ``names``; resumable."""
 
-    def __init__(self, final_path, *, names, widths, heights, feature_dim: int, attrs: dict,
+    def __init__(self, final_path, *, names, widths, heights, embedding_dim: int, attrs: dict,
                  has_flip: bool, float16: bool = False, flush_every: int = 16):
         missing = [k for k in REQUIRED_ATTRS if k not in attrs]
         if missing:
@@ -61,12 +62,12 @@ class CacheWriter:
         self.final_path = Path(final_path)
         self.path = partial_path(self.final_path)
         self.names = list(names)
-        self.feature_dim = int(feature_dim)
+        self.embedding_dim = int(embedding_dim)
         self.has_flip = bool(has_flip)
         self.float16 = bool(float16)
         self.flush_every = max(1, int(flush_every))
         self.attrs = dict(attrs)
-        self.columns = list(_columns(self.feature_dim, self.has_flip, self.float16))
+        self.columns = list(_columns(self.embedding_dim, self.has_flip, self.float16))
         self._buffer: list[dict] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self._try_resume():
@@ -74,7 +75,7 @@ class CacheWriter:
 
     # ------------------------------------------------------------------ opening
     def _identity(self) -> dict:
-        return {IDENTITY_ATTR: names_digest(self.names), "feature_dim": self.feature_dim,
+        return {IDENTITY_ATTR: names_digest(self.names), EMBEDDING_ATTR: self.embedding_dim,
                 "has_flip": self.has_flip, "float16": self.float16,
                 **{k: self.attrs[k] for k in REQUIRED_ATTRS}}
 
@@ -189,7 +190,7 @@ class CacheWriter:
         feats = self.file["gt/orig/features"][:].astype(np.float64)
         labeled = pids >= 0
         ids, inverse, counts = np.unique(pids[labeled], return_inverse=True, return_counts=True)
-        sums = np.zeros((len(ids), self.feature_dim))
+        sums = np.zeros((len(ids), self.embedding_dim))
         np.add.at(sums, inverse, feats[labeled])
         norms = np.linalg.norm(sums, axis=1, keepdims=True)
         table = sums / np.maximum(norms, 1e-12)
@@ -227,10 +228,9 @@ class CacheWriter:
         self.close()
 
 
-def merge_shards(final_path, shard_paths, *, names, widths, heights, feature_dim, attrs,
+def merge_shards(final_path, shard_paths, *, names, widths, heights, embedding_dim, attrs,
                  has_flip, float16=False) -> Path:
     """One cache over ``names`` from finalized shard caches over subsets of them."""
-    from .reader import TeacherCache
     shards = [TeacherCache(p) for p in shard_paths]
     where = {}
     for shard in shards:
@@ -240,7 +240,7 @@ def merge_shards(final_path, shard_paths, *, names, widths, heights, feature_dim
     if missing:
         raise ValueError(f"shards lack {len(missing)} images, e.g. {missing[:3]}")
     writer = CacheWriter(final_path, names=names, widths=widths, heights=heights,
-                         feature_dim=feature_dim, attrs=attrs, has_flip=has_flip,
+                         embedding_dim=embedding_dim, attrs=attrs, has_flip=has_flip,
                          float16=float16, flush_every=64)
     for name in names[writer.completed:]:
         shard, i = where[name]

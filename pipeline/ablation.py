@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from pipeline.config import load_config, to_dict
 from pipeline.config.student import StudentConfig
@@ -155,11 +156,12 @@ def _call(args: list[str], log: Path, env: dict) -> None:
         raise AblationError(f"`cli.py {args[0]}` failed (exit {rc}); see {log}")
 
 
-def evaluate_args(checkpoint: str, dataset: str, root: str, json_path: Path, model: str,
+def evaluate_args(source: str, dataset: str, root: str, json_path: Path, model: str,
                   gt_boxes: bool, device: str) -> list[str]:
-    args = ["evaluate", "--dataset", dataset, "--root", root, "--checkpoint", checkpoint,
-            "--model", model, "--json", str(json_path), "--out-dir", str(json_path.parent),
-            "--device", device]
+    """``source``: a student checkpoint (model "student") or a teacher YAML ("teacher")."""
+    flag = "--checkpoint" if model == "student" else "--teacher-config"
+    args = ["evaluate", "--dataset", dataset, "--root", root, flag, source,
+            "--json", str(json_path), "--out-dir", str(json_path.parent), "--device", device]
     return args + (["--gt-boxes"] if gt_boxes else [])
 
 
@@ -282,11 +284,9 @@ def markdown_table(rows: list[Row], teacher: dict | None) -> str:
 def plot(rows: list[Row], teacher: dict | None, path: Path) -> None:
     """Three panels (search mAP, mAP with GT boxes, det AP), one bar per row, std error bars,
     the teacher as a dashed line."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     panels = ["mAP", "gt_mAP", "det_ap"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 0.45 * len(rows) + 1.6), sharey=True)
+    fig = Figure(figsize=(13, 0.45 * len(rows) + 1.6))
+    axes = fig.subplots(1, 3, sharey=True)
     y = np.arange(len(rows))[::-1]
     colors = {b: c for b, c in zip(sorted({r.backbone for r in rows}), ["C0", "C1", "C2"])}
     for ax, col in zip(axes, panels):
@@ -302,7 +302,6 @@ def plot(rows: list[Row], teacher: dict | None, path: Path) -> None:
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     os.replace(tmp, path)
 
 

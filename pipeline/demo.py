@@ -15,6 +15,10 @@ from pathlib import Path
 
 import click
 
+from pipeline.config import load_config
+from pipeline.config.student import StudentConfig
+from pipeline.config.teacher import TeacherConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, str(ROOT / "cli.py")]
 
@@ -75,8 +79,6 @@ def make_data(device: str) -> None:
 
 
 def configured_run_dir(config: str) -> Path:
-    from pipeline.config import load_config
-    from pipeline.config.student import StudentConfig
     return Path(load_config(ROOT / config, StudentConfig).run_dir)
 
 
@@ -94,26 +96,25 @@ def newest_mtime(paths) -> float:
     return max((ROOT / p).stat().st_mtime for p in paths)
 
 
-def evaluate(name: str, checkpoint: str, model: str, out_dir: Path, device: str,
+def evaluate(name: str, model_option: list[str], out_dir: Path, device: str,
              inputs: list[Path]) -> dict:
-    """Score one model; reuse its metrics when they are newer than every file in ``inputs``."""
+    """Score one model (``model_option``: ``--checkpoint FILE`` or ``--teacher-config FILE``);
+    reuse its metrics when they are newer than every file in ``inputs``."""
     json_path = out_dir / "metrics.json"
     if (ROOT / json_path).exists() and (ROOT / json_path).stat().st_mtime > newest_mtime(inputs):
         click.echo(f"\n==> evaluate {name}: reusing {json_path}")
         return json.loads((ROOT / json_path).read_text())
     (ROOT / out_dir).mkdir(parents=True, exist_ok=True)
     run_step(f"evaluate {name}",
-             ["evaluate", "--dataset", "prw", "--root", str(DATA_ROOT), "--checkpoint", checkpoint,
-              "--model", model, "--json", str(json_path), "--out-dir", str(out_dir),
+             ["evaluate", "--dataset", "prw", "--root", str(DATA_ROOT), *model_option,
+              "--json", str(json_path), "--out-dir", str(out_dir),
               "--visualize", "3", "--device", device])
     return json.loads((ROOT / json_path).read_text())
 
 
 def teacher_weights() -> list[Path]:
-    from pipeline.config import load_config
-    from pipeline.config.teacher import TeacherConfig
-    out_dir = Path(load_config(ROOT / TEACHER_CONFIG, TeacherConfig).out_dir)
-    return [out_dir / "detector.pt", out_dir / "reid.pt"]
+    cfg = load_config(ROOT / TEACHER_CONFIG, TeacherConfig)
+    return [cfg.checkpoint("detector"), cfg.checkpoint("reid")]
 
 
 def read_train_speed(run_dir: Path) -> float | None:
@@ -145,12 +146,12 @@ def run_demo(device: str) -> None:
     rows = []
     teacher_dir = Path("work/runs/teacher-eval")
     rows.append(Row("teacher (two-step)",
-                    evaluate("the two-step teacher", TEACHER_CONFIG, "teacher", teacher_dir, device,
-                             teacher_weights()), None))
+                    evaluate("the two-step teacher", ["--teacher-config", TEACHER_CONFIG],
+                             teacher_dir, device, teacher_weights()), None))
     for name, config in STUDENTS.items():
         run_dir = train_student(config, device)
         checkpoint = str(run_dir / "checkpoint_last.pt")
-        metrics = evaluate(name, checkpoint, "student", run_dir / "eval", device,
+        metrics = evaluate(name, ["--checkpoint", checkpoint], run_dir / "eval", device,
                            [Path(checkpoint)])
         rows.append(Row(name, metrics, read_train_speed(run_dir)))
     print_table(rows)

@@ -3,7 +3,8 @@ import numpy as np
 import torch
 
 from pipeline.config import from_dict
-from pipeline.config.model import DistillConfig, ModelConfig
+from pipeline.config.distill import DistillConfig
+from pipeline.config.model import ModelConfig
 
 PIDS = np.array([933, 2, 50])       # not contiguous, as in PRW
 EMB_DIM = 32
@@ -46,7 +47,7 @@ def images(n=2, seed=0):
 
 
 def target(seed=0, dim=TEACHER_DIM, pids=(933, -1, 50), n_props=24, n_jitter=6):
-    """Boxes, pids and every cached teacher key (CONTRACTS.md section 2), random but valid."""
+    """Boxes, pids and every cached teacher key (the keys of cache.schema.ENTRY_KEYS), random but valid."""
     g = torch.Generator().manual_seed(seed)
     boxes = torch.tensor([[8.0, 10.0, 38.0, 80.0], [50.0, 20.0, 80.0, 90.0],
                           [90.0, 5.0, 120.0, 70.0]])[: len(pids)]

@@ -14,7 +14,7 @@ TINY_TEACHER = {
                  "box_batch_size_per_image": 32, "box_detections_per_img": 20,
                  "box_score_thresh": 0.0, "epochs": 1, "batch_size": 5, "lr": 0.005,
                  "warmup_iters": 2, "milestones": [], "workers": 0},
-    "reid": {"backbone": "resnet18", "embed_dim": 32, "crop_height": 32, "crop_width": 16,
+    "reid": {"backbone": "resnet18", "embedding_dim": 32, "crop_height": 32, "crop_width": 16,
              "ids_per_batch": 4, "crops_per_id": 2, "epochs": 2, "warmup_iters": 1,
              "milestones": [], "workers": 0},
     "cache": {"proposals_per_image": 6, "jitter_per_box": 2, "batch_size": 2, "workers": 0},
@@ -36,12 +36,11 @@ def trained_tiny_teachers(root, base: Path):
     """The tiny config with both teachers trained (once; later calls reuse the files)."""
     import torch
 
-    from pipeline.engine.teacher import (detector_path, reid_path, train_detector,
-                                         train_reid)
+    from pipeline.stages.teachers import train_detector, train_reid
     cfg = tiny_teacher_config(root, base)
     torch.manual_seed(0)
-    if not detector_path(cfg).is_file():
+    if not cfg.checkpoint("detector").is_file():
         train_detector(cfg, progress=False)
-    if not reid_path(cfg).is_file():
+    if not cfg.checkpoint("reid").is_file():
         train_reid(cfg, progress=False)
     return cfg

@@ -144,8 +144,8 @@ class IdentitySearcher:
 def test_gt_gallery_mode_measures_reid_alone(synthetic_prw, tmp_path):
     from pipeline.data import read_dataset
     from pipeline.evaluation.evaluator import evaluate_search
-    from pipeline.evaluation.results_file import read_results
-    from pipeline.evaluation.run_model import run_searcher
+    from pipeline.gallery.results_file import read_results
+    from pipeline.inference.run import run_searcher
     data = read_dataset("prw", synthetic_prw)
     searcher = IdentitySearcher(data)
     detected = run_searcher(searcher, data, tmp_path / "d.h5", device="cpu", progress=False)
@@ -166,7 +166,7 @@ def test_cli_gt_boxes_needs_a_checkpoint(synthetic_prw, tmp_path):
     result = CliRunner().invoke(cli, ["evaluate", "--dataset", "prw", "--root",
                                       str(synthetic_prw), "--results", str(tmp_path / "r.h5"),
                                       "--gt-boxes"])
-    assert result.exit_code != 0 and "--gt-boxes needs --checkpoint" in result.output
+    assert result.exit_code != 0 and "--gt-boxes needs a model" in result.output
 
 
 # ------------------------------------------------------------------------------ end to end

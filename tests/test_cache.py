@@ -46,7 +46,7 @@ ATTRS = dict(dataset="prw", split_fingerprint="abc", detector_fingerprint="d",
 
 def writer(path, names=NAMES, **kw):
     opts = dict(names=names, widths=[64] * len(names), heights=[128] * len(names),
-                feature_dim=DIM, attrs=ATTRS, has_flip=True, flush_every=2)
+                embedding_dim=DIM, attrs=ATTRS, has_flip=True, flush_every=2)
     opts.update(kw)
     return CacheWriter(path, **opts)
 
@@ -61,7 +61,7 @@ def build(path, names=NAMES, **kw):
 def test_round_trip_and_identity_table(tmp_path):
     path = build(tmp_path / "c.h5")
     c = TeacherCache(path)
-    assert c.meta.num_images == len(NAMES) and c.meta.has_flip and c.meta.feature_dim == DIM
+    assert c.meta.num_images == len(NAMES) and c.meta.has_flip and c.meta.embedding_dim == DIM
     for i in range(len(NAMES)):
         e = make_entry(i)
         for flipped, view in ((False, "orig"), (True, "flip")):
@@ -197,7 +197,7 @@ def test_merge_shards_equals_single_build(tmp_path):
             w.append(make_entry(NAMES.index(name)))
         shards.append(w.finalize())
     merged = merge_shards(tmp_path / "m.h5", shards, names=NAMES, widths=[64] * 7,
-                          heights=[128] * 7, feature_dim=DIM, attrs=ATTRS, has_flip=True)
+                          heights=[128] * 7, embedding_dim=DIM, attrs=ATTRS, has_flip=True)
     ref = TeacherCache(build(tmp_path / "ref.h5"))
     got = TeacherCache(merged)
     for i in range(len(NAMES)):

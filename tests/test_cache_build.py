@@ -9,12 +9,15 @@ import pytest
 import torch
 
 from cache import TeacherCache
-from cache.build import build_cache, jitter_boxes
 from cache.verify import verify_cache
 from pipeline.data import read_dataset
 from pipeline.data.crops import crop_and_resize
 from pipeline.data.images import load_image
 from pipeline.data.transforms import flip_boxes
+from pipeline.models.teacher_detector import score_given_boxes
+from pipeline.models.teachers import load_detector, load_reid
+from pipeline.stages import teacher_cache
+from pipeline.stages.teacher_cache import build_cache, jitter_boxes
 from teacher_helpers import trained_tiny_teachers
 
 
@@ -44,9 +47,8 @@ def test_build_is_accepted_by_reader_and_verify(teachers, built):
 
 
 def test_flip_view_is_the_teacher_on_the_flipped_image(teachers, built):
-    from pipeline.engine.teacher import load_reid, reid_path
     data = read_dataset("prw", teachers.data.root)
-    reid = load_reid(reid_path(teachers))
+    reid = load_reid(teachers.checkpoint("reid"))
     c = TeacherCache(built)
     i = next(k for k, r in enumerate(data.train) if len(r.boxes))
     image = load_image(data.train[i].path)
@@ -61,10 +63,18 @@ def test_flip_view_is_the_teacher_on_the_flipped_image(teachers, built):
     np.testing.assert_allclose(flipped["gt_features"], want_flip.numpy(), atol=1e-4)
     np.testing.assert_allclose(orig["gt_features"], want_orig.numpy(), atol=1e-4)
     assert not np.allclose(flipped["gt_features"], orig["gt_features"], atol=1e-3)
-    # refined boxes of both views are in original coordinates: they roughly agree
+    # the flip view's detector outputs are the detector on the flipped image at the mirrored
+    # proposals, with refined boxes mirrored back into original coordinates
     w = image.shape[-1]
-    assert np.all(flipped["proposal_refined_boxes"][:, 0::2] <= w + 1e-3)
-    np.testing.assert_array_equal(flipped["proposal_boxes"], orig["proposal_boxes"])
+    detector = load_detector(teachers.checkpoint("detector"))
+    props = torch.from_numpy(orig["proposal_boxes"])
+    logits, refined = score_given_boxes(detector, [image.flip(-1)], [flip_boxes(props, w)])
+    np.testing.assert_allclose(flipped["proposal_logits"], logits.numpy(), atol=1e-3)
+    np.testing.assert_allclose(flipped["proposal_refined_boxes"],
+                               flip_boxes(refined, w).numpy(), atol=1e-2)
+    logits, _ = score_given_boxes(detector, [image], [props])
+    np.testing.assert_allclose(orig["proposal_logits"], logits.numpy(), atol=1e-3)
+    assert not np.allclose(flipped["proposal_logits"], orig["proposal_logits"], atol=1e-3)
 
 
 def _arrays(path):
@@ -97,12 +107,10 @@ def test_interrupted_build_resumes_to_the_same_file(teachers, built, tmp_path):
 
 
 def test_second_build_returns_at_once(teachers, built, monkeypatch):
-    import pipeline.engine.teacher as teacher_engine
-
     def fail(*a, **k):
         raise AssertionError("the teachers must not run again")
 
-    monkeypatch.setattr(teacher_engine, "load_detector", fail)
+    monkeypatch.setattr(teacher_cache, "load_detector", fail)
     assert build_cache(teachers, progress=False) == built
 
 

@@ -25,10 +25,10 @@ class Experiment:
 
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "e.yaml"
-    path.write_text("data:\n  dataset: cuhk-sysu\n  min_size: 240\ntrain:\n  lr: 0.01\n")
+    path.write_text("data:\n  dataset: cuhk-sysu\n  workers: 3\ntrain:\n  lr: 0.01\n")
     cfg = load_config(path, Experiment, ["train.epochs=5", "data.flip=false",
                                          "train.milestones=[3, 4]", "train.lr=1"])
-    assert cfg.data.dataset == "cuhk-sysu" and cfg.data.min_size == 240
+    assert cfg.data.dataset == "cuhk-sysu" and cfg.data.workers == 3
     assert cfg.train.epochs == 5 and cfg.data.flip is False
     assert cfg.train.milestones == (3, 4)
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)

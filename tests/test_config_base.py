@@ -8,11 +8,11 @@ from test_config import Experiment
 def test_base_include_deep_merges_relative_to_the_file(tmp_path):
     (tmp_path / "common").mkdir()
     (tmp_path / "common" / "base.yaml").write_text(
-        "data:\n  dataset: cuhk-sysu\n  min_size: 240\ntrain:\n  lr: 0.5\n  milestones: [1, 2]\n")
+        "data:\n  dataset: cuhk-sysu\n  workers: 4\ntrain:\n  lr: 0.5\n  milestones: [1, 2]\n")
     (tmp_path / "child.yaml").write_text(
-        "_base_: common/base.yaml\ndata:\n  min_size: 320\ntrain:\n  milestones: [7]\n")
+        "_base_: common/base.yaml\ndata:\n  workers: 7\ntrain:\n  milestones: [7]\n")
     cfg = load_config(tmp_path / "child.yaml", Experiment, ["train.epochs=9"])
-    assert cfg.data.dataset == "cuhk-sysu" and cfg.data.min_size == 320
+    assert cfg.data.dataset == "cuhk-sysu" and cfg.data.workers == 7
     assert cfg.train.lr == 0.5 and cfg.train.milestones == (7,) and cfg.train.epochs == 9
 
 

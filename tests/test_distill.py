@@ -7,8 +7,8 @@ from torchvision.ops import box_iou
 
 from pipeline.distill import losses as L
 from pipeline.distill.matching import match_to_gt, paired_iou, teacher_better_mask
-from pipeline.models.roi_heads import MissingTargetError
-from pipeline.models.student import build_student
+from pipeline.distill.distiller import MissingTargetError
+from pipeline.distill.student import build_student
 
 from student_helpers import (EMB_DIM, PIDS, TEACHER_DIM, distill_cfg, images, target, targets,
                              teacher_table, tiny_model_cfg)
@@ -163,19 +163,23 @@ def test_all_terms_on_images_without_any_boxes():
 # ------------------------------------------------------------------ the RoI budget
 
 def _rois(net, tg, seed=0):
-    """The RoI batch of one training step (proposals from the net's own RPN)."""
+    """The RoI batch of one training step (proposals from the net's own RPN) and the cached
+    boxes the distiller chose for it."""
     torch.manual_seed(seed)
     images_t, tg = net.transform(images(len(tg)), tg)
     features = net._features(images_t.tensors)
     proposals, _ = net.rpn(images_t, features, tg)
     torch.manual_seed(seed)
-    return net.roi_heads.select_training_samples(proposals, tg), tg
+    choice = net.distiller.extra_boxes(tg) if net.distiller is not None else None
+    return net.roi_heads.select_training_samples(proposals, tg, choice), tg, choice
 
 
-def _check_members_point_at_their_cached_boxes(rois, tg):
+def _check_groups_point_at_their_cached_boxes(rois, tg, choice):
     boxes = torch.cat(rois.boxes)
-    for group, key in (("gt", "boxes"), ("teacher", "proposal_boxes"), ("jitter", "jitter_boxes")):
-        rows, src = rois.members[group]
+    assert rois.groups["gt"].numel() > 0
+    for group, key in (("gt", "boxes"), ("proposals", "proposal_boxes"),
+                       ("jitter", "jitter_boxes")):
+        rows, src = rois.groups[group], choice.source_rows(group)
         assert torch.equal(boxes[rows], torch.cat([t[key] for t in tg])[src]), group
 
 
@@ -183,16 +187,15 @@ def _check_members_point_at_their_cached_boxes(rois, tg):
 def test_cached_boxes_take_their_share_of_the_roi_batch(share):
     terms = ("feature", "detector", "jitter")
     net = _net(*terms, roi_share=share).train()          # tiny model: 16 RoIs per image
-    rois, tg = _rois(net, targets(n_props=24, n_jitter=12))
+    rois, tg, choice = _rois(net, targets(n_props=24, n_jitter=12))
     budget = int(share * 16)
     assert [b.shape[0] for b in rois.boxes] == [16, 16]
     for i, t in enumerate(tg):
-        in_image = {g: int((rois.image_ids[rows] == i).sum()) for g, (rows, _) in
-                    rois.members.items()}
+        in_image = {g: int((rois.image_ids[rows] == i).sum()) for g, rows in rois.groups.items()}
         assert sum(in_image.values()) == budget
         assert in_image["gt"] == t["boxes"].shape[0]     # GT boxes come first
-        assert in_image["teacher"] + in_image["jitter"] == budget - in_image["gt"]
-    _check_members_point_at_their_cached_boxes(rois, tg)
+        assert in_image["proposals"] + in_image["jitter"] == budget - in_image["gt"]
+    _check_groups_point_at_their_cached_boxes(rois, tg, choice)
     pos = (rois.labels > 0).view(2, 16).sum(dim=1)
     assert (pos <= 8).all()                               # positive fraction 0.5 kept
 
@@ -200,10 +203,10 @@ def test_cached_boxes_take_their_share_of_the_roi_batch(share):
 def test_without_a_share_cached_boxes_come_on_top_of_a_full_batch():
     net = _net("feature", "detector", "jitter", roi_share=None,
                detector={"num_proposals": 10}).train()
-    rois, tg = _rois(net, targets(n_props=24, n_jitter=12))
+    rois, tg, choice = _rois(net, targets(n_props=24, n_jitter=12))
     cached = [t["boxes"].shape[0] + 10 + t["jitter_boxes"].shape[0] for t in tg]
     assert [b.shape[0] for b in rois.boxes] == [16 + c for c in cached]
-    _check_members_point_at_their_cached_boxes(rois, tg)
+    _check_groups_point_at_their_cached_boxes(rois, tg, choice)
 
 
 def test_no_distillation_samples_exactly_as_torchvision():
@@ -229,7 +232,7 @@ def test_no_distillation_samples_exactly_as_torchvision():
         assert torch.equal(got, p[keep])
     assert torch.equal(rois.labels, torch.cat([lab[torch.where(ps | ng)[0]]
                                                for lab, ps, ng in zip(labels, pos, neg)]))
-    assert rois.members == {}
+    assert rois.groups == {} and net.distiller is None
 
 
 def test_roi_share_is_checked():

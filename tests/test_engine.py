@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.engine.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from pipeline.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from pipeline.engine.schedule import WarmupSchedule, build_scheduler
 from pipeline.engine.trainer import NonFiniteLossError, Trainer, build_train_loader
 from pipeline.engine.hooks import HookBase, EvalHook

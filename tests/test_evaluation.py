@@ -12,7 +12,7 @@ from pipeline.evaluation.metrics import (adaptive_iou_threshold, average_precisi
                                          detection_ap_recall)
 from pipeline.evaluation.protocols import build_protocol
 from pipeline.evaluation.reference import reference_search
-from pipeline.evaluation.results_file import (ResultsFileError, SearchResults, read_results,
+from pipeline.gallery.results_file import (ResultsFileError, SearchResults, read_results,
                                               write_results)
 
 NAN4 = [np.nan] * 4
@@ -361,7 +361,7 @@ def test_tied_duplicates_in_one_image_the_later_is_correct():
 # ------------------------------------------------------------------ run_searcher
 
 class GroundTruthSearcher:
-    """Searcher (CONTRACTS.md 3) that 'detects' the ground-truth boxes of each image and embeds
+    """Searcher (pipeline.models.searcher) that 'detects' the ground-truth boxes of each image and embeds
     every box by its identity (one-hot; unlabeled persons get the last axis)."""
 
     def __init__(self, data, pids):
@@ -394,12 +394,12 @@ def test_run_searcher_writes_a_valid_results_file(synthetic_prw, tmp_path):
     import torch
 
     from pipeline.data import read_dataset
-    from pipeline.evaluation.run_model import run_searcher
+    from pipeline.inference.run import run_searcher
     data = read_dataset("prw", synthetic_prw)
     pids = sorted({int(p) for r in data.gallery for p in r.pids if p >= 0})
     searcher = GroundTruthSearcher(data, pids)
     path = run_searcher(searcher, data, tmp_path / "r.h5", device="cpu", batch_size=3,
-                        amp_dtype=torch.bfloat16, progress=False)
+                        amp=True, progress=False)
     res = read_results(path, data)           # validates names, counts, query boxes
     assert len(res.scores) == sum(len(r.boxes) for r in data.gallery)
     ev = evaluate_search(data, res, progress=False)
@@ -407,7 +407,7 @@ def test_run_searcher_writes_a_valid_results_file(synthetic_prw, tmp_path):
 
 
 def test_similarity_index_flat_exact_and_ivf_flagged():
-    from pipeline.evaluation.search import SimilarityIndex
+    from pipeline.gallery.similarity import SimilarityIndex
     rng = np.random.default_rng(0)
     base = (rng.integers(-2, 3, (300, 8)) / 4).astype(np.float32)
     q = (rng.integers(-2, 3, (3, 8)) / 4).astype(np.float32)

@@ -8,12 +8,12 @@ import torch
 from torchvision.ops import FrozenBatchNorm2d
 
 from pipeline.data.records import UNLABELED
-from pipeline.engine.checkpoint import save_checkpoint
-from pipeline.models import load_searcher
+from pipeline.models.checkpoint import save_checkpoint
+from pipeline.inference.searchers import load_searcher
 from pipeline.models.backbone import PretrainedWeightsMissing, build_resnet_c4
 from pipeline.models.oim import IGNORE, OIMLoss
 from pipeline.models.roi_heads import assign_targets_to_proposals, balanced_sample
-from pipeline.models.student import build_student, build_student_from_args
+from pipeline.distill.student import build_student, build_student_from_args
 from pipeline.models.transform import PersonSearchTransform
 from torchvision.models.detection import _utils as det_utils
 
@@ -176,7 +176,7 @@ def test_checkpoint_roundtrip_through_load_searcher(tmp_path, net):
 
 
 def test_backbone_options():
-    backbone, head = build_resnet_c4("resnet18", norm="frozen", freeze_at=1)
+    backbone, head = build_resnet_c4("resnet18", norm="frozen", frozen_stages=1)
     assert isinstance(backbone.bn1, FrozenBatchNorm2d)
     assert backbone.out_channels == 256 and head.out_channels == 512
     assert not backbone.conv1.weight.requires_grad and backbone.layer1[0].conv1.weight.requires_grad

@@ -53,7 +53,7 @@ def test_prw_round_trip_and_world_properties(synthetic_prw, tmp_path):
     intended = generate("prw", tmp_path / "prw", seed=1, **TINY)
     data = read_dataset("prw", intended.root)
     assert_same_records(data.train, intended.train)
-    assert_same_records(data.gallery, intended.test)
+    assert_same_records(data.gallery, intended.gallery)
     assert len(data.queries) == len(intended.queries) > TINY["identities"] // 2  # per camera
     for got, want in zip(data.queries, intended.queries):
         assert (got.image, got.pid, got.camera) == (want.image, want.pid, want.camera)
@@ -92,10 +92,10 @@ def test_cuhk_round_trip_and_protocol(synthetic_cuhk, tmp_path):
     intended = generate("cuhk-sysu", tmp_path / "cuhk", seed=2, **{**TINY, "images": 104})
     data = read_dataset("cuhk-sysu", intended.root)
     assert_same_records(data.train, intended.train)
-    assert_same_records(data.gallery, intended.test)
+    assert_same_records(data.gallery, intended.gallery)
     assert [(q.image, q.pid) for q in data.queries] == [(q.image, q.pid) for q in intended.queries]
-    assert sorted(data.query_galleries) == sorted(intended.galleries) == [50]
-    for got, want in zip(data.query_galleries[50], intended.galleries[50]):
+    assert sorted(data.query_galleries) == sorted(intended.query_galleries) == [50]
+    for got, want in zip(data.query_galleries[50], intended.query_galleries[50]):
         assert got.images == want.images
         np.testing.assert_array_equal(got.boxes, want.boxes)
 

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.data import read_dataset
 from pipeline.data.crops import PKSampler, crop_and_resize
+from pipeline.data.images import load_image
 from pipeline.models.teacher_detector import TeacherDetector, score_given_boxes
 from pipeline.models.teacher_reid import TeacherReid, batch_hard_triplet_loss
 from teacher_helpers import trained_tiny_teachers
@@ -70,7 +72,7 @@ def test_crop_and_resize_cuts_the_box():
 
 
 def test_reid_embeddings_are_unit_and_triplet_loss_orders():
-    reid = TeacherReid(backbone="resnet18", num_classes=5, embed_dim=16, crop_height=32,
+    reid = TeacherReid(backbone="resnet18", num_classes=5, embedding_dim=16, crop_height=32,
                        crop_width=16).eval()
     emb = reid.embed(torch.rand(4, 3, 32, 16))
     assert emb.shape == (4, 16)
@@ -94,28 +96,34 @@ def test_pk_sampler_batches():
 
 def test_two_step_searcher(teachers, tmp_path):
     from pipeline.config import save_config
-    from pipeline.models import load_searcher
+    from pipeline.inference.searchers import load_searcher
     cfg_path = tmp_path / "teacher.yaml"
     save_config(teachers, cfg_path)
     searcher = load_searcher(cfg_path, "teacher")
-    images = [torch.rand(3, 120, 160), torch.rand(3, 100, 80)]
+    data = read_dataset("prw", teachers.data.root)
+    images = [load_image(r.path) for r in data.gallery[:2]]
     with torch.no_grad():
         out = searcher.detect(images)
+        again = searcher.embed_boxes(images, [o["boxes"] for o in out])
         emb = searcher.embed_boxes(images, [torch.tensor([[10.0, 10, 40, 90]]),
                                             torch.zeros((0, 4))])
     assert len(out) == 2
-    for o in out:
+    for o, a, im in zip(out, again, images):
         n = len(o["boxes"])
+        assert n > 0, "the tiny teacher (score threshold 0) must detect something"
         assert o["boxes"].shape == (n, 4) and o["scores"].shape == (n,)
         assert o["embeddings"].shape == (n, 32)
-        if n:
-            torch.testing.assert_close(o["embeddings"].norm(dim=1), torch.ones(n))
+        torch.testing.assert_close(o["embeddings"].norm(dim=1), torch.ones(n))
+        torch.testing.assert_close(o["embeddings"], a, atol=1e-5, rtol=0)  # one crop path
+        h, w = im.shape[-2:]
+        assert (o["boxes"][:, 0::2] <= w + 1e-3).all() and (o["boxes"][:, 1::2] <= h + 1e-3).all()
+        assert torch.all(o["scores"][:-1] >= o["scores"][1:])
     assert emb[0].shape == (1, 32) and emb[1].shape == (0, 32)
     np.testing.assert_allclose(emb[0].norm(dim=1).numpy(), 1.0, atol=1e-5)
 
 
 def test_detector_step_with_empty_targets_and_no_boxes_to_score():
-    from pipeline.engine.teacher import detector_step
+    from pipeline.stages.teachers import detector_step
     det = _tiny_detector().train()
     images = [torch.rand(3, 80, 60), torch.rand(3, 80, 60)]
     empty = {"boxes": torch.zeros((0, 4)), "pids": torch.zeros(0, dtype=torch.int64)}

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from pipeline.config import load_config, to_dict
 from pipeline.config.student import StudentConfig
-from pipeline.engine.student import (CacheContractError, cache_needs, open_checked_cache,
+from pipeline.stages.student import (CacheContractError, cache_needs, open_checked_cache,
                                      train_student)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +44,7 @@ def write_config(tmp_path, root, *, terms=ALL_TERMS, cache=None, flip=True, epoc
     if "detector" in terms:
         distill["detector"]["num_proposals"] = 8
     cfg = {
-        "data": {"dataset": "prw", "root": str(root), "min_size": 96, "max_size": 128,
+        "data": {"dataset": "prw", "root": str(root),
                  "flip": flip, "workers": 0},
         "model": TINY_MODEL, "distill": distill,
         "train": {"epochs": epochs, "batch_size": batch_size or 4, "lr": 0.01,
@@ -108,9 +108,9 @@ def test_shipped_student_configs_load(path):
     if "synthetic" in str(path):
         assert cfg.data.root == "work/data/synthetic-prw"
         assert cfg.teacher_config == "configs/synthetic/teacher.yaml"
-        assert cfg.train.device == "cpu" and cfg.data.min_size <= 320
+        assert cfg.train.device == "cpu" and cfg.model.min_size <= 320
     else:
-        assert (cfg.data.min_size, cfg.data.max_size) == (900, 1500)
+        assert (cfg.model.min_size, cfg.model.max_size) == (900, 1500)
         assert cfg.teacher_config == f"configs/teacher/{cfg.data.dataset}.yaml"
     assert cfg.run_dir.startswith("work/runs/")
 
@@ -191,7 +191,7 @@ def mirror(boxes, width):
 
 def test_cached_boxes_follow_the_flip_exactly(world):
     from cache import TeacherCache
-    from pipeline.data.student_dataset import StudentDataset
+    from pipeline.distill.dataset import StudentDataset
     _, data, cache_path = world
     keys = ["gt_features", "proposal_boxes", "proposal_refined_boxes", "proposal_logits",
             "jitter_boxes", "jitter_features"]
@@ -220,7 +220,7 @@ def test_cached_boxes_follow_the_flip_exactly(world):
 
 def test_train_student_command_end_to_end(world, tmp_path):
     from cli import cli
-    from pipeline.engine.checkpoint import read_checkpoint
+    from pipeline.models.checkpoint import read_checkpoint
     from pipeline.models.student import load_student
     root, data, cache = world
     config = write_config(tmp_path, root, cache=cache, batch_size=len(data.train))
@@ -260,7 +260,7 @@ def test_cli_refuses_a_mismatched_cache_with_a_clear_message(world, tmp_path):
 
 
 def test_student_resume_gives_the_same_weights(small_world, tmp_path):
-    from pipeline.engine.checkpoint import link_or_copy, read_checkpoint
+    from pipeline.models.checkpoint import link_or_copy, read_checkpoint
     root, data, cache = small_world
     bs = max(1, len(data.train) // 2 + len(data.train) % 2)  # 2 steps per epoch
     full = write_config(tmp_path, root, cache=cache, epochs=2, batch_size=bs, run="full")
@@ -289,13 +289,13 @@ def test_resume_with_another_config_is_refused(small_world, tmp_path):
     train_student(config, progress=False)
     with pytest.raises(ConfigError, match="train.lr"):
         train_student(config, ["train.lr=0.5"], resume=True, progress=False)
-    from pipeline.engine.student import check_resume_config
+    from pipeline.stages.student import check_resume_config
     info = json.loads((tmp_path / "run" / "cache.json").read_text())
     grown = load_config(config, StudentConfig, ["train.epochs=5", "data.workers=2"])
     check_resume_config(tmp_path / "run", grown, info)  # a run may grow; no error
     other = tiny_cache(data.train, tmp_path / "other.h5", seed=3, flip=False)
     from cache import TeacherCache
-    from pipeline.engine.student import cache_needs, cache_record
+    from pipeline.stages.student import cache_needs, cache_record
     with pytest.raises(CacheContractError, match="another teacher cache"):
         check_resume_config(tmp_path / "run", grown,
                             cache_record(TeacherCache(other), other, cache_needs(grown)))
@@ -328,5 +328,5 @@ def test_synthetic_lut_students_fit_the_synthetic_teacher():
     teacher = load_config(ROOT / "configs/synthetic/teacher.yaml", TeacherConfig)
     for path in ROOT.glob("configs/synthetic/student-*.yaml"):
         cfg = load_config(path, StudentConfig)
-        assert cfg.model.embedding_dim == teacher.reid.embed_dim, path.name
+        assert cfg.model.embedding_dim == teacher.reid.embedding_dim, path.name
         assert cfg.data.dataset == teacher.data.dataset and cfg.data.root == teacher.data.root

@@ -60,7 +60,7 @@ def write_tiny_cache(records, path, *, dataset="prw", flip=True, proposals=True,
                  jitter_per_box=JITTER if jitter else 0)
     writer = CacheWriter(path, names=[r.name for r in records],
                          widths=[r.width for r in records], heights=[r.height for r in records],
-                         feature_dim=dim, attrs=attrs, has_flip=flip)
+                         embedding_dim=dim, attrs=attrs, has_flip=flip)
     for r in records:
         writer.append(tiny_entry(r, rng, dim, flip=flip, proposals=proposals, jitter=jitter))
     return writer.finalize()

@@ -1,4 +1,8 @@
-"""Config section naming the dataset an experiment reads."""
+"""Config section naming the dataset an experiment reads.
+
+The input size is a property of the network (``model.min_size`` / ``detector.min_size``), set
+once there; data loaders resize to the network's size.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +12,5 @@ from dataclasses import dataclass
 class DataConfig:
     dataset: str = "prw"              # "prw" or "cuhk-sysu"
     root: str = "work/data/prw"       # dataset root as released (PRW/ or CUHK-SYSU/)
-    min_size: int = 900               # shorter image side after resize
-    max_size: int = 1500              # cap on the longer side
     flip: bool = True                 # random horizontal flip in training
     workers: int = 2                  # DataLoader worker processes

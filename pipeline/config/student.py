@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.config.data import DataConfig
-from pipeline.config.model import DistillConfig, ModelConfig
+from pipeline.config.distill import DistillConfig
+from pipeline.config.model import ModelConfig
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from pipeline.config.data import DataConfig
@@ -22,8 +23,9 @@ class DetectorConfig:
     fpn_channels: int = 256            # FPN width (narrower for small CPU teachers)
     box_head_dim: int = 1024           # width of the two-layer box head
     pretrained: bool = False           # ImageNet weights from torch's local cache; never downloads
-    trainable_layers: int = 5          # ResNet stages that train (5: all)
-    min_size: int = 900
+    frozen_stages: int = 0             # ResNet stages without gradient, from the stem (as the
+                                       # student's model.frozen_stages): 0 all train
+    min_size: int = 900                # input size: shorter image side after resize
     max_size: int = 1500
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 2000
@@ -53,7 +55,7 @@ class ReidConfig:
     triplet, BN-neck, PK sampling, Adam."""
     backbone: Backbone = "resnet50"
     pretrained: bool = False
-    embed_dim: int = 256               # linear projection when the backbone width differs
+    embedding_dim: int = 256           # linear projection when the backbone width differs
     crop_height: int = 256
     crop_width: int = 128
     ids_per_batch: int = 16            # P identities x K crops per batch
@@ -76,7 +78,7 @@ class ReidConfig:
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """What stage one writes per image (CONTRACTS.md section 2)."""
+    """What stage one writes per image (the layout is in :mod:`cache.schema`)."""
     dir: str = "work/cache"
     proposals_per_image: int = 64      # top detections, padded with the best RPN proposals
     jitter_per_box: int = 4            # jittered copies of each labeled GT box
@@ -90,6 +92,9 @@ class CacheConfig:
     amp: bool = True                   # bf16 autocast on CUDA (ignored on CPU)
 
 
+TEACHER_PARTS = ("detector", "reid")
+
+
 @dataclass(frozen=True)
 class TeacherConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -97,6 +102,12 @@ class TeacherConfig:
     reid: ReidConfig = field(default_factory=ReidConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     out_dir: str = "work/teachers/prw"
+
+    def checkpoint(self, part: str) -> Path:
+        """Where the trained teacher ``part`` ("detector" or "reid") lies: ``out_dir/<part>.pt``."""
+        if part not in TEACHER_PARTS:
+            raise ValueError(f"unknown teacher part {part!r}; expected one of {TEACHER_PARTS}")
+        return Path(self.out_dir) / f"{part}.pt"
 
 
 # Settings that change what lands in the cache (device, batch size, workers, amp do not).
@@ -106,12 +117,17 @@ CACHE_KEY_FIELDS = ("proposals_per_image", "jitter_per_box", "jitter_min_iou", "
 DETECTOR_INFERENCE_FIELDS = ("backbone", "fpn", "fpn_channels", "box_head_dim", "min_size",
                              "max_size", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
                              "box_detections_per_img", "box_score_thresh")
-REID_INFERENCE_FIELDS = ("backbone", "embed_dim", "crop_height", "crop_width")
+REID_INFERENCE_FIELDS = ("backbone", "embedding_dim", "crop_height", "crop_width")
+# Names the key was first computed with: hashed under the old name, a renamed field keeps every
+# cache built before the rename findable.
+KEY_NAMES = {"embedding_dim": "embed_dim"}
 
 
 def cache_key_settings(cfg: TeacherConfig) -> dict:
     """The config content that the cache key hashes (besides weights and data)."""
+    def section(obj, names):
+        return {KEY_NAMES.get(k, k): getattr(obj, k) for k in names}
     return {"dataset": cfg.data.dataset,
-            "cache": {k: getattr(cfg.cache, k) for k in CACHE_KEY_FIELDS},
-            "detector": {k: getattr(cfg.detector, k) for k in DETECTOR_INFERENCE_FIELDS},
-            "reid": {k: getattr(cfg.reid, k) for k in REID_INFERENCE_FIELDS}}
+            "cache": section(cfg.cache, CACHE_KEY_FIELDS),
+            "detector": section(cfg.detector, DETECTOR_INFERENCE_FIELDS),
+            "reid": section(cfg.reid, REID_INFERENCE_FIELDS)}

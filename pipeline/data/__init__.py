@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .cuhk_sysu import read_cuhk_sysu
+from .prw import read_prw
 from .records import DATASETS, DatasetError, PersonSearchData
+
+READERS = {"prw": read_prw, "cuhk-sysu": read_cuhk_sysu}
 
 
 def read_dataset(name: str, root: str | Path) -> PersonSearchData:
     """Read a released dataset: ``name`` is "prw" or "cuhk-sysu"; ``root`` its top folder."""
-    if name == "prw":
-        from .prw import read_prw
-        return read_prw(root)
-    if name == "cuhk-sysu":
-        from .cuhk_sysu import read_cuhk_sysu
-        return read_cuhk_sysu(root)
-    raise DatasetError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+    if name not in READERS:
+        raise DatasetError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+    return READERS[name](root)

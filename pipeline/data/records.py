@@ -17,6 +17,9 @@ UNLABELED = -1
 
 DATASETS = ("prw", "cuhk-sysu")
 
+#: gallery size meaning "the whole test set" (PRW's only gallery; CUHK-SYSU's whole pool)
+FULL_GALLERY = -1
+
 
 class DatasetError(ValueError):
     """Input data is malformed. The message names the file and what is wrong."""

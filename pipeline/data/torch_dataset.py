@@ -6,9 +6,9 @@ resize; target a dict with
     "pids" (N,) int64 raw dataset identities (UNLABELED = -1), "labels" (N,) int64 ones,
     "image_index" int, "name" str, "flipped" bool, "orig_size" (H, W) of the file,
     "scale" float (returned image / original image), plus any extra keys of the hook.
-Extension hook: a subclass overrides :meth:`DetectionDataset.extra_targets` (or its alias
-``extra_sample``) to add sample keys for (index, flipped) in ORIGINAL image coordinates; every
-key ending in "boxes" is then flipped and resized exactly like the image.
+Extension hook: a subclass overrides :meth:`DetectionDataset.extra_targets` to add sample keys
+for (index, flipped) in ORIGINAL image coordinates; every key ending in "boxes" is then flipped
+and resized exactly like the image.
 """
 from __future__ import annotations
 
@@ -59,10 +59,6 @@ class DetectionDataset(Dataset):
         """Extra sample keys for item ``index`` seen ``flipped``, in original coordinates."""
         return {}
 
-    def extra_sample(self, index: int, flipped: bool) -> dict[str, torch.Tensor]:
-        """Alias of :meth:`extra_targets`; subclasses may override either."""
-        return self.extra_targets(index, flipped)
-
     # ------------------------------------------------------------------------------
     def __getitem__(self, index: int):
         record = self.records[index]
@@ -72,7 +68,7 @@ class DetectionDataset(Dataset):
         sample = {"image": image,
                   "boxes": torch.from_numpy(np.asarray(record.boxes, np.float32).reshape(-1, 4)
                                             .copy())}
-        extra = self.extra_sample(index, flipped)
+        extra = self.extra_targets(index, flipped)
         clash = [k for k in extra if k in RESERVED_KEYS]
         if clash:
             raise KeyError(f"extra sample keys {clash} clash with the dataset's own keys")

@@ -16,7 +16,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
+from matplotlib.figure import Figure
+from tqdm import tqdm
 
 
 class HookBase:
@@ -130,17 +133,13 @@ def read_loss_log(path: str | Path) -> tuple[list[str], dict[str, list[float]]]:
 
 def plot_losses(csv_path: str | Path, png_path: str | Path) -> Path:
     """Loss curves (one panel per loss, raw and smoothed) plus the lr, from ``losses.csv``."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     cols, data = read_loss_log(csv_path)
     names = [c for c in cols if c not in ("step", "epoch", "lr")]
     panels = names + ["lr"]
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
+    fig = Figure(figsize=(4.2 * ncols, 3.0 * nrows))  # no pyplot: no global figure state
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     steps = np.asarray(data["step"])
     for ax, name in zip(axes.flat, panels):
         y = np.asarray(data[name])
@@ -162,7 +161,6 @@ def plot_losses(csv_path: str | Path, png_path: str | Path) -> Path:
     fig.tight_layout()
     png_path = Path(png_path)
     fig.savefig(png_path, dpi=110)
-    plt.close(fig)
     return png_path
 
 
@@ -193,14 +191,14 @@ class TensorBoard(HookBase):
     @staticmethod
     def available() -> bool:
         try:
-            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401  optional package
             return True
         except Exception:  # noqa: BLE001 - ImportError or a broken install
             return False
 
     def before_train(self):
         if self.trainer.is_main and self.available():
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional package
             self.writer = SummaryWriter(str(Path(self.trainer.run_dir) / "tensorboard"))
 
     def on_log(self, rows):
@@ -228,7 +226,6 @@ class ProgressBar(HookBase):
         t = self.trainer
         if not (self.enabled and t.is_main):
             return
-        from tqdm import tqdm
         self.bar = tqdm(total=t.iters_per_epoch, desc=f"epoch {t.epoch + 1}/{t.max_epochs}",
                         unit="it", dynamic_ncols=True, file=sys.stderr, leave=True)
         self._t0, self._n0 = time.perf_counter(), t.images_seen

@@ -26,10 +26,11 @@ import torch
 import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
 
 from pipeline.engine import distributed as dist_utils
 from pipeline.engine import hooks as H
-from pipeline.engine.checkpoint import link_or_copy, load_checkpoint, save_checkpoint, unwrap_model
+from pipeline.models.checkpoint import link_or_copy, load_checkpoint, save_checkpoint, unwrap_model
 
 StepFn = Callable[[nn.Module, object, torch.device], dict]
 
@@ -67,7 +68,6 @@ def build_train_loader(dataset: Dataset, *, batch_size: int, collate_fn=None, wo
     if distributed is None:
         distributed = dist_utils.is_distributed()
     if distributed:
-        from torch.utils.data.distributed import DistributedSampler
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
     else:
         sampler = EpochSampler(len(dataset), seed=seed, shuffle=shuffle)

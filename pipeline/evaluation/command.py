@@ -1,4 +1,4 @@
-"""What ``cli.py evaluate`` does: results (read or produced by a model) -> table, JSON, CSV, PNGs."""
+"""What ``cli.py evaluate`` does with a results file: table, JSON, per-query CSV, pictures."""
 from __future__ import annotations
 
 import json
@@ -6,28 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
+import pandas as pd
+
 from pipeline.evaluation.evaluator import SearchEvaluation, SearchEvaluator
-from pipeline.evaluation.results_file import read_results
+from pipeline.evaluation.visualize import plot_cmc, plot_query
+from pipeline.gallery.results_file import read_results
 
 METRIC_KEYS = ("mAP", "top1", "top5", "top10", "det_ap", "det_recall")
-
-
-def results_from_checkpoint(checkpoint, model_kind, data, out_dir, *, device, batch_size,
-                            gallery_mode: str = "detect"):
-    """Run the model of ``checkpoint`` over the dataset; -> path of the written results file
-    (``results.h5``; ``results_gt.h5`` with the GT boxes as the gallery, ``gallery_mode="gt"``)."""
-    try:
-        from pipeline.models import load_searcher
-    except ImportError as e:
-        raise RuntimeError(f"cannot evaluate a checkpoint: pipeline.models.load_searcher is not "
-                           f"available ({e})") from None
-    import torch
-    from pipeline.evaluation.run_model import run_searcher
-    searcher = load_searcher(checkpoint, model_kind, device)
-    amp = torch.bfloat16 if str(device).startswith("cuda") else None
-    name = "results.h5" if gallery_mode == "detect" else f"results_{gallery_mode}.h5"
-    return run_searcher(searcher, data, Path(out_dir) / name, device=device,
-                        batch_size=batch_size, amp_dtype=amp, gallery_mode=gallery_mode)
 
 
 def format_table(metrics: dict) -> str:
@@ -43,7 +28,6 @@ def format_table(metrics: dict) -> str:
 def write_per_query(path, data, ev: SearchEvaluation):
     """CSV, one row per query: query (index), image, pid, ap, first_correct_rank (1-based: 1 =
     the top hit is correct; -1 when no correct hit), count_gt, count_tp."""
-    import pandas as pd
     rank = np.where(ev.first_rank >= 0, ev.first_rank + 1, -1).astype(np.int64)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"query": np.arange(len(ev.ap)), "image": [q.image for q in data.queries],
@@ -54,7 +38,6 @@ def write_per_query(path, data, ev: SearchEvaluation):
 
 def write_pictures(evaluator: SearchEvaluator, ev: SearchEvaluation, count: int, out_dir):
     """``count`` query pictures (evenly spread over the queries) and cmc.png into out_dir."""
-    from pipeline.evaluation.visualize import plot_cmc, plot_query
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = evaluator.data

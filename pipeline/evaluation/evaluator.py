@@ -23,8 +23,8 @@ from pipeline.data.records import UNLABELED, PersonSearchData
 from pipeline.evaluation.metrics import average_precision_from_counts, box_iou_pairs, \
     cmc_curve, detection_ap_recall, topk_from_rank
 from pipeline.evaluation.protocols import QueryProtocol, build_protocol, gallery_images
-from pipeline.evaluation.results_file import SearchResults
-from pipeline.evaluation.search import SimilarityIndex
+from pipeline.gallery.results_file import SearchResults
+from pipeline.gallery.similarity import SimilarityIndex
 
 TOPK = (1, 5, 10)
 DETECTION_SCORE_THRESH = 0.01

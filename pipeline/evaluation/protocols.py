@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.data.records import PersonSearchData
+from pipeline.data.cuhk_sysu import GALLERY_SIZES, LABELING_GALLERY
+from pipeline.data.records import FULL_GALLERY, PersonSearchData
 
-CUHK_GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000, -1)
-DEFAULT_GALLERY_SIZE = {"cuhk-sysu": 100, "prw": -1}
+CUHK_GALLERY_SIZES = (*GALLERY_SIZES, FULL_GALLERY)
+DEFAULT_GALLERY_SIZE = {"cuhk-sysu": 100, "prw": FULL_GALLERY}
 
 
 class ProtocolError(ValueError):
@@ -39,8 +40,9 @@ def build_protocol(data: PersonSearchData, gallery_size: int | None = None,
                    multi_view: bool = False) -> list[QueryProtocol]:
     """One QueryProtocol per query of ``data`` (in query order)."""
     if data.dataset == "prw":
-        if gallery_size not in (None, -1):
-            raise ProtocolError(f"PRW has only the full gallery (-1), not {gallery_size}")
+        if gallery_size not in (None, FULL_GALLERY):
+            raise ProtocolError(f"PRW has only the full gallery ({FULL_GALLERY}), not "
+                                f"{gallery_size}")
         return prw_protocol(data, multi_view)
     if data.dataset == "cuhk-sysu":
         if multi_view:
@@ -76,7 +78,7 @@ def cuhk_protocol(data: PersonSearchData, gallery_size: int) -> list[QueryProtoc
     """TestG{N} galleries; N = -1: the TestG50 list then all other pool images but the query's."""
     if gallery_size not in CUHK_GALLERY_SIZES:
         raise ProtocolError(f"CUHK-SYSU gallery size must be one of {CUHK_GALLERY_SIZES}")
-    source = 50 if gallery_size == -1 else gallery_size
+    source = LABELING_GALLERY if gallery_size == FULL_GALLERY else gallery_size
     if source not in data.query_galleries:
         raise ProtocolError(f"no TestG{source} protocol galleries in {data.root} "
                             f"(have {sorted(data.query_galleries)})")
@@ -93,7 +95,7 @@ def cuhk_protocol(data: PersonSearchData, gallery_size: int) -> list[QueryProtoc
         gal = np.array([index[n] for n in g.images], np.int64)
         boxes = np.asarray(g.boxes, np.float64).reshape(-1, 4)
         present = ~np.isnan(boxes).any(axis=1)
-        if gallery_size == -1:          # then every other pool image, in pool order
+        if gallery_size == FULL_GALLERY:  # then every other pool image, in pool order
             rest = np.ones(len(data.gallery), bool)
             rest[gal] = False
             if q.image in index:

@@ -71,12 +71,12 @@ def _pretrained_state(name: str, weights_path: str | None) -> dict:
 
 def build_resnet_c4(name: str = "resnet50", *, norm: str = "frozen", pretrained: bool = False,
                     weights_path: str | None = None,
-                    freeze_at: int = 0) -> tuple[ResNetC4Backbone, Res5Head]:
+                    frozen_stages: int = 0) -> tuple[ResNetC4Backbone, Res5Head]:
     """(backbone, res5 head) of a torchvision ResNet.
 
     norm: "frozen" (FrozenBatchNorm2d, the standard with ImageNet weights) or "batch" (trainable
-    BatchNorm2d, better from scratch). freeze_at: stages whose weights get no gradient
-    (0 none, 1 the stem, 2 stem + layer1, ...).
+    BatchNorm2d, better from scratch). frozen_stages: stages whose weights get no gradient,
+    from the stem (0 none, 1 the stem, 2 stem + layer1, ...; :func:`freeze_stages`).
     """
     if name not in RESNETS:
         raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(RESNETS)}")
@@ -87,10 +87,20 @@ def build_resnet_c4(name: str = "resnet50", *, norm: str = "frozen", pretrained:
     if pretrained or weights_path:
         state = _pretrained_state(name, weights_path)
         resnet.load_state_dict(state, strict=True)
-    backbone, head = ResNetC4Backbone(resnet), Res5Head(resnet)
-    stages = [("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",)]
-    for stage in stages[:freeze_at]:
+    freeze_stages(resnet, frozen_stages)
+    return ResNetC4Backbone(resnet), Res5Head(resnet)
+
+
+#: a ResNet's stages from the stem up; ``frozen_stages = k`` freezes the first k
+STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
+
+
+def freeze_stages(resnet: nn.Module, frozen_stages: int) -> None:
+    """No gradient for the first ``frozen_stages`` stages (0..5), counted from the stem; the
+    teachers and the student count alike."""
+    if not 0 <= frozen_stages <= len(STAGES):
+        raise ValueError(f"frozen_stages must lie in 0..{len(STAGES)}, got {frozen_stages}")
+    for stage in STAGES[:frozen_stages]:
         for module_name in stage:
-            for p in getattr(backbone, module_name).parameters():
+            for p in getattr(resnet, module_name).parameters():
                 p.requires_grad_(False)
-    return backbone, head

@@ -1,16 +1,17 @@
-"""RoI heads of the person-search network: box classifier/regressor, Re-ID embedding with OIM,
-and the distillation terms that act on RoI features.
+"""RoI heads of the person-search network: box classifier/regressor and Re-ID embedding with OIM.
 
 All boxes are (N,4) x1,y1,x2,y2 in pixels of the *resized* image (the transform's frame).
 A training step's RoIs are one batch per image: the student's own proposals, sampled as
-torchvision does, plus the cached boxes the distillation terms need (GT boxes, teacher
-proposals, jittered boxes). Cached boxes are ordinary samples too (labelled against the GT),
-and by default take their place in the batch (``roi_share``) rather than adding to it: the
-res5 trunk on the RoIs is most of a step's cost, so distillation then costs almost nothing.
+torchvision does, plus any *extra boxes* handed in by name (e.g. the cached boxes the
+distillation terms train on). Extra boxes are ordinary samples too (labelled against the GT)
+and may take their place in the batch rather than add to it. The heads return, besides their
+losses, what was computed on every named group of extra boxes (:class:`HeadOutputs`); what to
+learn from that is not their business (:mod:`pipeline.distill`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -20,25 +21,8 @@ from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.ops import MultiScaleRoIAlign, boxes as box_ops
 
 from pipeline.data.records import UNLABELED
-from pipeline.distill.matching import teacher_better_mask
-from pipeline.distill.terms import DetectorDistill, FeatureDistill, RelationDistill
 from pipeline.models.oim import OIMLoss
 from pipeline.models.reid_head import ReIDHead
-
-#: target keys each distillation term reads (CONTRACTS.md section 2 names)
-REQUIRED_KEYS = {
-    "feature": ("gt_features",),
-    "relation": ("gt_features",),
-    "detector": ("proposal_boxes", "proposal_logits", "proposal_refined_boxes"),
-    "jitter": ("jitter_boxes", "jitter_features"),
-}
-
-
-class MissingTargetError(KeyError):
-    """A distillation term is on but the targets lack the cached key it needs."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 # ------------------------------------------------------------------ sampling, in small steps
@@ -91,54 +75,51 @@ def balanced_sample(labels: Tensor, size: int, max_positives: int) -> Tensor:
     return torch.cat((pos, neg)).sort().values
 
 
-def _random_subset(rows: Tensor, limit: int | None) -> Tensor:
-    """``rows`` whole when ``limit`` is None or not exceeded, else ``limit`` random ones, in
-    their original order."""
-    if limit is None or rows.numel() <= limit:
-        return rows
-    return rows[torch.randperm(rows.numel(), device=rows.device)[:limit].sort().values]
+class ExtraBoxes(Protocol):
+    """Extra RoIs for one training step, by named group (what a distillation term trains on).
 
+    ``for_image(i)`` is asked once per image, in image order, while the batch is sampled, so a
+    provider that draws random subsets draws them interleaved with the heads' own sampling."""
 
-#: per group of cached boxes, the target key holding the boxes
-CACHED_BOX_KEYS = {"gt": "boxes", "teacher": "proposal_boxes", "jitter": "jitter_boxes"}
+    share_batch: bool           # the extra boxes take their place in the batch (else on top)
+    embed_groups: tuple[str, ...]   # groups whose every box gets a Re-ID embedding
+    wants_identity_table: bool  # keep a copy of the OIM table as it was before this step
+
+    def for_image(self, index: int) -> tuple[dict[str, Tensor], Tensor]:
+        """(group -> (n, 4) boxes in the resized frame, in group order; indices of the image's
+        GT boxes that are among them, so the sampler does not add them a second time)."""
+        ...
 
 
 @dataclass
 class RoIBatch:
     """One training step's RoIs; row tensors are concatenated over images.
 
-    members: group of cached boxes -> (rows of this batch, rows of the group's cached tensors
-    concatenated over images, e.g. ``cat(t["jitter_features"])``)."""
+    groups: name of a group of extra boxes -> its rows in this batch, image after image."""
     boxes: list[Tensor]              # per image, resized frame
     labels: Tensor                   # (R,) 1 person, 0 background, -1 between the IoU thresholds
     pids: Tensor                     # (R,) identity of the matched GT; UNLABELED for background
     regression_targets: Tensor       # (R, 4)
     image_ids: Tensor                # (R,) image of each row
-    members: dict[str, tuple[Tensor, Tensor]]
+    groups: dict[str, Tensor]
 
 
 class RoIBatchBuilder:
-    """Collects each image's RoIs (sampled proposals, then chosen cached boxes) and where every
-    cached box came from; ``finish`` labels all rows against the GT."""
+    """Collects each image's RoIs (sampled proposals, then the extra boxes group after group)
+    and the rows of every group; ``finish`` labels all rows against the GT."""
 
-    def __init__(self, groups: list[str]):
+    def __init__(self):
         self.boxes: list[Tensor] = []
-        self.rows: dict[str, list[Tensor]] = {g: [] for g in groups}
-        self.src: dict[str, list[Tensor]] = {g: [] for g in groups}
+        self.rows: dict[str, list[Tensor]] = {}
         self.row_offset = 0
-        self.src_offset = {g: 0 for g in groups}
 
-    def add_image(self, sampled: Tensor, cached: Tensor, chosen: dict[str, Tensor],
-                  target: dict) -> None:
-        """sampled: the image's sampled proposals; cached: the chosen cached boxes, group after
-        group in ``chosen``'s order (group -> rows in the target's cached tensors)."""
+    def add_image(self, sampled: Tensor, extra: dict[str, Tensor]) -> None:
         start = self.row_offset + sampled.shape[0]
-        for g, c in chosen.items():
-            self.rows[g].append(torch.arange(start, start + c.numel(), device=sampled.device))
-            self.src[g].append(c + self.src_offset[g])
-            start += c.numel()
-            self.src_offset[g] += target[CACHED_BOX_KEYS[g]].shape[0]
-        self.boxes.append(torch.cat((sampled, cached)))
+        for name, boxes in extra.items():
+            rows = torch.arange(start, start + boxes.shape[0], device=sampled.device)
+            self.rows.setdefault(name, []).append(rows)
+            start += boxes.shape[0]
+        self.boxes.append(torch.cat((sampled, *extra.values())))
         self.row_offset = start
 
     def finish(self, targets, matcher: det_utils.Matcher, box_coder: det_utils.BoxCoder
@@ -152,16 +133,34 @@ class RoIBatchBuilder:
         device = self.boxes[0].device
         image_ids = torch.cat([torch.full((b.shape[0],), i, dtype=torch.int64, device=device)
                                for i, b in enumerate(self.boxes)])
-        members = {g: (torch.cat(self.rows[g]), torch.cat(self.src[g])) for g in self.rows}
+        groups = {name: torch.cat(rows) for name, rows in self.rows.items()}
         return RoIBatch(self.boxes, torch.cat(labels), torch.cat(pids), torch.cat(regression),
-                        image_ids, members)
+                        image_ids, groups)
+
+
+@dataclass
+class HeadOutputs:
+    """What one training step of the heads computed. Rows of the tensors are the RoI batch's."""
+    detection_losses: dict[str, Tensor]   # loss_classifier, loss_box_reg
+    boxes: Tensor                         # (R, 4) every RoI, resized frame
+    image_ids: Tensor                     # (R,)
+    labels: Tensor                        # (R,) 1 person, 0 background, -1 neither
+    pids: Tensor                          # (R,) identity of the matched GT; UNLABELED else
+    class_logits: Tensor                  # (R, 2) float32
+    box_regression: Tensor                # (R, 8) float32, both classes' deltas
+    embeddings: Tensor                    # (R, D): rows of persons and of embedded groups
+    groups: dict[str, Tensor]             # extra box group -> its rows
+    box_coder: det_utils.BoxCoder
+    identity_table: Tensor | None = None  # a copy of the OIM table, when asked for
 
 
 class PersonSearchRoIHeads(nn.Module):
-    """Box head (2 classes) + Re-ID head with OIM, plus optional distillation terms.
+    """Box head (2 classes) + Re-ID head with OIM.
 
-    Training: ``forward(features, proposals, image_shapes, targets) -> dict of weighted losses``.
-    Inference: ``detect(...)`` for boxes and scores, ``embed(...)`` for embeddings of given boxes.
+    Training: ``forward(features, proposals, image_shapes, targets, extra_boxes) ->
+    HeadOutputs`` with the detection losses, then ``reid_loss(outputs)`` (OIM; it updates the
+    identity table in place, so it comes after anything that reads the table). Inference:
+    ``detect(...)`` for boxes and scores, ``embed(...)`` for embeddings of given boxes.
     """
 
     def __init__(self, box_roi_pool: MultiScaleRoIAlign, box_head: nn.Module,
@@ -170,12 +169,7 @@ class PersonSearchRoIHeads(nn.Module):
                  batch_size_per_image: int = 128, positive_fraction: float = 0.5,
                  bbox_reg_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0),
                  score_thresh: float = 0.05, nms_thresh: float = 0.4,
-                 detections_per_img: int = 100, oim_weight: float = 1.0,
-                 feature_distill: FeatureDistill | None = None,
-                 relation_distill: RelationDistill | None = None,
-                 detector_distill: DetectorDistill | None = None,
-                 jitter_distill: FeatureDistill | None = None,
-                 roi_share: float | None = None):
+                 detections_per_img: int = 100, oim_weight: float = 1.0):
         super().__init__()
         self.box_roi_pool = box_roi_pool
         self.box_head = box_head
@@ -185,15 +179,10 @@ class PersonSearchRoIHeads(nn.Module):
         self.proposal_matcher = det_utils.Matcher(fg_iou_thresh, bg_iou_thresh,
                                                   allow_low_quality_matches=False)
         self.batch_size_per_image, self.positive_fraction = batch_size_per_image, positive_fraction
-        self.roi_share = roi_share
         self.box_coder = det_utils.BoxCoder(bbox_reg_weights)
         self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
         self.detections_per_img = detections_per_img
         self.oim_weight = oim_weight
-        self.feature_distill = feature_distill
-        self.relation_distill = relation_distill
-        self.detector_distill = detector_distill
-        self.jitter_distill = jitter_distill
 
     # -------------------------------------------------------------- shared pieces
     def box_features(self, features: dict[str, Tensor], boxes: list[Tensor],
@@ -205,178 +194,79 @@ class PersonSearchRoIHeads(nn.Module):
             return features["feat_res4"].new_zeros((0, self.box_predictor.cls_score.in_features))
         return self.box_head(pooled)
 
-    def required_keys(self) -> set[str]:
-        keys = set()
-        for name in REQUIRED_KEYS:
-            if getattr(self, f"{name}_distill") is not None:
-                keys.update(REQUIRED_KEYS[name])
-        return keys
-
-    def check_targets(self, targets: list[dict[str, Tensor]]) -> None:
-        for key in sorted(self.required_keys()):
-            for i, t in enumerate(targets):
-                if key not in t:
-                    on = [n for n, ks in REQUIRED_KEYS.items()
-                          if key in ks and getattr(self, f"{n}_distill") is not None]
-                    raise MissingTargetError(
-                        f"distillation term(s) {on} need target key {key!r} (from the teacher "
-                        f"cache), missing in target {i}; keys present: {sorted(t)}")
-        for boxes_key, other in (("boxes", "gt_features"), ("proposal_boxes", "proposal_logits"),
-                                 ("proposal_boxes", "proposal_refined_boxes"),
-                                 ("jitter_boxes", "jitter_features")):
-            if other not in self.required_keys():
-                continue
-            for i, t in enumerate(targets):
-                if t[other].shape[0] != t[boxes_key].shape[0]:
-                    raise ValueError(f"target {i}: {t[other].shape[0]} {other} rows for "
-                                     f"{t[boxes_key].shape[0]} {boxes_key}")
-
     # -------------------------------------------------------------- training
-    def _cached_groups(self, targets) -> dict[str, list[Tensor]]:
-        """Per group of cached boxes the enabled terms train on, per image: the row numbers
-        (in that image's cached tensors) of the boxes that may join the RoI batch."""
-        rows = lambda key: [torch.arange(t[key].shape[0], device=t[key].device) for t in targets]
-        groups = {}
-        if self.feature_distill is not None or self.relation_distill is not None:
-            groups["gt"] = rows("boxes")
-        if self.detector_distill is not None:
-            groups["teacher"] = self._teacher_proposal_rows(targets)
-        if self.jitter_distill is not None:
-            groups["jitter"] = rows("jitter_boxes")
-        return groups
+    def _batch_quota(self, extra_boxes: Tensor, gt: Tensor, share: bool) -> tuple[int, int]:
+        """(RoIs, positives) the sampler may still draw for an image, torchvision's rule; when
+        the extra boxes share the batch they use up their part of both."""
+        size = self.batch_size_per_image
+        max_pos = int(size * self.positive_fraction)
+        if share:
+            labels = assign_targets_to_proposals([extra_boxes], [gt], self.proposal_matcher)[1][0]
+            size -= extra_boxes.shape[0]
+            max_pos = max(0, max_pos - int((labels > 0).sum()))
+        return size, max_pos
 
-    def _teacher_proposal_rows(self, targets) -> list[Tensor]:
-        """Per image: rows of the usable cached teacher proposals (degenerate ones dropped),
-        a random ``num_proposals`` of them when more are cached."""
-        n = self.detector_distill.num_proposals
-        out = []
-        for t in targets:
-            p, r = t["proposal_boxes"], t["proposal_refined_boxes"]
-            ok = ((p[:, 2:] - p[:, :2]) >= 1).all(dim=1) & ((r[:, 2:] - r[:, :2]) > 0).all(dim=1)
-            idx = torch.where(ok)[0]
-            if 0 < n < idx.numel():
-                idx = idx[torch.randperm(idx.numel(), device=idx.device)[:n]]
-            out.append(idx)
-        return out
-
-    def _choose_cached(self, candidates: dict[str, Tensor]) -> dict[str, Tensor]:
-        """One image: the candidate rows of each group that join this step's RoI batch. Without
-        a share, all of them; with one, at most ``share * batch`` boxes: GT boxes first, then a
-        uniformly random subset of the other groups' boxes."""
-        budget = None if self.roi_share is None else \
-            int(self.roi_share * self.batch_size_per_image)
-        chosen = {}
-        if "gt" in candidates:
-            chosen["gt"] = _random_subset(candidates["gt"], budget)
-            budget = None if budget is None else budget - chosen["gt"].numel()
-        others = [n for n in candidates if n != "gt"]
-        if others:
-            pooled = torch.cat([candidates[n] for n in others])
-            group = torch.cat([torch.full_like(candidates[n], k) for k, n in enumerate(others)])
-            keep = _random_subset(torch.arange(pooled.numel(), device=pooled.device), budget)
-            for k, name in enumerate(others):
-                chosen[name] = pooled[keep[group[keep] == k]]
-        return chosen
-
-    def select_training_samples(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]
-                                ) -> RoIBatch:
-        """This step's RoIs, per image: the student's proposals sampled balanced (torchvision's
-        rule) followed by the cached boxes chosen for the distillation terms. Every row is
-        labelled against the GT the same way, so cached boxes are detection and OIM samples too;
-        with ``roi_share`` they take their place in the batch instead of adding to it."""
-        cached = self._cached_groups(targets)
-        batch = RoIBatchBuilder(list(cached))
+    def select_training_samples(self, proposals: list[Tensor], targets: list[dict[str, Tensor]],
+                                extra_boxes: ExtraBoxes | None = None) -> RoIBatch:
+        """This step's RoIs, per image: the student's proposals (plus the GT boxes, as
+        torchvision adds them) sampled balanced, followed by the extra boxes. Every row is
+        labelled against the GT the same way, so extra boxes are detection and OIM samples too."""
+        batch = RoIBatchBuilder()
         for i, (props, t) in enumerate(zip(proposals, targets)):
             gt = t["boxes"].to(props.dtype)
-            chosen = self._choose_cached({n: rows[i] for n, rows in cached.items()})
-            extra = torch.cat([props.new_zeros((0, 4))] + [
-                t[CACHED_BOX_KEYS[n]][c].to(props.dtype) for n, c in chosen.items()])
-            size = self.batch_size_per_image
-            max_pos = int(size * self.positive_fraction)
-            if self.roi_share is not None:  # the cached boxes take their place in the batch
-                labels = assign_targets_to_proposals([extra], [gt], self.proposal_matcher)[1][0]
-                size -= extra.shape[0]
-                max_pos = max(0, max_pos - int((labels > 0).sum()))
-            # every GT box is a candidate (torchvision adds them), unless already chosen
+            extra, gt_taken = extra_boxes.for_image(i) if extra_boxes is not None else \
+                ({}, torch.zeros(0, dtype=torch.int64, device=gt.device))
+            extra = {name: b.to(props.dtype) for name, b in extra.items()}
+            joined = torch.cat([props.new_zeros((0, 4)), *extra.values()])
+            share = extra_boxes is not None and extra_boxes.share_batch
+            size, max_pos = self._batch_quota(joined, gt, share)
             left = torch.ones(gt.shape[0], dtype=torch.bool, device=gt.device)
-            left[chosen.get("gt", left.new_zeros(0, dtype=torch.int64))] = False
+            left[gt_taken] = False
             pool = torch.cat((props, gt[left]))
             pool_labels = assign_targets_to_proposals([pool], [gt], self.proposal_matcher)[1][0]
             keep = balanced_sample(pool_labels, size, max_pos)
-            batch.add_image(pool[keep], extra, chosen, t)
+            batch.add_image(pool[keep], extra)
         return batch.finish(targets, self.proposal_matcher, self.box_coder)
 
+    def _embed_rows(self, feats: Tensor, rois: RoIBatch, embed_groups) -> Tensor:
+        """(R, D) embeddings of the foreground rows and of every row of ``embed_groups``; the
+        other rows stay zero (never read)."""
+        embedded = rois.labels > 0
+        for name in embed_groups:
+            if name in rois.groups:
+                embedded[rois.groups[name]] = True
+        rows = torch.where(embedded)[0]
+        emb = torch.zeros(feats.shape[0], self.reid_head.dim, device=feats.device)
+        if rows.numel():
+            emb = emb.index_put((rows,), self.reid_head(feats[rows]).float())
+        return emb
+
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor],
-                image_shapes: list[tuple[int, int]],
-                targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        self.check_targets(targets)
-        rois = self.select_training_samples(proposals, targets)
+                image_shapes: list[tuple[int, int]], targets: list[dict[str, Tensor]],
+                extra_boxes: ExtraBoxes | None = None) -> HeadOutputs:
+        rois = self.select_training_samples(proposals, targets, extra_boxes)
         feats = self.box_features(features, rois.boxes, image_shapes)
         class_logits, box_regression = self.box_predictor(feats)
         class_logits, box_regression = class_logits.float(), box_regression.float()
-        scored = rois.labels >= 0  # a cached box between the IoU thresholds: distillation only
+        scored = rois.labels >= 0  # an extra box between the IoU thresholds: no detection loss
         loss_classifier, loss_box_reg = fastrcnn_loss(
             class_logits[scored], box_regression[scored], [rois.labels[scored]],
             [rois.regression_targets[scored]])
-        losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+        embed_groups = extra_boxes.embed_groups if extra_boxes is not None else ()
+        wants_table = extra_boxes is not None and extra_boxes.wants_identity_table
+        return HeadOutputs(
+            detection_losses={"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg},
+            boxes=torch.cat(rois.boxes), image_ids=rois.image_ids, labels=rois.labels,
+            pids=rois.pids, class_logits=class_logits, box_regression=box_regression,
+            embeddings=self._embed_rows(feats, rois, embed_groups), groups=rois.groups,
+            box_coder=self.box_coder,
+            identity_table=self.oim.lut.clone() if wants_table else None)
 
-        fg = rois.labels > 0
-        embedded = fg.clone()
-        for name in ("gt", "jitter"):
-            if name in rois.members:
-                embedded[rois.members[name][0]] = True
-        rows = torch.where(embedded)[0]
-        emb = torch.zeros(feats.shape[0], self.reid_head.dim, device=feats.device)
-        emb = emb.index_put((rows,), self.reid_head(feats[rows]).float()) if rows.numel() \
-            else emb  # only the rows computed are ever read
-
-        losses.update(self._embedding_distill(emb, rois, targets))  # before OIM updates
-        if "teacher" in rois.members:
-            losses.update(self._detector_distill(class_logits, box_regression, rois, targets))
-
-        fg_labels = self.oim.pid_to_label(rois.pids[fg])
-        losses["loss_oim"] = self.oim_weight * self.oim(emb[fg], fg_labels)
-        return losses
-
-    def _embedding_distill(self, emb: Tensor, rois: RoIBatch, targets) -> dict[str, Tensor]:
-        """Feature, relation and jitter terms on the chosen GT / jittered boxes' embeddings."""
-        out = {}
-        if "gt" in rois.members:
-            rows, src = rois.members["gt"]
-            teacher = torch.cat([t["gt_features"] for t in targets])[src]
-            if self.feature_distill is not None:
-                out["loss_distill_feature"] = self.feature_distill(emb[rows], teacher)
-            if self.relation_distill is not None:  # a copy: OIM updates the LUT in place
-                out["loss_distill_relation"] = self.relation_distill(
-                    emb[rows], self.oim.lut.clone(), teacher)
-        if "jitter" in rois.members:
-            rows, src = rois.members["jitter"]
-            teacher = torch.cat([t["jitter_features"] for t in targets])[src]
-            out["loss_distill_jitter"] = self.jitter_distill(emb[rows], teacher)
-        return out
-
-    def _detector_distill(self, class_logits: Tensor, box_regression: Tensor, rois: RoIBatch,
-                          targets) -> dict[str, Tensor]:
-        """Box head outputs on the chosen teacher proposals vs the teacher's, cached."""
-        rows, src = rois.members["teacher"]
-        logits = class_logits[rows]
-        deltas = box_regression[rows].reshape(rows.numel(), box_regression.shape[1] // 4,
-                                              4)[:, 1]  # the person class
-        props = torch.cat(rois.boxes)[rows].float()
-        t_logits = torch.cat([t["proposal_logits"] for t in targets])[src].float()
-        t_refined = torch.cat([t["proposal_refined_boxes"] for t in targets])[src].float()
-        teacher_deltas = self.box_coder.encode_single(t_refined, props)
-        with torch.no_grad():
-            student_boxes = self.box_coder.decode_single(deltas.detach(), props)
-        mask = torch.zeros(rows.numel(), dtype=torch.bool, device=rows.device)
-        image_of_row = rois.image_ids[rows]
-        for i, t in enumerate(targets):
-            sel = image_of_row == i
-            mask[sel] = teacher_better_mask(props[sel], student_boxes[sel], t_refined[sel],
-                                            t["boxes"].to(props.dtype),
-                                            self.detector_distill.fg_iou_thresh)
-        mask &= torch.isfinite(teacher_deltas).all(dim=1)
-        return self.detector_distill(logits, t_logits, deltas, teacher_deltas, mask)
+    def reid_loss(self, outputs: HeadOutputs) -> dict[str, Tensor]:
+        """OIM over the foreground rows; updates the identity table and queue in place."""
+        fg = outputs.labels > 0
+        labels = self.oim.pid_to_label(outputs.pids[fg])
+        return {"loss_oim": self.oim_weight * self.oim(outputs.embeddings[fg], labels)}
 
     # -------------------------------------------------------------- inference
     def detect(self, features: dict[str, Tensor], proposals: list[Tensor],

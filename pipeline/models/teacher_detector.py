@@ -17,7 +17,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import misc as misc_ops
 from torchvision.ops import boxes as box_ops
 
-from pipeline.models.backbone import _pretrained_state
+from pipeline.models.backbone import _pretrained_state, freeze_stages
 
 NUM_CLASSES = 2
 PERSON = 1
@@ -28,7 +28,7 @@ class TeacherDetector(FasterRCNN):
     """Faster R-CNN (torchvision) over ``backbone`` + FPN; ``model_args`` rebuild it."""
 
     def __init__(self, *, backbone: str = "resnet50", pretrained: bool = False,
-                 trainable_layers: int = 5, fpn_channels: int = 256,
+                 frozen_stages: int = 0, fpn_channels: int = 256,
                  box_head_dim: int = 1024, min_size: int = 900, max_size: int = 1500,
                  rpn_pre_nms_top_n_train: int = 2000, rpn_post_nms_top_n_train: int = 2000,
                  rpn_pre_nms_top_n_test: int = 1000, rpn_post_nms_top_n_test: int = 1000,
@@ -43,7 +43,7 @@ class TeacherDetector(FasterRCNN):
         resnet = getattr(torchvision.models, backbone)(weights=None, norm_layer=norm)
         if pretrained:
             resnet.load_state_dict(_pretrained_state(backbone, None))
-        _freeze(resnet, trainable_layers)
+        freeze_stages(resnet, frozen_stages)
         widths = [resnet.inplanes // 8 * 2 ** i for i in range(4)]  # layer1..layer4 outputs
         body = BackboneWithFPN(resnet, {f"layer{i + 1}": str(i) for i in range(4)}, widths,
                                fpn_channels)
@@ -62,24 +62,12 @@ class TeacherDetector(FasterRCNN):
         self.model_args = {**self_args, "pretrained": False, "frozen_bn": frozen_bn}
 
 
-def _freeze(resnet: nn.Module, trainable_layers: int) -> None:
-    """torchvision's rule: only the last ``trainable_layers`` (0..5) stages train."""
-    if not 0 <= trainable_layers <= 5:
-        raise ValueError(f"trainable_layers must lie in 0..5, got {trainable_layers}")
-    stages = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
-    if trainable_layers == 5:
-        stages.append("bn1")
-    for name, p in resnet.named_parameters():
-        if not any(name.startswith(s) for s in stages):
-            p.requires_grad_(False)
-
-
 def build_teacher_detector(cfg) -> TeacherDetector:
     """``cfg``: :class:`pipeline.config.teacher.DetectorConfig`."""
     if not cfg.fpn:
         raise ValueError("detector.fpn=false is not supported: the teacher is ResNet-FPN")
     return TeacherDetector(
-        backbone=cfg.backbone, pretrained=cfg.pretrained, trainable_layers=cfg.trainable_layers,
+        backbone=cfg.backbone, pretrained=cfg.pretrained, frozen_stages=cfg.frozen_stages,
         fpn_channels=cfg.fpn_channels, box_head_dim=cfg.box_head_dim,
         min_size=cfg.min_size, max_size=cfg.max_size,
         rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,

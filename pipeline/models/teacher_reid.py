@@ -1,5 +1,5 @@
 """Teacher Re-ID network ("strong baseline"): ResNet trunk -> global average pooling ->
-optional linear projection to ``embed_dim`` -> BN-neck -> bias-free identity classifier.
+optional linear projection to ``embedding_dim`` -> BN-neck -> bias-free identity classifier.
 
 Inputs are person crops (B, 3, crop_h, crop_w) float in [0, 1]; the network normalises them
 with the ImageNet mean/std itself, so training crops and inference crops
@@ -21,14 +21,15 @@ WIDTHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 
 
 class TeacherReid(nn.Module):
-    def __init__(self, *, backbone: str = "resnet50", num_classes: int, embed_dim: int = 256,
+    def __init__(self, *, backbone: str = "resnet50", num_classes: int, embedding_dim: int = 256,
                  crop_height: int = 256, crop_width: int = 128, pretrained: bool = False):
         super().__init__()
         if backbone not in WIDTHS:
             raise ValueError(f"reid backbone {backbone!r}: expected one of {sorted(WIDTHS)}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
-        self.model_args = dict(backbone=backbone, num_classes=num_classes, embed_dim=embed_dim,
+        self.model_args = dict(backbone=backbone, num_classes=num_classes,
+                               embedding_dim=embedding_dim,
                                crop_height=crop_height, crop_width=crop_width, pretrained=False)
         resnet = getattr(torchvision.models, backbone)(weights=None)
         if pretrained:
@@ -36,18 +37,19 @@ class TeacherReid(nn.Module):
         self.trunk = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
                                    resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4)
         width = WIDTHS[backbone]
-        self.projection = (nn.Linear(width, embed_dim) if embed_dim != width else nn.Identity())
-        self.neck = nn.BatchNorm1d(embed_dim)
+        self.projection = nn.Linear(width, embedding_dim) if embedding_dim != width else \
+            nn.Identity()
+        self.neck = nn.BatchNorm1d(embedding_dim)
         self.neck.bias.requires_grad_(False)  # BN-neck: no shift before the classifier
-        self.classifier = nn.Linear(embed_dim, num_classes, bias=False)
+        self.classifier = nn.Linear(embedding_dim, num_classes, bias=False)
         nn.init.normal_(self.classifier.weight, std=0.001)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.crop_size = (crop_height, crop_width)
-        self.embed_dim = embed_dim
+        self.embedding_dim = embedding_dim
 
     def features(self, crops: Tensor) -> Tensor:
-        """(B, 3, h, w) in [0, 1] -> (B, embed_dim) pre-BN feature."""
+        """(B, 3, h, w) in [0, 1] -> (B, embedding_dim) pre-BN feature."""
         x = self.trunk((crops - self.mean) / self.std)
         return self.projection(x.mean(dim=(2, 3)))
 
@@ -59,13 +61,14 @@ class TeacherReid(nn.Module):
     def embed(self, crops: Tensor) -> Tensor:
         """Inference embeddings (B, D): BN-neck output, L2-normalised (call in eval mode)."""
         if len(crops) == 0:
-            return crops.new_zeros((0, self.embed_dim))
+            return crops.new_zeros((0, self.embedding_dim))
         return F.normalize(self.neck(self.features(crops)).float(), dim=1)
 
 
 def build_teacher_reid(cfg, num_classes: int) -> TeacherReid:
     """``cfg``: :class:`pipeline.config.teacher.ReidConfig`."""
-    return TeacherReid(backbone=cfg.backbone, num_classes=num_classes, embed_dim=cfg.embed_dim,
+    return TeacherReid(backbone=cfg.backbone, num_classes=num_classes,
+                       embedding_dim=cfg.embedding_dim,
                        crop_height=cfg.crop_height, crop_width=cfg.crop_width,
                        pretrained=cfg.pretrained)
 

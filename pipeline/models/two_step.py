@@ -1,5 +1,5 @@
-"""The two-step teacher as a Searcher (CONTRACTS.md section 3): detector boxes, then Re-ID
-embeddings of crops cut by ``crop_and_resize`` exactly as in the cache build.
+"""The two-step teacher as a :class:`~pipeline.models.searcher.Searcher`: detector boxes, then
+Re-ID embeddings of crops cut by ``crop_and_resize`` exactly as in the cache build.
 
 Boxes in and out are x1, y1, x2, y2 in original image pixels; embeddings L2-normalised.
 """
@@ -10,7 +10,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from pipeline.config import load_config
+from pipeline.config.teacher import TeacherConfig
 from pipeline.data.crops import crop_many
+from pipeline.models.teachers import load_detector, load_reid
 
 
 class TwoStepSearcher:
@@ -29,7 +32,7 @@ class TwoStepSearcher:
         crops = crop_many(images, [b.to(images[0].device).float() for b in boxes],
                           self.crop_size)
         if len(crops) == 0:
-            return [torch.zeros((0, self.reid.embed_dim), device=self.device) for _ in boxes]
+            return [torch.zeros((0, self.reid.embedding_dim), device=self.device) for _ in boxes]
         return list(self.reid.embed(crops).float().split(counts))
 
     @torch.no_grad()
@@ -43,10 +46,7 @@ class TwoStepSearcher:
 
 def load_two_step(teacher_config: str | Path, device="cpu") -> TwoStepSearcher:
     """From a teacher YAML config: its ``out_dir/detector.pt`` and ``out_dir/reid.pt``."""
-    from pipeline.config import load_config
-    from pipeline.config.teacher import TeacherConfig
-    from pipeline.engine.teacher import detector_path, load_detector, load_reid, reid_path
     cfg = load_config(teacher_config, TeacherConfig)
-    detector = load_detector(detector_path(cfg), device)
-    reid = load_reid(reid_path(cfg), device)
+    detector = load_detector(cfg.checkpoint("detector"), device)
+    reid = load_reid(cfg.checkpoint("reid"), device)
     return TwoStepSearcher(detector, reid, reid.crop_size, device)

@@ -7,38 +7,26 @@ that tests exercise are the readers users run on the real releases.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from ..records import UNLABELED, ImageRecord, QueryGallery, QueryRecord
+from ..cuhk_sysu import GALLERY_SIZES, write_cuhk_sysu_annotations
+from ..prw import write_prw_annotations
+from ..records import UNLABELED, ImageRecord, PersonSearchData, QueryGallery, QueryRecord
 from .render import draw_occluder, draw_person, finish_image, make_camera_style, random_shape
 from .world import (SyntheticWorldError, World, parse_size, plan_world, prw_pids)
 
 FORMATS = ("prw", "cuhk-sysu")
 JPEG_QUALITY = 90
-CUHK_GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000)
 MARKER = "synthetic.json"      # parameters of the world; marks a folder this generator may reuse
 PRW_FRAME_STEP = 25            # frame numbers advance like a sampled video
 FRAME_CLUTTER = (2, 6)         # random shapes added to each frame (low, high exclusive)
 
-__all__ = ["make_synthetic", "generate", "SyntheticDataset", "SyntheticWorldError",
-           "parse_size", "FORMATS"]
-
-
-@dataclass
-class SyntheticDataset:
-    """What the generator wrote, as the readers should hand it back."""
-
-    root: Path
-    train: list[ImageRecord]
-    test: list[ImageRecord]                      # PRW test frames / CUHK-SYSU pool
-    queries: list[QueryRecord]
-    galleries: dict[int, list[QueryGallery]]     # CUHK-SYSU only
-
+__all__ = ["make_synthetic", "generate", "SyntheticWorldError", "parse_size", "FORMATS"]
 
 def make_synthetic(fmt: str, out, *, identities: int = 60, images: int = 240,
                    size: tuple[int, int] = (320, 240), cameras: int = 3, seed: int = 0,
@@ -51,8 +39,8 @@ def make_synthetic(fmt: str, out, *, identities: int = 60, images: int = 240,
 
 def generate(fmt: str, out, *, identities: int = 60, images: int = 240,
              size: tuple[int, int] = (320, 240), cameras: int = 3, seed: int = 0,
-             progress: bool = False) -> SyntheticDataset:
-    """:func:`make_synthetic`, returning the intended records as well."""
+             progress: bool = False) -> PersonSearchData:
+    """:func:`make_synthetic`, returning what the readers should hand back for it."""
     if fmt not in FORMATS:
         raise SyntheticWorldError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     size = tuple(int(v) for v in size)
@@ -60,10 +48,10 @@ def generate(fmt: str, out, *, identities: int = 60, images: int = 240,
                        seed=seed)
     if fmt == "cuhk-sysu":
         pool = sum(s.split == "test" for s in world.scenes)
-        if pool - 1 < CUHK_GALLERY_SIZES[0]:
+        if pool - 1 < GALLERY_SIZES[0]:
             raise SyntheticWorldError(
                 f"the CUHK-SYSU test pool would hold {pool} images, but TestG50 needs at least "
-                f"{CUHK_GALLERY_SIZES[0] + 1}; use --images >= {2 * (CUHK_GALLERY_SIZES[0] + 1)}")
+                f"{GALLERY_SIZES[0] + 1}; use --images >= {2 * (GALLERY_SIZES[0] + 1)}")
     root = _prepare_root(Path(out))
     params = {"format": fmt, "identities": identities, "images": images, "size": list(size),
               "cameras": cameras, "seed": seed}
@@ -73,12 +61,10 @@ def generate(fmt: str, out, *, identities: int = 60, images: int = 240,
     _render_all(world, names, image_dir, seed, progress)
     dataset = (_prw_records if fmt == "prw" else _cuhk_records)(world, names, image_dir, root, seed)
     if fmt == "prw":
-        from ..prw import write_prw_annotations
-        write_prw_annotations(root, dataset.train, dataset.test, dataset.queries)
+        write_prw_annotations(root, dataset.train, dataset.gallery, dataset.queries)
     else:
-        from ..cuhk_sysu import write_cuhk_sysu_annotations
-        write_cuhk_sysu_annotations(root, dataset.train, dataset.test, dataset.queries,
-                                    dataset.galleries)
+        write_cuhk_sysu_annotations(root, dataset.train, dataset.gallery, dataset.queries,
+                                    dataset.query_galleries)
     (root / MARKER).write_text(json.dumps(params, indent=2) + "\n")
     return dataset
 
@@ -90,7 +76,6 @@ def _prepare_root(root: Path) -> Path:
         raise SyntheticWorldError(f"{root}: folder is not empty and holds no synthetic dataset; "
                                   "choose an empty or new folder")
     if (root / MARKER).is_file():  # an earlier synthetic world: replace it wholesale
-        import shutil
         for child in ("frames", "annotations", "Image", "annotation"):
             if (root / child).exists():
                 shutil.rmtree(root / child)
@@ -163,7 +148,7 @@ def _prw_queries(world: World, identity: int, rng):
     return picks
 
 
-def _prw_records(world: World, names, image_dir, root, seed) -> SyntheticDataset:
+def _prw_records(world: World, names, image_dir, root, seed) -> PersonSearchData:
     train_pids, test_pids = prw_pids(len(world.train_ids), len(world.test_ids))
     pid_of = {**dict(zip(world.train_ids, train_pids)), **dict(zip(world.test_ids, test_pids))}
     recs = {s.index: _record(s, names[s.index], image_dir, world.size, pid_of, s.camera)
@@ -173,13 +158,12 @@ def _prw_records(world: World, names, image_dir, root, seed) -> SyntheticDataset
                            pid=pid_of[identity], camera=scene.camera)
                for identity in world.test_ids
                for scene, person in _prw_queries(world, identity, rng)]
-    return SyntheticDataset(
-        root=root, train=[recs[s.index] for s in world.scenes if s.split == "train"],
-        test=[recs[s.index] for s in world.scenes if s.split == "test"], queries=queries,
-        galleries={})
+    return PersonSearchData(
+        dataset="prw", root=root, train=[recs[s.index] for s in world.scenes if s.split == "train"],
+        gallery=[recs[s.index] for s in world.scenes if s.split == "test"], queries=queries)
 
 
-def _cuhk_records(world: World, names, image_dir, root, seed) -> SyntheticDataset:
+def _cuhk_records(world: World, names, image_dir, root, seed) -> PersonSearchData:
     rng = np.random.default_rng([seed, 4])
     pid_of = {identity: k + 1 for k, identity in enumerate(world.train_ids)}
     pid_of.update({identity: q + 1 for q, identity in enumerate(world.test_ids)})
@@ -193,7 +177,7 @@ def _cuhk_records(world: World, names, image_dir, root, seed) -> SyntheticDatase
         queries.append(QueryRecord(image=names[scene.index], box=person.box.astype(np.float32),
                                    pid=pid_of[identity]))
         picks.append((identity, scene))
-    sizes = [n for n in CUHK_GALLERY_SIZES if n <= len(pool) - 1]
+    sizes = [n for n in GALLERY_SIZES if n <= len(pool) - 1]
     galleries = {n: [] for n in sizes}
     for identity, query_scene in picks:
         positives = [(names[s.index], p.box) for s in pool_scenes if s is not query_scene
@@ -210,5 +194,5 @@ def _cuhk_records(world: World, names, image_dir, root, seed) -> SyntheticDatase
             boxes[: len(positives)] = [b for _, b in positives]
             galleries[n].append(QueryGallery(images=tuple([nm for nm, _ in positives] + extra),
                                              boxes=boxes))
-    return SyntheticDataset(root=root, train=train, test=pool, queries=queries,
-                            galleries=galleries)
+    return PersonSearchData(dataset="cuhk-sysu", root=root, train=train, gallery=pool,
+                            queries=queries, query_galleries=galleries)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from pipeline.data.records import DatasetError, PersonSearchData
@@ -55,7 +56,6 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 def write_results(path, dataset: str, gallery_images, offsets, boxes, scores, embeddings,
                   query_images, query_boxes, query_embeddings) -> Path:
     """Write a results file (shapes as in the module docstring)."""
-    import h5py
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = h5py.string_dtype("utf-8")
@@ -84,7 +84,6 @@ def _boxes(boxes) -> np.ndarray:
 
 def read_results(path, data: PersonSearchData) -> SearchResults:
     """Read and validate a results file against ``data``; gallery reordered to data.gallery."""
-    import h5py
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"results file {path} does not exist")

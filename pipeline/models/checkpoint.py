@@ -158,6 +158,12 @@ def check_state_dict_fits(model: nn.Module, state: dict, *, source: str = "check
                               + "; ".join(parts))
 
 
+def load_state(model: nn.Module, state: dict, *, source: str = "checkpoint") -> None:
+    """Load ``state`` into ``model`` strictly, refusing with a message that says what differs."""
+    check_state_dict_fits(model, state, source=source)
+    model.load_state_dict(state, strict=True)
+
+
 def load_checkpoint(path: str | Path, model: nn.Module | None = None, *, optimizer=None,
                     scheduler=None, scaler=None, map_location: str | torch.device = "cpu",
                     restore_rng: bool = False) -> dict:
@@ -173,8 +179,7 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, *, optimiz
         if ckpt.get("model_class") not in (None, _class_name(bare)):
             raise CheckpointError(f"{source} is for another kind of model than "
                                   f"{_class_name(bare)}")
-        check_state_dict_fits(bare, ckpt["model"], source=source)
-        bare.load_state_dict(ckpt["model"], strict=True)
+        load_state(bare, ckpt["model"], source=source)
     if optimizer is not None:
         if ckpt.get("optimizer") is None:
             raise CheckpointError(f"{path}: holds no optimizer state, cannot resume from it")

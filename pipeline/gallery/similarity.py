@@ -12,6 +12,7 @@ among the ``ivf_k`` best get similarity -inf (ranked last).
 """
 from __future__ import annotations
 
+import faiss
 import numpy as np
 
 INDEX_KINDS = ("flat", "ivf")
@@ -20,7 +21,6 @@ DEFAULT_IVF_K = 2048
 
 
 def gpu_available() -> bool:
-    import faiss
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
 
@@ -56,13 +56,11 @@ class SimilarityIndex:
         return self._index
 
     def _resources(self):
-        import faiss
         if self._gpu_res is None:
             self._gpu_res = faiss.StandardGpuResources()
         return self._gpu_res
 
     def _build(self):
-        import faiss
         d = self.dim
         if self.kind == "flat":
             index = faiss.IndexFlatIP(d)
@@ -92,7 +90,6 @@ class SimilarityIndex:
 
     def _inner_products(self, queries: np.ndarray, base: np.ndarray) -> np.ndarray:
         """Exact (Q,R) inner products through FAISS's brute-force kernels."""
-        import faiss
         if len(queries) == 0 or len(base) == 0:
             return np.zeros((len(queries), len(base)), np.float32)
         base = np.ascontiguousarray(base, np.float32)

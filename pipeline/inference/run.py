@@ -1,10 +1,10 @@
-"""Run any Searcher over a dataset's gallery and queries and write the results file (schema
-"person-search-results/1").
+"""Run a :class:`~pipeline.models.searcher.Searcher` over a dataset's gallery and queries and
+write the results file (:mod:`pipeline.gallery.results_file`).
 
-Two gallery modes: ``"detect"`` (the searcher's own detections, the search protocol) and
-``"gt"`` (the ground-truth boxes as the gallery's detections, score 1, embedded by the
-searcher's query mode ``embed_boxes``): the mAP of the latter measures Re-ID quality alone,
-with the detector taken out (detection AP is then trivially perfect and means nothing)."""
+Two gallery modes: ``"detect"`` (the searcher's own detections: the search protocol) and
+``"gt"`` (the gallery's ground-truth boxes stand in for the detections, score 1, embedded by
+the searcher's query mode ``embed_boxes``): the mAP of the latter measures Re-ID quality alone,
+with the detector taken out (its detection AP is trivially perfect and means nothing)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +15,10 @@ from tqdm import tqdm
 
 from pipeline.data.images import load_image
 from pipeline.data.records import PersonSearchData
-from pipeline.evaluation.results_file import write_results
+from pipeline.gallery.results_file import write_results
+from pipeline.inference.searchers import load_searcher
+from pipeline.models.precision import autocast
+from pipeline.models.searcher import Searcher
 
 
 def _load_image(path: Path, device) -> torch.Tensor:
@@ -23,16 +26,21 @@ def _load_image(path: Path, device) -> torch.Tensor:
     return load_image(path).to(device)
 
 
-def _autocast(device, amp_dtype):
-    enabled = amp_dtype is not None and torch.device(device).type == "cuda"
-    return torch.autocast("cuda", dtype=amp_dtype, enabled=enabled) if enabled \
-        else torch.autocast("cpu", enabled=False)
+#: gallery mode -> the results file a model's evaluation writes
+RESULTS_FILES = {"detect": "results.h5", "gt": "results_gt.h5"}
 
 
-GALLERY_MODES = ("detect", "gt")
+def results_from_model(source, model_kind: str, data: PersonSearchData, out_path, *,
+                       device="cpu", batch_size: int = 2, progress: bool = True,
+                       gallery_mode: str = "detect") -> Path:
+    """Load a searcher (a student checkpoint, or a teacher config with ``model_kind``
+    "teacher") and write its results file over ``data``; bf16 on CUDA."""
+    searcher = load_searcher(source, model_kind, device)
+    return run_searcher(searcher, data, out_path, device=device, batch_size=batch_size,
+                        amp=True, progress=progress, gallery_mode=gallery_mode)
 
 
-def _ground_truth_detections(searcher, images, records, device) -> list[dict]:
+def _ground_truth_detections(searcher: Searcher, images, records, device) -> list[dict]:
     """The records' GT boxes as detections (score 1), embedded by ``embed_boxes``."""
     boxes = [torch.as_tensor(np.asarray(r.boxes, np.float32).reshape(-1, 4), device=device)
              for r in records]
@@ -41,15 +49,16 @@ def _ground_truth_detections(searcher, images, records, device) -> list[dict]:
             for b, e in zip(boxes, embs)]
 
 
-def run_searcher(searcher, data: PersonSearchData, out_path, *, device, batch_size: int = 2,
-                 amp_dtype=None, progress: bool = True, gallery_mode: str = "detect") -> Path:
+def run_searcher(searcher: Searcher, data: PersonSearchData, out_path, *, device,
+                 batch_size: int = 2, amp: bool = False, progress: bool = True,
+                 gallery_mode: str = "detect") -> Path:
     """Detect in every gallery image (``gallery_mode="gt"``: take its GT boxes instead), embed
-    every query box, write the results file."""
-    if gallery_mode not in GALLERY_MODES:
-        raise ValueError(f"gallery_mode {gallery_mode!r}; expected one of {GALLERY_MODES}")
+    every query box, write the results file. ``amp``: bf16 autocast on CUDA."""
+    if gallery_mode not in RESULTS_FILES:
+        raise ValueError(f"gallery_mode {gallery_mode!r}; expected one of {sorted(RESULTS_FILES)}")
     boxes, scores, embs, counts = [], [], [], []
     gallery = data.gallery
-    with torch.no_grad(), _autocast(device, amp_dtype):
+    with torch.no_grad(), autocast(device, amp):
         for s in tqdm(range(0, len(gallery), batch_size), desc="gallery", disable=not progress):
             records = gallery[s:s + batch_size]
             images = [_load_image(r.path, device) for r in records]

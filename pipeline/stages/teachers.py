@@ -14,19 +14,16 @@ from torch.utils.data import DataLoader
 
 from pipeline.config import to_dict
 from pipeline.config.teacher import TeacherConfig
-from pipeline.engine.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.data import read_dataset
+from pipeline.data.crops import CropDataset, PKSampler
+from pipeline.data.torch_dataset import DetectionDataset, collate_detection
 from pipeline.engine.schedule import build_scheduler
 from pipeline.engine.trainer import Trainer, build_train_loader
+from pipeline.models.checkpoint import save_checkpoint
+from pipeline.models.teacher_detector import build_teacher_detector
+from pipeline.models.teacher_reid import batch_hard_triplet_loss, build_teacher_reid, id_loss
 
 WARMUP_FACTOR = 0.001
-
-
-def detector_path(cfg: TeacherConfig) -> Path:
-    return Path(cfg.out_dir) / "detector.pt"
-
-
-def reid_path(cfg: TeacherConfig) -> Path:
-    return Path(cfg.out_dir) / "reid.pt"
 
 
 def _device(name: str) -> torch.device:
@@ -37,7 +34,6 @@ def _device(name: str) -> torch.device:
 
 
 def _train_records(cfg: TeacherConfig):
-    from pipeline.data import read_dataset
     records = read_dataset(cfg.data.dataset, cfg.data.root).train
     if not records:
         raise ValueError(f"{cfg.data.root}: the training split is empty")
@@ -62,8 +58,6 @@ def detector_step(model, batch, device):
 
 
 def train_detector(cfg: TeacherConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    from pipeline.data.torch_dataset import DetectionDataset, collate_detection
-    from pipeline.models.teacher_detector import build_teacher_detector
     d = cfg.detector
     torch.manual_seed(d.seed)
     device = _device(d.device)
@@ -85,14 +79,12 @@ def train_detector(cfg: TeacherConfig, *, resume: bool = False, progress: bool =
                       amp_dtype="bfloat16" if d.amp else None, config_dict=to_dict(cfg),
                       progress=progress, tensorboard=False)
     trainer.train(resume=resume)
-    return _export(trainer, model, detector_path(cfg), cfg)
+    return _export(trainer, model, cfg.checkpoint("detector"), cfg)
 
 
 # ------------------------------------------------------------------------------ re-id
 
 def make_reid_step(label_smoothing: float, margin: float, triplet_weight: float):
-    from pipeline.models.teacher_reid import batch_hard_triplet_loss, id_loss
-
     def reid_step(model, batch, device):
         crops, labels = batch
         out = model(crops.to(device, non_blocking=True))
@@ -104,8 +96,6 @@ def make_reid_step(label_smoothing: float, margin: float, triplet_weight: float)
 
 
 def train_reid(cfg: TeacherConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    from pipeline.data.crops import CropDataset, PKSampler
-    from pipeline.models.teacher_reid import build_teacher_reid
     r = cfg.reid
     torch.manual_seed(r.seed)
     device = _device(r.device)
@@ -128,26 +118,4 @@ def train_reid(cfg: TeacherConfig, *, resume: bool = False, progress: bool = Tru
                       progress=progress, tensorboard=False,
                       keep_every_epoch=False)  # many short epochs: checkpoint_last.pt only
     trainer.train(resume=resume)
-    return _export(trainer, model, reid_path(cfg), cfg)
-
-
-# ------------------------------------------------------------------------------ loading
-
-def load_detector(path: str | Path, device="cpu"):
-    """The trained detector from ``detector.pt`` (model_args + weights), eval mode."""
-    from pipeline.models.teacher_detector import TeacherDetector
-    from pipeline.engine.checkpoint import read_checkpoint
-    ckpt = read_checkpoint(path, "cpu")
-    model = TeacherDetector(**ckpt["model_args"])
-    load_checkpoint(path, model)
-    return model.to(device).eval()
-
-
-def load_reid(path: str | Path, device="cpu"):
-    """The trained Re-ID teacher from ``reid.pt``, eval mode."""
-    from pipeline.models.teacher_reid import TeacherReid
-    from pipeline.engine.checkpoint import read_checkpoint
-    ckpt = read_checkpoint(path, "cpu")
-    model = TeacherReid(**ckpt["model_args"])
-    load_checkpoint(path, model)
-    return model.to(device).eval()
+    return _export(trainer, model, cfg.checkpoint("reid"), cfg)

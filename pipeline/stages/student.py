@@ -18,8 +18,18 @@ from typing import Sequence
 import numpy as np
 import torch
 
+import yaml
+
+from cache import CacheMismatchError, TeacherCache, split_fingerprint
+from cache.key import cache_path
 from pipeline.config import ConfigError, load_config, to_dict
 from pipeline.config.student import StudentConfig
+from pipeline.config.teacher import TeacherConfig
+from pipeline.data import read_dataset
+from pipeline.data.torch_dataset import collate_detection
+from pipeline.distill.dataset import StudentDataset
+from pipeline.distill.student import build_student
+from pipeline.distill.terms import term_needs
 from pipeline.engine import distributed as dist_utils
 from pipeline.engine.schedule import build_scheduler
 from pipeline.engine.trainer import Trainer, build_train_loader
@@ -38,32 +48,20 @@ class CacheContractError(RuntimeError):
 def cache_needs(cfg: StudentConfig) -> dict:
     """What the enabled distillation terms need from the cache.
 
-    keys: per-image target keys (CONTRACTS names) the student reads; need_flip: flipped-image
-    teacher outputs (flips on and any per-image term); need_proposals / need_jitter;
+    terms; keys: per-image cache keys the student reads; need_flip: flipped-image teacher
+    outputs (flips on and any per-image term); need_proposals / need_jitter: those box groups;
     need_table: the identity table (lut, relation)."""
-    from pipeline.models.roi_heads import REQUIRED_KEYS
-    d = cfg.distill
-    keys: list[str] = []
-    for term in d.enabled_terms():
-        for k in REQUIRED_KEYS.get(term, ()):
-            if k not in keys:
-                keys.append(k)
-    return {"terms": d.enabled_terms(), "keys": keys,
-            "need_flip": bool(cfg.data.flip and keys),
-            "need_proposals": bool(d.needs_proposals), "need_jitter": bool(d.needs_jitter),
-            "need_table": bool(d.needs_teacher_table)}
+    needs = term_needs(cfg.distill)
+    return {"terms": needs["terms"], "keys": needs["keys"],
+            "need_flip": bool(cfg.data.flip and needs["keys"]),
+            "need_proposals": "proposals" in needs["groups"],
+            "need_jitter": "jitter" in needs["groups"], "need_table": needs["need_table"]}
 
 
 def resolve_cache_path(cfg: StudentConfig) -> Path:
     """``cfg.cache`` if given, else the cache file of ``cfg.teacher_config``."""
     if cfg.cache:
         return Path(cfg.cache)
-    try:
-        from cache.key import cache_path
-        from pipeline.config.teacher import TeacherConfig
-    except ImportError as e:  # stage one is not installed in this tree
-        raise CacheContractError(f"cannot resolve the cache of {cfg.teacher_config} ({e}); "
-                                 "set `cache:` to the cache file") from None
     teacher_cfg = load_config(cfg.teacher_config, TeacherConfig)
     if teacher_cfg.data.dataset != cfg.data.dataset:
         raise CacheContractError(
@@ -79,7 +77,6 @@ def resolve_cache_path(cfg: StudentConfig) -> Path:
 
 def open_checked_cache(cfg: StudentConfig, train_records) -> tuple[object, Path, dict]:
     """Open the cache and check it against the split and the terms; (cache, path, needs)."""
-    from cache import CacheMismatchError, TeacherCache, split_fingerprint
     needs = cache_needs(cfg)
     path = resolve_cache_path(cfg)
     if not path.is_file():
@@ -152,7 +149,6 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def check_resume_config(run_dir: Path, cfg: StudentConfig, cache_info: dict) -> None:
     """Refuse to resume a run with a different config (beyond RESUME_MAY_CHANGE) or cache."""
-    import yaml
     saved_path = run_dir / "config.yaml"
     if saved_path.is_file():
         saved = _flat(yaml.safe_load(saved_path.read_text()) or {})
@@ -179,11 +175,6 @@ def check_resume_config(run_dir: Path, cfg: StudentConfig, cache_info: dict) -> 
 def train_student(config_path: str | Path, overrides: Sequence[str] = (), *, resume: bool = False,
                   device: str | None = None, progress: bool = True) -> Path:
     """Train one student; returns its run directory."""
-    from pipeline.data import read_dataset
-    from pipeline.data.student_dataset import StudentDataset
-    from pipeline.data.torch_dataset import collate_detection
-    from pipeline.models.student import build_student
-
     overrides = list(overrides) + ([f"train.device={device}"] if device else [])
     cfg = load_config(config_path, StudentConfig, overrides)
     t = cfg.train
@@ -206,19 +197,19 @@ def train_student(config_path: str | Path, overrides: Sequence[str] = (), *, res
         check_resume_config(run_dir, cfg, info)
 
     table = cache.identity_table() if cache is not None and needs["need_table"] else None
-    teacher_dim = cache.meta.feature_dim if cache is not None else None
+    teacher_dim = cache.meta.embedding_dim if cache is not None else None
     if cfg.distill.lut.enabled and teacher_dim != cfg.model.embedding_dim:
         raise CacheContractError(
             f"distill.lut uses the teacher identity table as the OIM table, so "
             f"model.embedding_dim ({cfg.model.embedding_dim}) must equal the teacher feature "
             f"size in the cache ({teacher_dim}): set model.embedding_dim: {teacher_dim}")
     model = build_student(cfg.model, cfg.distill, data.train_identities(),
-                          teacher_identity_table=table, teacher_feature_dim=teacher_dim)
+                          teacher_identity_table=table, teacher_embedding_dim=teacher_dim)
 
     dataset = StudentDataset(records, cache_path=cache_file if needs["keys"] else None,
                              cache_keys=needs["keys"],
                              flip_prob=0.5 if cfg.data.flip else 0.0,
-                             min_size=cfg.data.min_size, max_size=cfg.data.max_size,
+                             min_size=cfg.model.min_size, max_size=cfg.model.max_size,
                              seed=t.seed)
     loader = build_train_loader(dataset, batch_size=t.batch_size, collate_fn=collate_detection,
                                 workers=cfg.data.workers, seed=t.seed, distributed=distributed,

@@ -1,6 +1,6 @@
 """Stage one, part two: run both trained teachers over every TRAINING image and write the cache.
 
-Per image (all boxes x1, y1, x2, y2 in ORIGINAL pixels, CONTRACTS.md section 2):
+Per image (all boxes x1, y1, x2, y2 in ORIGINAL pixels; the layout is :mod:`cache.schema`):
 
 - proposals: the detector's final detections (score-sorted) cut to ``proposals_per_image``;
   when there are fewer, padded with the next-best RPN proposals (objectness order; they may
@@ -21,10 +21,8 @@ rank 0 merges the shards after a barrier.
 """
 from __future__ import annotations
 
-import os
 import queue
 import threading
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -32,9 +30,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import box_iou
+from tqdm import tqdm
 
 from cache.key import cache_attrs, cache_path
 from cache.writer import CacheWriter, merge_shards
+from pipeline.data import read_dataset
+from pipeline.data.crops import crop_many
+from pipeline.data.images import load_image
+from pipeline.data.transforms import flip_boxes
+from pipeline.engine import distributed as dist_utils
+from pipeline.models.precision import autocast
+from pipeline.models.teacher_detector import detect_and_score, score_given_boxes
+from pipeline.models.teachers import load_detector, load_reid
 
 QUEUE_BATCHES = 4         # batches of entries waiting for the writer thread
 REID_CHUNK = 256          # crops per Re-ID forward
@@ -51,7 +58,6 @@ class _Images(Dataset):
         return len(self.indices)
 
     def __getitem__(self, k):
-        from pipeline.data.images import load_image
         return k, load_image(self.records[self.indices[k]].path)
 
 
@@ -91,16 +97,14 @@ def jitter_boxes(gt_boxes: np.ndarray, count: int, min_iou: float, rng: np.rando
 # ------------------------------------------------------------------------------ teachers
 
 def _embed(reid, images, boxes_per_image, size) -> torch.Tensor:
-    from pipeline.data.crops import crop_many
     crops = crop_many(images, boxes_per_image, size)
     if len(crops) == 0:
-        return torch.zeros((0, reid.embed_dim))
+        return torch.zeros((0, reid.embedding_dim))
     return torch.cat([reid.embed(c).float() for c in crops.split(REID_CHUNK)]).cpu()
 
 
 def _mirror(boxes_per_image, widths) -> list[torch.Tensor]:
     """Boxes of each image mirrored into its horizontally flipped image."""
-    from pipeline.data.transforms import flip_boxes
     return [flip_boxes(b, w) for b, w in zip(boxes_per_image, widths)]
 
 
@@ -112,8 +116,6 @@ def _split(t: torch.Tensor, counts) -> list[np.ndarray]:
 def teacher_entries(detector, reid, images, records, indices, cache_cfg) -> list[dict]:
     """Cache entries (CacheWriter.append format) for a batch of images on the teachers'
     device. ``indices``: the images' positions in the training split (jitter seeds)."""
-    from pipeline.data.transforms import flip_boxes
-    from pipeline.models.teacher_detector import detect_and_score, score_given_boxes
     device = images[0].device
     size = tuple(reid.model_args[k] for k in ("crop_height", "crop_width"))
     gts, jits, jpids = [], [], []
@@ -182,32 +184,24 @@ def _writer_thread(writer: CacheWriter, q: queue.Queue, errors: list) -> threadi
     return t
 
 
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=enabled and device.type == "cuda")
-
-
 def build_cache(cfg, *, device: str | None = None, progress: bool = True,
                 after_batch: Callable[[int], None] | None = None) -> Path:
     """Build (or resume, or just find) the cache of teacher config ``cfg``; returns its path.
 
     ``after_batch(images_done)`` is called after each batch is queued (tests interrupt
     builds with it)."""
-    from pipeline.data import read_dataset
-    from pipeline.engine import distributed as dist_utils
-    from pipeline.engine.teacher import detector_path, load_detector, load_reid, reid_path
-    final = cache_path(cfg)
+    records = read_dataset(cfg.data.dataset, cfg.data.root).train
+    final = cache_path(cfg, records)
     if final.is_file():
         return final
     dev, distributed = dist_utils.init_distributed(device or cfg.cache.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"cache device {dev} requested but CUDA is not available here")
     rank, world = dist_utils.rank(), dist_utils.world_size()
-    records = read_dataset(cfg.data.dataset, cfg.data.root).train
     attrs = cache_attrs(cfg, records)
-    detector = load_detector(detector_path(cfg), dev)
-    reid = load_reid(reid_path(cfg), dev)
-    common = dict(feature_dim=reid.embed_dim, attrs=attrs, has_flip=cfg.cache.flip,
+    detector = load_detector(cfg.checkpoint("detector"), dev)
+    reid = load_reid(cfg.checkpoint("reid"), dev)
+    common = dict(embedding_dim=reid.embedding_dim, attrs=attrs, has_flip=cfg.cache.flip,
                   float16=cfg.cache.float16)
     mine = list(range(rank, len(records), world))
     target = final if world == 1 else final.with_name(f"{final.name}.shard{rank}.h5")
@@ -229,7 +223,6 @@ def build_cache(cfg, *, device: str | None = None, progress: bool = True,
 
 def _build_part(records, mine, target, detector, reid, cache_cfg, dev, common, progress,
                 after_batch) -> Path:
-    from tqdm import tqdm
     writer = CacheWriter(target, names=[records[i].name for i in mine],
                          widths=[records[i].width for i in mine],
                          heights=[records[i].height for i in mine], **common)
@@ -248,7 +241,7 @@ def _build_part(records, mine, target, detector, reid, cache_cfg, dev, common, p
         for ks, images in loader:
             idx = [todo[k] for k in ks]
             images = [im.to(dev, non_blocking=True) for im in images]
-            with _autocast(dev, cache_cfg.amp):
+            with autocast(dev, cache_cfg.amp):
                 entries = teacher_entries(detector, reid, images, [records[i] for i in idx],
                                           idx, cache_cfg)
             for e in entries:

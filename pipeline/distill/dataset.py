@@ -1,7 +1,7 @@
 """The student's training dataset: the detection dataset plus the cached teacher targets.
 
-For each image the teacher cache view that matches the flip decision is read ("flip" view for a
-flipped image, CONTRACTS.md section 2) in ORIGINAL image coordinates; the dataset's geometric
+For each image the teacher cache view that matches the flip decision is read (the "flip" view
+for a flipped image, :mod:`cache.schema`) in ORIGINAL image coordinates; the dataset's geometric
 transforms then move every ``*boxes`` key exactly like the image. The cache is opened lazily,
 in each DataLoader worker (``TeacherCache`` re-opens after a fork).
 """
@@ -13,10 +13,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from cache import INTEGER_KEYS, TeacherCache
 from pipeline.data.torch_dataset import DetectionDataset
-
-#: cached keys that hold integers (identities); everything else becomes float32
-INTEGER_KEYS = ("gt_pids", "jitter_pids")
 
 
 class CacheAlignmentError(RuntimeError):
@@ -38,7 +36,6 @@ class StudentDataset(DetectionDataset):
     @property
     def cache(self):
         if self._cache is None and self.cache_path is not None:
-            from cache import TeacherCache
             self._cache = TeacherCache(self.cache_path)
         return self._cache
 
@@ -73,5 +70,5 @@ class StudentDataset(DetectionDataset):
                 f"({boxes.shape[0]}) in the same order; rebuild the teacher cache")
 
     # the DetectionDataset extension hook: extra sample keys before the geometric transforms
-    def extra_sample(self, index: int, flipped: bool) -> dict[str, torch.Tensor]:
+    def extra_targets(self, index: int, flipped: bool) -> dict[str, torch.Tensor]:
         return self.cached_targets(index, flipped)

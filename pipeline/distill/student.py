@@ -1,0 +1,73 @@
+"""A student built for distillation: the network of :mod:`pipeline.models.student` with the
+switched-on terms attached, after one check that the teacher's sizes fit the student."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.config import from_dict, to_dict
+from pipeline.config.distill import DistillConfig
+from pipeline.config.model import ModelConfig
+from pipeline.distill.distiller import Distiller
+from pipeline.distill.terms import build_terms, identity_rows, term_needs
+from pipeline.models.student import MODEL_ARGS_VERSION, PersonSearchNet, build_network, \
+    build_oim, model_config_from_args
+
+
+def check_teacher_fits(model_cfg: ModelConfig, distill_cfg: DistillConfig, table,
+                       teacher_dim: int | None) -> None:
+    """The one check that what the terms need from the teacher is there and fits."""
+    terms = distill_cfg.enabled_terms()
+    if term_needs(distill_cfg)["need_table"] and table is None:
+        raise ValueError(f"distillation terms {terms} need the teacher identity table "
+                         "(teacher_identity_table=cache.identity_table())")
+    if any(t in terms for t in ("feature", "jitter")) and not teacher_dim:
+        raise ValueError("feature/jitter distillation need the teacher feature size "
+                         "(pass teacher_identity_table or teacher_embedding_dim)")
+    if "lut" in terms and table.shape[1] != model_cfg.embedding_dim:
+        raise ValueError(f"lut distillation needs model.embedding_dim ({model_cfg.embedding_dim})"
+                         f" equal to the teacher feature size ({table.shape[1]})")
+
+
+def build_student(model_cfg: ModelConfig, distill_cfg: DistillConfig | None,
+                  identity_pids: np.ndarray, teacher_identity_table=None, *,
+                  teacher_embedding_dim: int | None = None) -> PersonSearchNet:
+    """The student network plus its distiller.
+
+    identity_pids: raw training identities (any order, UNLABELED excluded); K = unique count.
+    teacher_identity_table: ``TeacherCache.identity_table()`` (pids, features, counts) or the
+    (K, Dt) features in contiguous order (lut and relation terms). teacher_embedding_dim: Dt
+    when no table is given (feature / jitter terms).
+    """
+    distill_cfg = distill_cfg or DistillConfig()
+    ids = np.unique(np.asarray(identity_pids, dtype=np.int64))
+    table = None
+    if teacher_identity_table is not None:
+        table = torch.from_numpy(identity_rows(ids, teacher_identity_table))
+        teacher_embedding_dim = table.shape[1]
+    check_teacher_fits(model_cfg, distill_cfg, table, teacher_embedding_dim)
+    lut = distill_cfg.lut.enabled
+    oim = build_oim(model_cfg, ids, lut_init=table if lut else None,
+                    momentum=distill_cfg.lut.momentum if lut else None)
+    model_args = {"version": MODEL_ARGS_VERSION, "model": to_dict(model_cfg),
+                  "distill": to_dict(distill_cfg), "identity_pids": [int(p) for p in ids],
+                  "teacher_embedding_dim": int(teacher_embedding_dim or 0) or None,
+                  "has_teacher_table": table is not None}
+    model = build_network(model_cfg, oim, model_args)
+    terms = build_terms(distill_cfg, model_cfg.embedding_dim, teacher_embedding_dim, table)
+    if terms:
+        model.distiller = Distiller(terms, batch_size_per_image=model_cfg.roi_batch_size_per_image,
+                                    roi_share=distill_cfg.roi_share)
+    return model
+
+
+def build_student_from_args(model_args: dict) -> PersonSearchNet:
+    """The untrained student (with its distiller) a checkpoint's ``model_args`` describe, to
+    resume training; load the state dict afterwards (it holds the tables)."""
+    model_cfg = model_config_from_args(model_args)
+    distill_cfg = from_dict(DistillConfig, model_args["distill"])
+    ids = np.asarray(model_args["identity_pids"], dtype=np.int64)
+    # checkpoints written before the vocabulary was unified call it teacher_feature_dim
+    dim = model_args.get("teacher_embedding_dim", model_args.get("teacher_feature_dim"))
+    table = np.zeros((len(ids), dim), np.float32) if model_args.get("has_teacher_table") else None
+    return build_student(model_cfg, distill_cfg, ids, table, teacher_embedding_dim=dim)

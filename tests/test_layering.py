@@ -1,0 +1,159 @@
+"""The package layering, checked: every project module imports only from its own layer or the
+layers below it, at the top of the module.
+
+Lowest first (README, "Layout"): config, data -> cache -> gallery -> models -> distill -> engine
+-> stages -> inference -> evaluation -> app -> the command line and the demo. A module is
+parsed, not imported, so a violation is found even in code no test runs.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: package prefix -> layer number (a longer prefix wins)
+LAYERS = {
+    "pipeline.config": 0,
+    "pipeline.data": 1,
+    "cache": 2,
+    "pipeline.gallery": 3,
+    "pipeline.models": 4,
+    "pipeline.distill": 5,
+    "pipeline.engine": 6,
+    "pipeline.stages": 7,
+    "pipeline.inference": 8,
+    "pipeline.evaluation": 9,
+    "pipeline.app": 10,
+    "pipeline.demo": 11,
+    "pipeline.ablation": 11,
+    "cli": 11,
+}
+#: layers that must not run a network: scoring and stores take arrays and files only
+NO_NETWORK = ("cache", "pipeline.gallery", "pipeline.evaluation")
+NETWORK_MODULES = ("torch", "torchvision", "onnxruntime")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def project_modules() -> list[Path]:
+    files = [ROOT / "cli.py", *sorted((ROOT / "pipeline").rglob("*.py")),
+             *sorted((ROOT / "cache").rglob("*.py"))]
+    return [f for f in files if "__pycache__" not in f.parts]
+
+
+def layer_of(name: str) -> int | None:
+    if name == "pipeline":       # the namespace package itself: imports nothing
+        return 0
+    best = None
+    for prefix, layer in LAYERS.items():
+        if name == prefix or name.startswith(prefix + "."):
+            if best is None or len(prefix) > len(best[0]):
+                best = (prefix, layer)
+    return None if best is None else best[1]
+
+
+def imported_names(node: ast.AST, module: str, is_package: bool) -> list[str]:
+    """Absolute names an Import / ImportFrom node brings in (relative imports resolved)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if node.level == 0:
+        base = node.module or ""
+    else:
+        parts = module.split(".")
+        keep = len(parts) - node.level + (1 if is_package else 0)
+        base = ".".join(parts[:keep] + ([node.module] if node.module else []))
+    return [base] + [f"{base}.{a.name}" for a in node.names]
+
+
+def imports_of(path: Path, module: str | None = None) -> list[tuple[ast.AST, str, bool]]:
+    """(node, imported name, inside a function) for every import of a module."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    module, is_package = module or module_name(path), path.name == "__init__.py"
+    out = []
+
+    def visit(node, in_function):
+        for child in ast.iter_child_nodes(node):
+            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                for name in imported_names(child, module, is_package):
+                    out.append((child, name, in_function))
+            visit(child, inner)
+    visit(tree, False)
+    return out
+
+
+def test_every_project_module_has_a_layer():
+    missing = [module_name(p) for p in project_modules() if layer_of(module_name(p)) is None]
+    assert not missing, f"modules outside every layer (add them to LAYERS): {missing}"
+
+
+def test_imports_point_down_only():
+    upward = []
+    for path in project_modules():
+        own = layer_of(module_name(path))
+        for node, name, _ in imports_of(path):
+            target = layer_of(name)
+            if target is not None and target > own:
+                upward.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {name}")
+    assert not upward, "imports from a higher layer:\n" + "\n".join(sorted(set(upward)))
+
+
+def test_project_imports_sit_at_module_top():
+    inner = []
+    for path in project_modules():
+        lines = path.read_text().splitlines()
+        for node, name, in_function in imports_of(path):
+            if not in_function or layer_of(name) is None:
+                continue
+            if "optional" not in lines[node.lineno - 1]:
+                inner.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {name}")
+    assert not inner, ("project imports inside functions (move them to the top, or say why on "
+                       "the line with '# optional ...'):\n" + "\n".join(sorted(set(inner))))
+
+
+def test_scoring_and_stores_run_no_network():
+    offenders = []
+    for path in project_modules():
+        name = module_name(path)
+        if not any(name == p or name.startswith(p + ".") for p in NO_NETWORK):
+            continue
+        for node, imported, _ in imports_of(path):
+            top = imported.split(".")[0]
+            layer = layer_of(imported)
+            runs_models = layer is not None and \
+                LAYERS["pipeline.models"] <= layer <= LAYERS["pipeline.inference"]
+            if top in NETWORK_MODULES or runs_models:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {imported}")
+    assert not offenders, "stores and scoring must not import networks:\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize("source, module, expected", [
+    ("from .records import X", "pipeline.data.prw", "pipeline.data.records"),
+    ("from . import losses", "pipeline.distill", "pipeline.distill"),
+    ("from ..records import X", "pipeline.data.synthetic.world", "pipeline.data.records"),
+    ("import cache.key", "pipeline.stages.teacher_cache", "cache.key"),
+])
+def test_relative_imports_resolve(source, module, expected):
+    node = ast.parse(source).body[0]
+    is_package = module == "pipeline.distill"
+    assert imported_names(node, module, is_package)[0] == expected
+
+
+def test_the_check_catches_an_upward_import(tmp_path):
+    bad = tmp_path / "pipeline" / "data" / "bad.py"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("from pipeline.models.student import PersonSearchNet\n"
+                   "def f():\n    from cache import TeacherCache\n")
+    found = imports_of(bad, "pipeline.data.bad")
+    names = {(n, inside) for _, n, inside in found}
+    assert ("pipeline.models.student", False) in names
+    assert ("cache", True) in names
+    assert layer_of("pipeline.models.student") > layer_of("pipeline.data.bad")
