@@ -293,9 +293,10 @@ def plot(rows: list[Row], teacher: dict | None, path: Path) -> None:
         ax.barh(y, [r.mean(col) for r in rows], xerr=[r.std(col) for r in rows],
                 color=[colors[r.backbone] for r in rows], capsize=3)
         if teacher and col in teacher:
-            ax.axvline(teacher[col], color="k", ls="--", lw=1, label="teacher")
-            ax.legend(loc="lower right", fontsize=8)
-        ax.set_title(COLUMNS[col][0] + " (%)")
+            ax.axvline(teacher[col], color="k", ls="--", lw=1)
+            ax.text(teacher[col], 1.0, " teacher", transform=ax.get_xaxis_transform(),
+                    fontsize=8, va="bottom", ha="center")
+        ax.set_title(COLUMNS[col][0] + " (%)", pad=14)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, [f"{r.backbone} {r.variant} (n={len(r.values['seeds'])})"
                            for r in rows], fontsize=8)
