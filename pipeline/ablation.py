@@ -366,8 +366,9 @@ def run_ablation(config: str, out_dir: Path, runs: list[RunSpec], *, runs_dir: P
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = [(run, pool.submit(one, (i, run))) for i, run in enumerate(runs)]
         for run, fut in futures:
-            try:
-                records.append(fut.result())
+            try:  # a run reused from another grid is named as in this one
+                records.append({**fut.result(), "variant": run.variant,
+                                "backbone": run.backbone, "seed": run.seed})
             except AblationError as e:
                 failures.append(f"{run.label}: {e}")
                 echo(f"FAILED {run.label}: {e}")

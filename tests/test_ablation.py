@@ -200,10 +200,13 @@ def test_ablate_end_to_end_is_resumable(tmp_path):
     table = (out / "ablation.md").read_text()
     assert "| r18 | none | 1 |" in table and "| r18 | all | 1 |" in table
     stamp = (out / "runs" / runs[1]["key"] / "checkpoint_last.pt").stat().st_mtime
-    second = CliRunner().invoke(cli, args)
+    # the same runs again, the "all" one named otherwise: nothing trains, rows take this name
+    again = [a if a != "none,all" else "none" for a in args] + ["--arm", "every term:"]
+    second = CliRunner().invoke(cli, again)
     assert second.exit_code == 0, second.output
     assert second.output.count("done before") == 2 and "running" not in second.output
     assert (out / "runs" / runs[1]["key"] / "checkpoint_last.pt").stat().st_mtime == stamp
+    assert "| r18 | every term | 1 |" in (out / "ablation.md").read_text()
 
 
 def test_ablate_refuses_an_empty_grid_cleanly(tmp_path):
