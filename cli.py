@@ -15,7 +15,9 @@ import click
 
 from cache import TeacherCache
 from cache.verify import verify_cache
+from pipeline.ablation import parse_arm, plan_runs, run_ablation, term_variants
 from pipeline.config import load_config
+from pipeline.config.student import StudentConfig
 from pipeline.config.teacher import TeacherConfig
 from pipeline.data import ensure_dataset, read_dataset
 from pipeline.data.cuhk_sysu import GALLERY_SIZES
@@ -364,6 +366,9 @@ GALLERY_CHOICES = [str(n) for n in (*GALLERY_SIZES, FULL_GALLERY)]
                    "[default: CUHK-SYSU 10, PRW 30]")
 @click.option("--cbgm-k2", type=click.IntRange(min=1), default=None,
               help="CBGM: context of k2 people, the query included [default: CUHK-SYSU 3, PRW 4]")
+@click.option("--gt-boxes", is_flag=True,
+              help="with a model: the gallery's ground-truth boxes stand in for its detections "
+                   "(score 1, embedded in query mode), so the mAP measures Re-ID alone")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--batch-size", type=int, default=2, show_default=True)
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="torch", show_default=True,
@@ -373,20 +378,26 @@ GALLERY_CHOICES = [str(n) for n in (*GALLERY_SIZES, FULL_GALLERY)]
 @report_peak_memory
 def evaluate(dataset, root, results, checkpoint, teacher_config, gallery_size, multi_view,
              det_thresh, json_path, per_query, visualize, out_dir, index, exact_boxes, cbgm,
-             cbgm_k1, cbgm_k2, device, batch_size, runtime):
+             cbgm_k1, cbgm_k2, gt_boxes, device, batch_size, runtime):
     """Search mAP / top-k and detection AP / recall with the standard protocols."""
     sources = [s for s in (results, checkpoint, teacher_config) if s is not None]
     if len(sources) != 1:
         raise click.UsageError("give exactly one of --results, --checkpoint and --teacher-config")
+    if gt_boxes and results is not None:
+        raise click.UsageError("--gt-boxes needs a model (--checkpoint or --teacher-config): "
+                               "it runs the model's query mode on the GT boxes")
     data = read_dataset(dataset, root, train=False)
     out_dir = default_out_dir(json_path) if out_dir is None else out_dir
     boxes = "exact" if exact_boxes else "published"
     if checkpoint is not None or teacher_config is not None:
-        from pipeline.inference.run import results_from_model  # optional: PyTorch
+        from pipeline.inference.run import (  # optional: PyTorch
+            RESULTS_FILES, results_from_model)
         kind = "student" if checkpoint is not None else "teacher"
+        mode = "gt" if gt_boxes else "detect"
         results = results_from_model(checkpoint or teacher_config, kind, data,
-                                     Path(out_dir) / "results.h5", device=device,
-                                     batch_size=batch_size, runtime=runtime, boxes=boxes)
+                                     Path(out_dir) / RESULTS_FILES[mode], device=device,
+                                     batch_size=batch_size, runtime=runtime, boxes=boxes,
+                                     gallery_mode=mode)
     table, _ = evaluate_command(
         data, results, gallery_size=None if gallery_size is None else int(gallery_size),
         multi_view=multi_view, det_thresh=det_thresh, index=index, json_path=json_path,
@@ -528,6 +539,78 @@ def serve_cmd(gallery_dir, host, port, model, device):
     app = create_app(gallery_dir, model=model, device=device)
     click.echo(f"serving {gallery_dir} on http://{host}:{port} (Ctrl-C stops)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+# ---------------------------------------------------------------- ablation
+
+def _int_list(ctx, param, value):
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+
+
+def _name_list(choices):
+    def parse(ctx, param, value):
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        bad = [n for n in names if n not in choices]
+        if bad:
+            raise click.BadParameter(f"{bad}: expected a comma-separated subset of {choices}")
+        return names
+    return parse
+
+
+@cli.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="base student YAML; its enabled distillation terms span the grid")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="folder for ablation.md, ablation.png, ablation.json (and runs/)")
+@click.option("--variants", default="none,alone,all-but-one,all", show_default=True,
+              callback=_name_list(("none", "alone", "all-but-one", "all")),
+              help="which term variants (comma-separated; '' for only --arm rows)")
+@click.option("--arm", "arms", multiple=True, metavar="NAME:KEY=VAL[;KEY=VAL]",
+              help="an extra named row: overrides on top of the base config (repeatable)")
+@click.option("--backbones", default="r18", show_default=True,
+              callback=_name_list(("r18", "r34", "r50")), help="comma-separated")
+@click.option("--seeds", default="0,1", show_default=True, callback=_int_list,
+              help="comma-separated train.seed values")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override for every run, e.g. --set cache=work/cache/x.h5 (repeatable)")
+@click.option("--teacher", "teacher_config", default=None, type=click.Path(dir_okay=False),
+              help="teacher YAML: adds the two-step teacher's row and the gap columns")
+@click.option("--runs-dir", default=None, type=click.Path(file_okay=False),
+              help="where runs live, keyed by config (default OUT/runs); share it between "
+                   "grids to reuse runs")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1),
+              help="runs at a time; each gets cores/jobs threads (1 on a 2-core machine)")
+@click.option("--device", default="cpu", show_default=True)
+@friendly_errors
+def ablate(config_path, out_dir, variants, arms, backbones, seeds, overrides, teacher_config,
+           runs_dir, jobs, device):
+    """Train and score a grid of students from one cache; table + plot, mean ± std over seeds."""
+    base = load_config(config_path, StudentConfig, overrides)
+    try:
+        grid = term_variants(base.distill.enabled_terms(), variants) + \
+            [parse_arm(a) for a in arms]
+        config = str(Path(config_path).resolve())
+        runs = plan_runs(config, grid, backbones, seeds, tuple(overrides))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    if not grid:
+        raise click.UsageError("nothing to run: no --variants and no --arm")
+    if not seeds:
+        raise click.UsageError("--seeds is empty")
+    click.echo(f"{len(runs)} runs ({len(grid)} variants x {len(backbones)} backbones x "
+               f"{len(seeds)} seeds), {jobs} at a time")
+    command = "python cli.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    table, failures = run_ablation(
+        config, Path(out_dir), runs, runs_dir=Path(runs_dir) if runs_dir else None,
+        device=device, jobs=jobs, teacher_config=teacher_config, command=command,
+        echo=click.echo)
+    click.echo(Path(table).read_text())
+    if failures:
+        raise click.ClickException(f"{len(failures)} runs failed: " + "; ".join(failures))
+    click.echo(str(table))
 
 
 # ---------------------------------------------------------------- demo

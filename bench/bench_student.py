@@ -30,11 +30,14 @@ sys.path.insert(0, str(ROOT))
 from pipeline.config import load_config  # noqa: E402
 from pipeline.config.student import StudentConfig  # noqa: E402
 
-NO_DISTILL = [f"distill.{t}.enabled=false" for t in ("lut", "feature", "relation", "detector",
-                                                     "jitter")]
+TERMS = ("lut", "feature", "relation", "detector", "jitter")
+NO_DISTILL = [f"distill.{t}.enabled=false" for t in TERMS]
 #: --modes: none (no term), cache (the config's terms, targets from the cache), cache-extra (the
-#: same with the cached boxes added to a full RoI batch), online (teachers run every step)
-MODE_OVERRIDES = {"none": NO_DISTILL, "cache-extra": ["distill.roi_share=null"]}
+#: same with the cached boxes added to a full RoI batch), online (teachers run every step),
+#: only-TERM (that one term, from the cache: what each term costs)
+MODE_OVERRIDES = {"none": NO_DISTILL, "cache-extra": ["distill.roi_share=null"],
+                  **{f"only-{t}": [o for o in NO_DISTILL if f".{t}." not in o] +
+                     [f"distill.{t}.enabled=true"] for t in TERMS}}
 
 
 def build(cfg: StudentConfig, *, use_cache: bool):
@@ -80,8 +83,8 @@ class ModeRunner:
     """One mode's model, loader and optimizer; ``step()`` runs and times one training step."""
 
     def __init__(self, cfg: StudentConfig, mode: str, device: torch.device):
-        model, self.loader, self.optimizer, _, needs = build(cfg, use_cache=mode.startswith(
-            "cache"))
+        model, self.loader, self.optimizer, _, needs = build(
+            cfg, use_cache=mode.startswith(("cache", "only-")))
         self.model = model.to(device).train()
         self.online = OnlineTeacher(cfg, needs, device) if mode == "online" else None
         self.mode, self.device, self.batches = mode, device, batches(self.loader)
@@ -248,7 +251,8 @@ def main(argv=None) -> None:
               "cache": "all terms, targets from the cache (cached boxes share the RoI batch)",
               "cache-extra": "all terms from the cache, cached boxes on top of the RoI batch "
                              "(`distill.roi_share=null`)",
-              "online": "all terms, teacher run online every step"}
+              "online": "all terms, teacher run online every step",
+              **{f"only-{t}": f"only the {t} term, from the cache" for t in TERMS}}
     table = ["| mode | images/s | s/step |", "|---|---|---|"]
     for r in rows:
         table.append(f"| {labels.get(r['mode'], r['mode'])} | {r['images_per_s']:.2f} "

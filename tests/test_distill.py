@@ -103,6 +103,23 @@ def test_lut_from_teacher_fixed_or_blended():
         build_student(tiny_model_cfg(), distill_cfg("lut"), PIDS, teacher_table(TEACHER_DIM))
 
 
+def test_lut_weight_sets_the_oim_weight_only_while_the_table_is_the_teachers():
+    def oim_loss(*terms, **kw):
+        net = _net(*terms, **kw).train()
+        torch.manual_seed(3)  # the same RoI sampling for every net
+        return net(images(), targets(dim=EMB_DIM))["loss_oim"]
+    full = oim_loss("lut")
+    light = oim_loss("lut", lut={"weight": 0.1})
+    assert full.item() > 0 and torch.isclose(light, 0.1 * full, rtol=1e-5)
+    assert torch.isclose(oim_loss("lut", lut={"weight": None}), full)
+    # without the lut term the OIM table is the student's own: model.oim_weight applies
+    alone = oim_loss(model={"embedding_dim": EMB_DIM})
+    assert torch.isclose(oim_loss(lut={"weight": 0.1}, model={"embedding_dim": EMB_DIM}), alone)
+    net = _net("lut", lut={"weight": 0.1})
+    assert net.roi_heads.oim_weight == pytest.approx(0.1)
+    assert net.model_args["model"]["oim_weight"] == 1.0   # the network's own config is kept
+
+
 def _term_after_steps(net, key, steps=5, lr=2e-3, dim=TEACHER_DIM, tg=None):
     """Value of loss ``key`` before and after ``steps`` SGD steps on that loss alone (same
     sampling each step: the RNG is reseeded)."""

@@ -8,9 +8,12 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class LutDistillConfig:
-    """Munjal et al. 2019: the OIM table starts as the teacher's identity table."""
+    """Munjal et al. 2019: the OIM table starts as the teacher's identity table, so the OIM loss
+    pulls the student toward the teacher's identity centres: a distillation loss, whose weight
+    this section sets while the term is on (null: model.oim_weight)."""
     enabled: bool = False
     momentum: float = 1.0             # 1.0 keeps the teacher table fixed; < 1 blends it
+    weight: float | None = None       # OIM loss weight while the table is the teacher's
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 switched-on terms attached, after one check that the teacher's sizes fit the student."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -29,6 +31,15 @@ def check_teacher_fits(model_cfg: ModelConfig, distill_cfg: DistillConfig, table
                          f" equal to the teacher feature size ({table.shape[1]})")
 
 
+def oim_weighted(model_cfg: ModelConfig, distill_cfg: DistillConfig) -> ModelConfig:
+    """The network's config with the OIM weight the lut term sets while it is on (its table is
+    the teacher's, so OIM is then one of the distillation losses)."""
+    lut = distill_cfg.lut
+    if not lut.enabled or lut.weight is None:
+        return model_cfg
+    return replace(model_cfg, oim_weight=float(lut.weight))
+
+
 def build_student(model_cfg: ModelConfig, distill_cfg: DistillConfig | None,
                   identity_pids: np.ndarray, teacher_identity_table=None, *,
                   teacher_embedding_dim: int | None = None) -> PersonSearchNet:
@@ -53,7 +64,7 @@ def build_student(model_cfg: ModelConfig, distill_cfg: DistillConfig | None,
                   "distill": to_dict(distill_cfg), "identity_pids": [int(p) for p in ids],
                   "teacher_embedding_dim": int(teacher_embedding_dim or 0) or None,
                   "has_teacher_table": table is not None}
-    model = build_network(model_cfg, oim, model_args)
+    model = build_network(oim_weighted(model_cfg, distill_cfg), oim, model_args)
     terms = build_terms(distill_cfg, model_cfg.embedding_dim, teacher_embedding_dim, table)
     if terms:
         model.distiller = Distiller(terms, batch_size_per_image=model_cfg.roi_batch_size_per_image,

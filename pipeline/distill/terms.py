@@ -52,7 +52,9 @@ def cached(targets: list[dict], key: str) -> Tensor:
 
 class LutTerm(DistillTerm):
     """Munjal et al. 2019: the OIM look-up table starts as (and, with momentum 1, stays) the
-    teacher's per-identity table. It acts when the student is built; no loss."""
+    teacher's per-identity table. It acts when the student is built (the table, and the OIM
+    loss weight while it is on: :func:`pipeline.distill.student.oim_weighted`); no loss of its
+    own."""
     needs_teacher_table = True
 
     def __init__(self, *, momentum: float = 1.0):
