@@ -11,19 +11,17 @@ from pathlib import Path
 
 import h5py
 
+from pipeline.errors import file_head
+
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"        # torch.save's format
 
 
 def what_is_wrong(path: str | Path, error: BaseException) -> str:
     """Why h5py could not open ``path`` (raising ``error``), in a few words."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as e:
-        return f"cannot be read ({e.strerror or e})"
-    if not head:
-        return "the file is empty"
+    head, unreadable = file_head(path)
+    if unreadable:
+        return unreadable
     if head.startswith(HDF5_MAGIC):
         sizes = re.search(r"eof = (\d+).*stored_eof = (\d+)", str(error))
         if sizes:

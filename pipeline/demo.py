@@ -101,6 +101,8 @@ def run_steps(steps: list[Step]) -> dict[str, str]:
     output is printed as it comes, tagged, their progress bars go to LOG_DIR/TAG.log and a
     progress line per step is printed every STATUS_EVERY seconds. Returns each step's last
     printed line by tag; a failed step stops the demo with the end of its log."""
+    if not steps:
+        return {}
     if len(steps) == 1 and steps[0].command == CLI:
         return {steps[0].tag: run_step(steps[0].title, steps[0].args)}
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // len(steps))))
@@ -174,10 +176,11 @@ def make_data(device: str) -> None:
              ["make-synthetic", "--format", "prw", "--out", str(DATA_ROOT), "--seed", "0", *extra])
 
 
-def footage_step(device: str) -> list[Step]:
+def footage_step(device: str, *, say_reused: bool = True) -> list[Step]:
     """Videos of the same world's test identities (same world parameters as make_data)."""
     if (ROOT / FOOTAGE_ROOT / ANNOTATIONS).exists():
-        click.echo(f"\n==> synthetic footage: reusing {FOOTAGE_ROOT}")
+        if say_reused:
+            click.echo(f"\n==> synthetic footage: reusing {FOOTAGE_ROOT}")
         return []
     extra = GPU_DATA if device != "cpu" else CPU_DATA
     return [Step("footage", "make synthetic footage: the world's test identities walking past "
@@ -269,17 +272,17 @@ def evaluate_and_index(run_dirs: dict[str, Path], device: str) -> list[Row]:
         evals[name] = run_dir / "eval"
         steps += evaluation_step(f"eval-{run_dir.name}", name, ["--checkpoint", str(checkpoint)],
                                  run_dir / "eval", device, [checkpoint])
-    steps += footage_step(device)   # made in stage one unless the teachers were reused
-    steps.append(Step("index", "index the footage with the distilled student (resumes; only "
-                      "new frames)", ["index", "--gallery", str(FOOTAGE_GALLERY), "--model",
-                                      str(run_dirs[DISTILLED] / "checkpoint_last.pt"),
-                                      str(FOOTAGE_ROOT), "--every", FOOTAGE_EVERY,
-                                      *device_overrides(device)]))
-    if steps[-2:-1] and steps[-2].tag == "footage":   # the index waits for its footage
-        run_steps(steps[:-1])
-        run_steps(steps[-1:])
+    # The footage is made in stage one, unless the teachers were reused from an earlier demo.
+    footage = footage_step(device, say_reused=False)
+    index = Step("index", "index the footage with the distilled student (resumes; only new "
+                 "frames)", ["index", "--gallery", str(FOOTAGE_GALLERY), "--model",
+                             str(run_dirs[DISTILLED] / "checkpoint_last.pt"), str(FOOTAGE_ROOT),
+                             "--every", FOOTAGE_EVERY, *device_overrides(device)])
+    if footage:                        # the index waits for its footage
+        run_steps(steps + footage)
+        run_steps([index])
     else:
-        run_steps(steps)
+        run_steps(steps + [index])
     return [Row(name, json.loads((ROOT / out / "metrics.json").read_text()),
                 None if name not in run_dirs else read_train_speed(run_dirs[name]))
             for name, out in evals.items()]

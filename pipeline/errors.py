@@ -4,6 +4,19 @@ line prints it as one line, without a traceback. Each subclass also keeps the st
 that says what kind of error it is (ValueError, RuntimeError, ...)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class UserError(Exception):
     """Bad input, reported as one line."""
+
+
+def file_head(path: str | Path, size: int = 8) -> tuple[bytes, str | None]:
+    """The first ``size`` bytes of ``path`` (to tell what kind of file it is), or, in a few
+    words, why there are none: (b"", reason)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(size)
+    except OSError as e:
+        return b"", f"cannot be read ({e.strerror or e})"
+    return head, None if head else "the file is empty"

@@ -141,22 +141,20 @@ def create_app(gallery_dir, *, model: str | None = None, device: str = "cpu") ->
     return app
 
 
+#: the HTTP status of each error a request can meet (the most specific class wins)
+ERROR_STATUS = ((QueryError, 400), (ModelMismatchError, 409), (MissingItemError, 404),
+                (GalleryError, 400))
+
+
+def _json_error(status: int):
+    async def handler(request: Request, e: Exception):
+        return JSONResponse({"detail": str(e)}, status_code=status)
+    return handler
+
+
 def _errors(app: FastAPI) -> None:
-    @app.exception_handler(QueryError)
-    async def bad_query(request: Request, e: QueryError):
-        return JSONResponse({"detail": str(e)}, status_code=400)
-
-    @app.exception_handler(ModelMismatchError)
-    async def other_model(request: Request, e: ModelMismatchError):
-        return JSONResponse({"detail": str(e)}, status_code=409)
-
-    @app.exception_handler(MissingItemError)
-    async def missing(request: Request, e: MissingItemError):
-        return JSONResponse({"detail": str(e)}, status_code=404)
-
-    @app.exception_handler(GalleryError)
-    async def gallery_error(request: Request, e: GalleryError):
-        return JSONResponse({"detail": str(e)}, status_code=400)
+    for error, status in ERROR_STATUS:
+        app.add_exception_handler(error, _json_error(status))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, file_head
 
 ZIP_MAGIC = b"PK\x03\x04"        # torch.save's default format is a zip archive
 PICKLE_MAGIC = b"\x80"           # the legacy format starts with a pickle protocol byte
@@ -28,13 +28,9 @@ class TorchFileError(UserError, ValueError):
 
 def what_is_wrong(path: Path, error: BaseException) -> str:
     """Why ``torch.load(path, weights_only=True)`` raised ``error``, in a few words."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as e:
-        return f"cannot be read ({e.strerror or e})"
-    if not head:
-        return "the file is empty"
+    head, unreadable = file_head(path)
+    if unreadable:
+        return unreadable
     if zipfile.is_zipfile(path):
         if isinstance(error, pickle.UnpicklingError):
             return ("it holds Python objects other than tensors and plain containers, which "
