@@ -151,26 +151,3 @@ def test_cli_make_synthetic(tmp_path):
     few = CliRunner().invoke(cli, ["make-synthetic", "--format", "cuhk-sysu", "--out",
                                    str(tmp_path / "few"), "--identities", "6", "--images", "20"])
     assert few.exit_code == 2 and "TestG50" in few.output
-
-
-def test_companions_walk_together():
-    """Half the identities come in pairs, seen side by side in every scene one of them is in
-    (room permitting), on more than one camera: the context CBGM matches on."""
-    from pipeline.data.synthetic.world import COMPANION_SHARE, MIN_APPEARANCES, plan_world
-    world = plan_world(identities=40, images=160, size=(320, 240), cameras=3, seed=3)
-    mates = world.companions
-    assert len(mates) == 2 * 2 * int(20 * COMPANION_SHARE / 2)  # pairs in each split, both ways
-    seen = {}
-    for s in world.scenes:
-        for p in s.people:
-            if p.identity is not None:
-                seen.setdefault(p.identity, set()).add(s.index)
-    for a, b in mates.items():
-        assert mates[b] == a and (a in world.train_ids) == (b in world.train_ids)
-        shared = seen[a] & seen[b]
-        assert len(shared) >= MIN_APPEARANCES
-        assert len({world.scenes[k].camera for k in shared}) >= 2
-        assert len(shared) >= 0.75 * min(len(seen[a]), len(seen[b]))   # mostly together
-    strangers = [len(seen[a] & seen[b]) / min(len(seen[a]), len(seen[b]))
-                 for a in world.test_ids for b in world.test_ids if a < b and mates.get(a) != b]
-    assert np.mean(strangers) < 0.25

@@ -21,7 +21,6 @@ MAX_CUT = 0.3                      # at most this fraction of a box may leave th
 MAX_OVERLAP = 0.45                 # IoU limit between two people in one scene
 MAX_COVER = 0.6                    # limit of the overlap / the smaller box's area
 MIN_APPEARANCES = 2                # each identity in at least this many images of its split
-COMPANION_SHARE = 0.5              # identities that walk in pairs (seen together, as in PRW)
 PLACEMENT_TRIES = 30
 PRW_LARGE_PID = 932                # PRW's training ids end with 932 (released ids skip numbers)
 PRW_SKIP_EVERY = 5                 # leave out every 5th id number, as the release has gaps
@@ -57,7 +56,6 @@ class World:
     train_ids: list[int]               # identity indices of the train split
     test_ids: list[int]
     scenes: list[Scene]
-    companions: dict[int, int] = field(default_factory=dict)  # identity -> who walks with it
 
     def appearances_of(self, identity: int) -> list[tuple[Scene, Person]]:
         return [(s, p) for s in self.scenes for p in s.people if p.identity == identity]
@@ -114,48 +112,29 @@ def _place(rng, size, build: float, taken: list[np.ndarray]):
     return None
 
 
-def companions(rng, identities: list[int]) -> dict[int, int]:
-    """Pairs among COMPANION_SHARE of ``identities`` (identity -> its companion): people who
-    walk together, so each is seen beside the other in other cameras too. Real footage has them
-    (families, friends); a query's companions are the context that CBGM matches on."""
-    shuffled = [identities[i] for i in rng.permutation(len(identities))]
-    paired = int(len(shuffled) * COMPANION_SHARE) // 2 * 2
-    mates = {}
-    for a, b in zip(shuffled[0:paired:2], shuffled[1:paired:2]):
-        mates[a], mates[b] = b, a
-    return mates
-
-
-def _assign(rng, scene_ids: list[int], identities: list[int], cameras: dict[int, int],
-            mates: dict[int, int]):
-    """Identities per scene: each in >= MIN_APPEARANCES scenes on >= 2 cameras, never twice.
-    A pair of companions (:func:`companions`) is placed as one, wherever there is room for
-    both, and is drawn as often as one person alone, so nobody is seen more often for walking
-    with someone."""
+def _assign(rng, scene_ids: list[int], identities: list[int], cameras: dict[int, int]):
+    """Identities per scene: each in >= MIN_APPEARANCES scenes on >= 2 cameras, never twice."""
     capacity = {s: int(rng.integers(LABELED_PER_IMAGE[0], LABELED_PER_IMAGE[1] + 1))
                 for s in scene_ids}
     members: dict[int, list[int]] = {s: [] for s in scene_ids}
-    units = [(i, mates[i]) if i in mates else (i,) for i in identities if mates.get(i, i) >= i]
-    for unit in units:
+    for identity in identities:
         used_cams: set[int] = set()
         for _ in range(MIN_APPEARANCES):
-            free = [s for s in scene_ids if unit[0] not in members[s]
-                    and len(members[s]) + len(unit) <= PEOPLE_PER_IMAGE[1]] or \
-                [s for s in scene_ids if unit[0] not in members[s]]   # crowded: squeeze in
+            free = [s for s in scene_ids if identity not in members[s]
+                    and len(members[s]) < PEOPLE_PER_IMAGE[1]]
             fresh = [s for s in free if cameras[s] not in used_cams] or free
             roomy = [s for s in fresh if len(members[s]) < capacity[s]] or fresh
             least = min(len(members[s]) for s in roomy)
             choice = [s for s in roomy if len(members[s]) == least]
             s = choice[int(rng.integers(len(choice)))]
-            members[s] += [i for i in unit if i not in members[s]]
+            members[s].append(identity)
             used_cams.add(cameras[s])
     for s in scene_ids:  # fill the remaining labeled slots at random
         while len(members[s]) < capacity[s]:
-            others = [u for u in units if not set(u) & set(members[s])
-                      and len(members[s]) + len(u) <= PEOPLE_PER_IMAGE[1]]
+            others = [i for i in identities if i not in members[s]]
             if not others:
                 break
-            members[s] += others[int(rng.integers(len(others)))]
+            members[s].append(others[int(rng.integers(len(others)))])
     return members
 
 
@@ -174,20 +153,17 @@ def plan_world(*, identities: int, images: int, size, cameras: int, seed: int) -
         camera = 1 + (i % cameras) if i < cameras * 2 else 1 + int(rng.integers(cameras))
         scenes.append(Scene(index=i, camera=camera, split=split_of[i]))
     cams = {s.index: s.camera for s in scenes}
-    mates: dict[int, int] = {}
     for split, ids in (("train", train_ids), ("test", test_ids)):
         scene_ids = [s.index for s in scenes if s.split == split]
-        split_mates = companions(rng, ids)
-        mates.update(split_mates)
-        members = _assign(rng, scene_ids, ids, cams, split_mates)
+        members = _assign(rng, scene_ids, ids, cams)
         for s in scene_ids:
             _populate(rng, scenes[s], members[s], appearances, size)
     return World(size=tuple(size), cameras=cameras, appearances=appearances,
-                 train_ids=train_ids, test_ids=test_ids, scenes=scenes, companions=mates)
+                 train_ids=train_ids, test_ids=test_ids, scenes=scenes)
 
 
 def _populate(rng, scene: Scene, members: list[int], appearances, size) -> None:
-    extra = int(rng.integers(0, max(0, PEOPLE_PER_IMAGE[1] - len(members)) + 1))
+    extra = int(rng.integers(0, PEOPLE_PER_IMAGE[1] - len(members) + 1))
     extra = max(extra, PEOPLE_PER_IMAGE[0] - len(members))
     taken: list[np.ndarray] = []
     for identity in members:
