@@ -7,7 +7,7 @@ markdown table; --record appends it to BENCHMARKS.md under "## CBGM: with and wi
 
     python bench/bench_cbgm.py --dataset prw --root work/data/synthetic-prw \\
         teacher=work/runs/teacher-eval/results.h5 \\
-        "student R18, all terms=work/runs/student-synthetic-r18-all/eval/results.h5" --k 10,3
+        "student R18, distilled=work/runs/student-synthetic-r18-distilled/eval/results.h5" --k 10,3
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ trained student on the synthetic PRW world, PyTorch float32 vs ONNX Runtime, bf1
 Runtime, calibrated on 8 training frames), fewer proposals and smaller input sizes.
 
     .venv/bin/python bench/bench_fast_modes.py \
-        --checkpoint work/runs/student-synthetic-r18-all/checkpoint_last.pt [--record]
+        --checkpoint work/runs/student-synthetic-r18-distilled/checkpoint_last.pt [--record]
 
 Sizes and proposal counts are given as fractions of the checkpoint's own (the synthetic
 student is trained at 160 px with 100 proposals), so they read across to the published

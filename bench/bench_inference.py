@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_inference.py --device cuda            # the setting
     .venv/bin/python bench/bench_inference.py --device cpu --quick     # a small smoke run
     .venv/bin/python bench/bench_inference.py --cpu-table \
-        --checkpoint work/runs/student-synthetic-r18-all/checkpoint_last.pt  # CPU: see below
+        --checkpoint work/runs/student-synthetic-r18-distilled/checkpoint_last.pt  # CPU: see below
 
 --cpu-table: frames/s on the CPU, PyTorch vs ONNX Runtime (and the other fast modes), R18 and
 R50 students and a ResNet-50 SeqNet-style baseline (the R50 student in PyTorch float32, the

@@ -1,7 +1,7 @@
 """Where `cli.py evaluate --checkpoint` spends its time: the command run in-process under cProfile.
 
     .venv/bin/python bench/profile_eval.py --dataset prw --root work/data/synthetic-prw \
-        --checkpoint work/runs/student-synthetic-r18-all/checkpoint_last.pt --model student
+        --checkpoint work/runs/student-synthetic-r18-distilled/checkpoint_last.pt --model student
 
 Everything after the options this script knows is handed to `evaluate` unchanged (so
 `--runtime onnx`, `--batch-size 4`, ... profile those paths). Prints the wall time and the CPU

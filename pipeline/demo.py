@@ -37,12 +37,12 @@ DATA_ROOT = Path("work/data/synthetic-prw")
 TEACHER_CONFIG = "configs/synthetic/teacher.yaml"
 STUDENTS = {  # table label -> student config; both train from the one teacher cache
     "student R18, no distillation": "configs/synthetic/student-r18-none.yaml",
-    "student R18, all distillation": "configs/synthetic/student-r18-all.yaml",
+    "student R18, distilled": "configs/synthetic/student-r18-distilled.yaml",
 }
 # On a GPU the same demo runs bigger: more data, larger images, longer training.
 GPU_DATA = ["--identities", "150", "--images", "1200", "--size", "640x480"]
 CPU_DATA = []
-DISTILLED = "student R18, all distillation"     # the student that searches the footage
+DISTILLED = "student R18, distilled"            # the student that searches the footage
 FOOTAGE_ROOT = Path("work/data/synthetic-footage")
 FOOTAGE_GALLERY = Path("work/gallery/synthetic-footage")
 FOOTAGE_RESULTS = Path("work/runs/footage-search")
