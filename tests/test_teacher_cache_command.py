@@ -77,3 +77,28 @@ def test_the_default_teacher_config_of_make_describes_its_synthetic_world():
     for real in ("prw", "cuhk-sysu"):
         assert load_config(ROOT / f"configs/teacher/{real}.yaml", TeacherConfig).data.synthetic \
             is None
+
+
+def test_commands_started_together_make_one_world(tmp_path):
+    """Two processes that both find the synthetic world missing (make demo's two teachers)
+    each make it beside the root; one rename wins and neither sees half a world."""
+    import multiprocessing
+
+    from pipeline.data import read_dataset
+    root = tmp_path / "world"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_ensure_world, args=(str(root),)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["world"]   # no partial folder left
+    assert len(read_dataset("prw", root).train) == 8
+
+
+def _ensure_world(root: str) -> None:
+    from pipeline.config.data import DataConfig, SyntheticWorldConfig
+    from pipeline.data import ensure_dataset
+    ensure_dataset(DataConfig(dataset="prw", root=root, synthetic=SyntheticWorldConfig(
+        identities=8, images=16, size="64x48", seed=0)), say=lambda text: None)

@@ -1,6 +1,8 @@
 """Datasets: readers for PRW and CUHK-SYSU, the synthetic world, transforms."""
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -42,9 +44,18 @@ def ensure_dataset(data_cfg, say: Callable[[str], None] = print) -> None:
         f"there (`python cli.py make-synthetic --format {data_cfg.dataset} --out {root} "
         f"--identities {world.identities} --images {world.images} --size {world.size} "
         f"--cameras {world.cameras} --seed {world.seed}`)")
+    # Made beside the root and renamed into place, so that commands started together (the
+    # two teachers of `make demo`) never see half a world: the first rename wins.
+    partial = root.with_name(f"{root.name}.partial-{os.getpid()}")
     try:
-        make_synthetic(data_cfg.dataset, root, identities=world.identities, images=world.images,
-                       size=parse_size(world.size), cameras=world.cameras, seed=world.seed,
-                       progress=True)
+        make_synthetic(data_cfg.dataset, partial, identities=world.identities,
+                       images=world.images, size=parse_size(world.size), cameras=world.cameras,
+                       seed=world.seed, progress=True)
+        os.rename(partial, root)
     except SyntheticWorldError as e:
         raise DatasetError(f"data.synthetic: {e}") from None
+    except OSError:
+        if not root.is_dir():          # not another process's finished world: a real failure
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
