@@ -25,7 +25,7 @@ import click
 
 from pipeline.config import load_config
 from pipeline.config.student import StudentConfig
-from pipeline.config.teacher import TeacherConfig
+from pipeline.config.teacher import TEACHER_PARTS, TeacherConfig
 from pipeline.data.synthetic.video import ANNOTATIONS, read_footage_truth
 from pipeline.evaluation.footage import best_views, score_footage
 from pipeline.gallery.store import open_gallery
@@ -196,7 +196,7 @@ def stage_one(device: str) -> None:
     steps = [Step(f"teacher-{part}", f"stage one: train the {part} teacher",
                   ["train-teacher", "--part", part, "--config", TEACHER_CONFIG,
                    *teacher_device_overrides(device)])
-             for part in ("detector", "reid") if not (ROOT / cfg.checkpoint(part)).is_file()]
+             for part in TEACHER_PARTS if not (ROOT / cfg.checkpoint(part)).is_file()]
     if steps:
         run_steps(steps + footage_step(device))
     else:

@@ -102,8 +102,8 @@ def test_shipped_student_configs_load(path):
     stem = path.stem.replace("student-", "")
     backbone, variant = stem.split("-")[-2:]
     assert cfg.model.backbone == {"r18": "resnet18", "r50": "resnet50"}[backbone]
-    assert cfg.distill.enabled_terms() == {"none": [], "lut": ["lut"],
-                                           "all": list(ALL_TERMS)}[variant]
+    assert cfg.distill.enabled_terms() == {"none": [], "lut": ["lut"], "all": list(ALL_TERMS),
+                                           "distilled": ["lut", "feature", "relation"]}[variant]
     assert cfg.train.batch_size == 5
     if "synthetic" in str(path):
         assert cfg.data.root == "work/data/synthetic-prw"
