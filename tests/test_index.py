@@ -214,3 +214,27 @@ def test_torchrun_shards_merge_into_the_same_gallery(reference, synthetic_footag
     segments = open_gallery(gallery).manifest["segments"]
     assert {s["file"].split("-")[1] for s in segments} == {"r0", "r1"}   # both ranks wrote
     assert_same_detections(detections(gallery), detections(reference))
+
+
+def test_run_settings_are_recorded_used_and_kept(synthetic_footage, student, tmp_path):
+    """--size/--proposals/--bf16 change what is embedded, are recorded with the model, hold
+    for every later run (a run at other settings is refused, naming both) and for queries."""
+    fast = tmp_path / "fast"
+    run_cli(index_args(fast, student, synthetic_footage) + ["--size", "48", "--proposals", "5",
+                                                            "--bf16"])
+    g = open_gallery(fast)
+    assert g.model.settings == "size=48 proposals=5 bf16"
+    assert np.diff(g.frame_offsets).max() <= 5
+    plain = tmp_path / "plain"
+    run_cli(index_args(plain, student, synthetic_footage))
+    assert open_gallery(plain).num_detections > g.num_detections       # as trained: more
+    r = CliRunner().invoke(cli, index_args(fast, student, synthetic_footage))
+    assert r.exit_code != 0 and "size=48 proposals=5 bf16" in r.output, r.output
+    again = CliRunner().invoke(cli, index_args(fast, student, synthetic_footage)
+                               + ["--size", "48", "--proposals", "5", "--bf16"])
+    assert again.exit_code == 0 and "indexed 0 new frames" in again.output, again.output
+    from pipeline.inference.query_model import QueryEmbedder
+    embedder = QueryEmbedder(g)
+    rgb = np.zeros((60, 80, 3), np.uint8)
+    assert embedder.embed(rgb, [10, 5, 40, 55]).shape == (g.manifest["embedding_dim"],)
+    assert embedder._bf16 and embedder.searcher().transform.min_size == (48,)

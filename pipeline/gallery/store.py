@@ -75,13 +75,16 @@ class ModelInfo:
     kind: str                 # "student" or "teacher"
     name: str                 # what the user gave: a checkpoint or a teacher config path
     fingerprint: str          # sha256 of the weights' content
+    settings: str = ""        # how it ran, when not as trained: "size=750 proposals=100 bf16"
 
     def describe(self) -> str:
-        return f"{self.kind} {self.name} (weights sha256 {self.fingerprint[:12]})"
+        run = f", run with {self.settings}" if self.settings else ""
+        return f"{self.kind} {self.name} (weights sha256 {self.fingerprint[:12]}{run})"
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelInfo":
-        return cls(str(d["kind"]), str(d["name"]), str(d["fingerprint"]))
+    def from_dict(cls, d: dict) -> "ModelInfo":   # galleries before settings: as trained
+        return cls(str(d["kind"]), str(d["name"]), str(d["fingerprint"]),
+                   str(d.get("settings", "")))
 
 
 @dataclass
@@ -209,11 +212,12 @@ def _pending_files(directory: Path) -> list[Path]:
 
 
 def check_same_model(directory: Path, stored: ModelInfo, model: ModelInfo) -> None:
-    if stored.fingerprint != model.fingerprint:
+    if (stored.fingerprint, stored.settings) != (model.fingerprint, model.settings):
         raise ModelMismatchError(
             f"gallery {directory} holds embeddings of {stored.describe()}, but this run uses "
-            f"{model.describe()}: embeddings of different models cannot be compared; use the "
-            f"gallery's model, or index into a new gallery folder")
+            f"{model.describe()}: embeddings of different models (or of one run at other "
+            f"settings) cannot be compared; use the gallery's model and settings, or index "
+            f"into a new gallery folder")
 
 
 def _check_settings(directory: Path, m: dict, embedding_dim: int, min_score: float) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +32,7 @@ from pipeline.engine import distributed as dist_utils
 from pipeline.gallery.store import FrameBlock, GalleryWriter, commit
 from pipeline.models.precision import autocast
 from .searchers import embedding_dim, load_model, to_numpy
+from .speed import apply_settings
 
 DEFAULT_MIN_SCORE = 0.5       # as evaluate's search threshold
 DEFAULT_BATCH = 4
@@ -99,8 +100,9 @@ def chunk_groups(refs: list[FrameRef], groups: list[list[int]], chunk_frames: in
 class _Chunk:
     """Frames of one chunk as they come back from the workers; batched detection."""
 
-    def __init__(self, searcher, device, batch_size: int, min_score: float, dim: int):
-        self.searcher, self.device = searcher, device
+    def __init__(self, searcher, device, batch_size: int, min_score: float, dim: int,
+                 bf16: bool = False):
+        self.searcher, self.device, self.bf16 = searcher, device, bf16
         self.batch_size, self.min_score, self.dim = batch_size, min_score, dim
         self.refs, self.sizes, self.previews, self.results = [], [], [], []
         self._waiting: list[torch.Tensor] = []
@@ -118,7 +120,7 @@ class _Chunk:
     def _run(self) -> None:
         images = [im.to(self.device, non_blocking=True).float().div_(255.0)
                   for im in self._waiting]
-        with autocast(self.device):
+        with autocast(self.device, cpu=self.bf16):
             outs = self.searcher.detect(images)
         for out in outs:
             keep = out["scores"] >= self.min_score
@@ -163,8 +165,11 @@ def index_footage(gallery_dir, model, sources, *, camera: str | None = None,
                   batch_size: int = DEFAULT_BATCH, workers: int = 2,
                   min_score: float = DEFAULT_MIN_SCORE, index_kind: str = "flat",
                   chunk_frames: int = DEFAULT_CHUNK, progress: bool = True,
-                  after_chunk: Callable[[int], None] | None = None) -> IndexReport:
-    """Build or extend the gallery at ``gallery_dir`` (see the module docstring)."""
+                  after_chunk: Callable[[int], None] | None = None,
+                  settings: str = "") -> IndexReport:
+    """Build or extend the gallery at ``gallery_dir`` (see the module docstring). ``settings``
+    (:func:`~pipeline.inference.speed.settings_text`): input size, proposals and bf16 when not
+    as trained; the gallery records them and every later run and query must use the same."""
     start = time.perf_counter()
     dev, _ = dist_utils.init_distributed(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -172,6 +177,8 @@ def index_footage(gallery_dir, model, sources, *, camera: str | None = None,
     rank, world = dist_utils.rank(), dist_utils.world_size()
     all_sources = gather_sources(sources, camera)
     searcher, info = load_model(model, dev)
+    bf16 = apply_settings(searcher, settings)
+    info = replace(info, settings=settings)
     dim = embedding_dim(searcher, dev)
     writer = GalleryWriter(gallery_dir, info, embedding_dim=dim, min_score=min_score, rank=rank)
     try:
@@ -180,7 +187,7 @@ def index_footage(gallery_dir, model, sources, *, camera: str | None = None,
         todo = [r for r in refs if (r.source, r.frame) not in done]
         frames_new, dets_new = _run(writer, searcher, dev, todo, batch_size, workers,
                                     min_score, dim, chunk_frames, progress and rank == 0,
-                                    after_chunk)
+                                    after_chunk, bf16)
     finally:
         writer.close()
     planned, frames_new, dets_new = _sum_over_processes([len(refs), frames_new, dets_new], dev)
@@ -206,7 +213,7 @@ def _sum_over_processes(counts: list[int], device) -> list[int]:
 
 
 def _run(writer, searcher, dev, todo, batch_size, workers, min_score, dim, chunk_frames,
-         progress, after_chunk) -> tuple[int, int]:
+         progress, after_chunk, bf16) -> tuple[int, int]:
     groups = group_frames(todo, min(VIDEO_GROUP, chunk_frames))  # a group never spans chunks
     chunks = chunk_groups(todo, groups, chunk_frames)
     last_group_of_chunk = {}
@@ -220,7 +227,7 @@ def _run(writer, searcher, dev, todo, batch_size, workers, min_score, dim, chunk
     bar = tqdm(total=len(todo), unit=" frames", desc="indexing", disable=not progress,
                smoothing=0.1, bar_format=PROGRESS_FORMAT)
     frames_new = dets_new = 0
-    current = _Chunk(searcher, dev, batch_size, min_score, dim)
+    current = _Chunk(searcher, dev, batch_size, min_score, dim, bf16)
     try:
         for g, (items, error) in enumerate(loader):
             if error:
@@ -233,7 +240,7 @@ def _run(writer, searcher, dev, todo, batch_size, workers, min_score, dim, chunk
                 writer.add(block)
                 frames_new += len(block.sources)
                 dets_new += len(block.scores)
-                current = _Chunk(searcher, dev, batch_size, min_score, dim)
+                current = _Chunk(searcher, dev, batch_size, min_score, dim, bf16)
                 if after_chunk is not None:
                     after_chunk(frames_new)
     finally:

@@ -1,6 +1,7 @@
 """Embedding query pictures with the model that made a gallery."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,15 +10,17 @@ import torch
 from pipeline.gallery.store import Gallery, GalleryError, check_same_model
 from pipeline.models.precision import autocast
 from .searchers import load_model, model_info, to_numpy
+from .speed import apply_settings
 
 
 class QueryEmbedder:
-    """Embeds query pictures with the gallery's model, loaded on first use."""
+    """Embeds query pictures with the gallery's model, loaded on first use and run at the
+    gallery's settings (input size, proposals, bf16)."""
 
     def __init__(self, gallery: Gallery, model: str | None = None, device: str = "cpu"):
         self.gallery, self.device = gallery, torch.device(device)
         self.model = model or gallery.model.name
-        self._searcher = None
+        self._searcher, self._bf16 = None, False
 
     def check(self) -> None:
         """The model must be there and hold the gallery's weights (ModelMismatchError naming
@@ -25,18 +28,21 @@ class QueryEmbedder:
         if not Path(self.model).exists():
             raise GalleryError(f"the gallery's model {self.model} is not found here; pass "
                                f"the same weights with --model")
-        check_same_model(self.gallery.directory, self.gallery.model, model_info(self.model))
+        check_same_model(self.gallery.directory, self.gallery.model,
+                         replace(model_info(self.model), settings=self.gallery.model.settings))
 
     def searcher(self):
         if self._searcher is None:
             self.check()
             self._searcher, _ = load_model(self.model, self.device)
+            self._bf16 = apply_settings(self._searcher, self.gallery.model.settings)
         return self._searcher
 
     @torch.no_grad()
     def embed(self, rgb: np.ndarray, box) -> np.ndarray:
         image = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0).to(self.device)
         boxes = torch.tensor([box], dtype=torch.float32, device=self.device)
-        with autocast(self.device):
-            emb = self.searcher().embed_boxes([image], [boxes])[0]
+        searcher = self.searcher()
+        with autocast(self.device, cpu=self._bf16):
+            emb = searcher.embed_boxes([image], [boxes])[0]
         return to_numpy(emb, emb.shape[-1])[0]

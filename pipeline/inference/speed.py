@@ -67,3 +67,29 @@ def set_proposals(searcher, count: int):
                         "(an ONNX file fixes it at export: cli.py export --proposals N)")
     searcher.rpn._post_nms_top_n = {**searcher.rpn._post_nms_top_n, "testing": int(count)}
     return searcher
+
+
+def settings_text(size: float | None = None, proposals: int | None = None,
+                  bf16: bool = False) -> str:
+    """How a model runs when not as trained, as a gallery records it: "size=750 proposals=100
+    bf16" ("" = as trained)."""
+    parts = ([f"size={int(round(size))}"] if size else []) + \
+        ([f"proposals={int(proposals)}"] if proposals else []) + (["bf16"] if bf16 else [])
+    return " ".join(parts)
+
+
+def apply_settings(searcher, text: str) -> bool:
+    """Set the input size and proposal count of :func:`settings_text`'s ``text`` on
+    ``searcher``; returns whether it asks for bf16 autocast."""
+    bf16 = False
+    for part in text.split():
+        key, _, value = part.partition("=")
+        if key == "size":
+            set_input_size(searcher, float(value))
+        elif key == "proposals":
+            set_proposals(searcher, int(value))
+        elif key == "bf16" and not value:
+            bf16 = True
+        else:
+            raise ValueError(f"unknown run setting {part!r} (expected size=N, proposals=N, bf16)")
+    return bf16

@@ -8,8 +8,9 @@ import torch
 
 
 def autocast(device: str | torch.device, enabled: bool = True,
-             dtype: torch.dtype = torch.bfloat16):
-    """Context manager: autocast to ``dtype`` when ``enabled`` and ``device`` is CUDA."""
+             dtype: torch.dtype = torch.bfloat16, *, cpu: bool = False):
+    """Context manager: autocast to ``dtype`` when ``enabled`` and ``device`` is CUDA (or the
+    CPU, when ``cpu`` asks for it: the fast footage setting)."""
     device = torch.device(device)
     return torch.autocast(device_type=device.type, dtype=dtype,
-                          enabled=enabled and device.type == "cuda")
+                          enabled=enabled and (device.type == "cuda" or cpu))
