@@ -113,8 +113,10 @@ def run_steps(steps: list[Step]) -> dict[str, str]:
         log = ROOT / LOG_DIR / f"{s.tag}.log"
         click.secho(f"\n==> [{s.tag}] {s.title}", fg="cyan", bold=True)
         click.echo(f"    $ python cli.py {' '.join(s.args)}   (progress: {LOG_DIR / log.name})")
-        proc = subprocess.Popen(s.command + s.args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=open(log, "w"), text=True, bufsize=1)
+        with open(log, "w") as progress:    # the child keeps its own copy of the file
+            proc = subprocess.Popen(s.command + s.args, cwd=ROOT, env=env,
+                                    stdout=subprocess.PIPE, stderr=progress, text=True,
+                                    bufsize=1)
         threading.Thread(target=_forward, args=(s.tag, proc.stdout, lines), daemon=True).start()
         running[s.tag] = (proc, log, time.time())
     return _follow(running, lines)

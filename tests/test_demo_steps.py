@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import click
 import pytest
@@ -40,12 +41,24 @@ def test_steps_run_together_with_a_share_of_the_cores(root, capsys):
 
 
 def test_a_failed_step_stops_the_others_and_shows_its_log(root):
-    slow = step("slow", "import time; time.sleep(30)")
-    bad = step("bad", "import sys; sys.stderr.write('step one\\nValueError: broken input\\n'); "
-                      "sys.exit(3)")
+    pid_file = root / "slow.pid"
+    slow = step("slow", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid()));"
+                        " time.sleep(30)")
+    bad = step("bad", "import sys, time; time.sleep(1); "
+                      "sys.stderr.write('step one\\nValueError: broken input\\n'); sys.exit(3)")
     with pytest.raises(click.ClickException, match=r"(?s)step failed: bad \(exit code 3\).*"
                                                    r"ValueError: broken input"):
         demo.run_steps([slow, bad])
+    pid = int(pid_file.read_text())
+    for _ in range(50):                  # the slow step was stopped, not left running
+        try:
+            os.waitpid(pid, os.WNOHANG)
+            os.kill(pid, 0)
+        except (ChildProcessError, ProcessLookupError):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the slow step is still running")
 
 
 def test_last_progress_reads_the_newest_bar_state(tmp_path):
