@@ -28,12 +28,12 @@ from pipeline.data.synthetic import MARKER, SyntheticWorldError, generate, parse
 from pipeline.data.synthetic.video import make_synthetic_video, read_footage_truth
 from pipeline.demo import run_demo
 from pipeline.errors import UserError
-from pipeline.evaluation.command import default_out_dir, evaluate_command
-from pipeline.gallery.hits import SearchFilter
-from pipeline.gallery.report import format_time
-from pipeline.gallery.store import read_manifest
-from pipeline.inference.onnx_runtime import RUNTIMES
-from pipeline.inference.searching import search_command
+from pipeline.benchmark.command import default_out_dir, evaluate_command
+from pipeline.footage.ranking import SearchFilter
+from pipeline.footage.report import format_time
+from pipeline.footage.store import read_manifest
+from pipeline.runtime.onnx.runtime import RUNTIMES
+from pipeline.footage.search import search_command
 
 # The commands that run a network import their implementation (and with it PyTorch, about
 # 2-4 s) when they run, each such line marked "optional": --help, the scoring of a results
@@ -339,7 +339,7 @@ GALLERY_CHOICES = [str(n) for n in (*GALLERY_SIZES, FULL_GALLERY)]
 @click.option("--dataset", type=click.Choice(["prw", "cuhk-sysu"]), required=True)
 @click.option("--root", type=click.Path(), required=True, help="dataset folder as released")
 @click.option("--results", "results", type=click.Path(dir_okay=False), default=None,
-              help="results file (HDF5, pipeline/gallery/results_file.py) of any method")
+              help="results file (HDF5, pipeline/benchmark/results_file.py) of any method")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="a student checkpoint (RUN/checkpoint_last.pt): run it first")
 @click.option("--teacher-config", type=click.Path(dir_okay=False), default=None,
@@ -390,7 +390,7 @@ def evaluate(dataset, root, results, checkpoint, teacher_config, gallery_size, m
     out_dir = default_out_dir(json_path) if out_dir is None else out_dir
     boxes = "exact" if exact_boxes else "published"
     if checkpoint is not None or teacher_config is not None:
-        from pipeline.inference.run import (  # optional: PyTorch
+        from pipeline.benchmark.run import (  # optional: PyTorch
             RESULTS_FILES, results_from_model)
         kind = "student" if checkpoint is not None else "teacher"
         mode = "gt" if gt_boxes else "detect"
@@ -425,7 +425,7 @@ def evaluate(dataset, root, results, checkpoint, teacher_config, gallery_size, m
 def export_cmd(checkpoint, fmt, out, proposals, int8_folder, verify):
     """Export a student for deployment: one ONNX file with a gallery mode (image -> boxes,
     scores, embeddings) and a query mode (image + boxes -> embeddings); prints its path last."""
-    from pipeline.inference.onnx_export import (  # optional: PyTorch
+    from pipeline.runtime.onnx.export import (  # optional: PyTorch
         export_checkpoint, verify_export)
     path = export_checkpoint(checkpoint, out, proposals=proposals, int8_folder=int8_folder)
     if verify:
@@ -474,8 +474,8 @@ def index_cmd(gallery_dir, model, sources, camera, every, index_kind, min_score,
     cuhk-sysu:ROOT) into a searchable gallery. Resumes an interrupted run; a re-run embeds
     only new frames. --size/--proposals/--bf16 are recorded: later runs and queries use the
     same. Prints the gallery folder last."""
-    from pipeline.inference.indexing import index_footage  # optional: PyTorch
-    from pipeline.inference.speed import settings_text  # optional: PyTorch
+    from pipeline.footage.indexing import index_footage  # optional: PyTorch
+    from pipeline.runtime.settings import settings_text  # optional: PyTorch
     if index_kind is None:
         manifest = read_manifest(Path(gallery_dir)) if Path(gallery_dir).is_dir() else None
         index_kind = manifest["index"]["kind"] if manifest else "flat"
@@ -521,7 +521,7 @@ def search_cmd(gallery_dir, image, box, hit, top, cameras, start, end, out_dir, 
     .html into --out and prints the path of results.html last."""
     embedder_for = None
     if image is not None or model is not None:  # a picture needs the model; a named one is checked
-        from pipeline.inference.query_model import QueryEmbedder  # optional: PyTorch
+        from pipeline.footage.query_model import QueryEmbedder  # optional: PyTorch
         embedder_for = functools.partial(QueryEmbedder, model=model, device=device)
     filt = SearchFilter(tuple(cameras), start, end)
     payload, page = search_command(gallery_dir, out_dir, image=image, box=box, hit=hit,
@@ -546,7 +546,7 @@ def serve_cmd(gallery_dir, host, port, model, device):
     """A local web app over a gallery: browse frames, click a person or drop a picture."""
     import uvicorn  # optional: the web server, only this command needs it
 
-    from pipeline.app import create_app  # optional: PyTorch (it embeds dropped pictures)
+    from pipeline.footage.app import create_app  # optional: PyTorch (it embeds dropped pictures)
     app = create_app(gallery_dir, model=model, device=device)
     click.echo(f"serving {gallery_dir} on http://{host}:{port} (Ctrl-C stops)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

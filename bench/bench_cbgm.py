@@ -22,9 +22,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_eval import machine, record  # noqa: E402
 from pipeline.data import read_dataset  # noqa: E402
-from pipeline.evaluation.cbgm import DEFAULT_K  # noqa: E402
-from pipeline.evaluation.evaluator import evaluate_search  # noqa: E402
-from pipeline.gallery.results_file import read_results  # noqa: E402
+from pipeline.benchmark.cbgm import DEFAULT_K  # noqa: E402
+from pipeline.benchmark.evaluator import evaluate_search  # noqa: E402
+from pipeline.benchmark.results_file import read_results  # noqa: E402
 
 SECTION = "## CBGM: with and without"
 

@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from pipeline.data import read_dataset  # noqa: E402
 from pipeline.data.records import ImageRecord, PersonSearchData, QueryRecord  # noqa: E402
-from pipeline.evaluation.evaluator import SearchEvaluator  # noqa: E402
-from pipeline.evaluation.reference import reference_evaluate  # noqa: E402
-from pipeline.gallery.results_file import SearchResults, read_results  # noqa: E402
+from pipeline.benchmark.evaluator import SearchEvaluator  # noqa: E402
+from pipeline.benchmark.reference import reference_evaluate  # noqa: E402
+from pipeline.benchmark.results_file import SearchResults, read_results  # noqa: E402
 from prw_sized import write_prw_sized  # noqa: E402
 
 PRW_SECTION = "## Evaluation speed: the PRW-sized case"
@@ -52,7 +52,7 @@ IMPORTS = {"imports: cli.py (fresh process)": "import cli",
 # ------------------------------------------------------------------ the PRW-sized case
 
 EVALUATION_ONLY = ("import sys; from pipeline.data import read_dataset; "
-                   "from pipeline.evaluation.command import evaluate_command; "
+                   "from pipeline.benchmark.command import evaluate_command; "
                    "print(evaluate_command(read_dataset('prw', sys.argv[1], train=False), "
                    "sys.argv[2], gallery_size=None, multi_view=False, det_thresh=0.5, "
                    "index='flat')[0])")

@@ -27,8 +27,8 @@ import torch  # noqa: E402
 
 from cpu_modes import Mode, calibration_images, runner, temporary_workdir  # noqa: E402
 from pipeline.data import read_dataset  # noqa: E402
-from pipeline.evaluation.command import evaluate_command  # noqa: E402
-from pipeline.inference.run import run_searcher  # noqa: E402
+from pipeline.benchmark.command import evaluate_command  # noqa: E402
+from pipeline.benchmark.run import run_searcher  # noqa: E402
 from pipeline.models.checkpoint import read_checkpoint  # noqa: E402
 
 REFERENCE = "PyTorch float32"

@@ -28,10 +28,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.gallery.hits import SearchFilter, find  # noqa: E402
-from pipeline.gallery.store import (FrameBlock, GalleryWriter, ModelInfo, commit,  # noqa: E402
+from pipeline.footage.ranking import SearchFilter, find  # noqa: E402
+from pipeline.footage.store import (FrameBlock, GalleryWriter, ModelInfo, commit,  # noqa: E402
                                     open_gallery)
-from pipeline.gallery.vectors import l2_normalize  # noqa: E402
+from pipeline.runtime.vectors import l2_normalize  # noqa: E402
 
 SECTION = "## Footage search latency"
 PER_FRAME = 10

@@ -20,8 +20,8 @@ from pipeline.config import from_dict
 from pipeline.config.model import ModelConfig
 from pipeline.data import read_dataset
 from pipeline.data.images import load_image, load_rgb
-from pipeline.inference.onnx_export import export_student
-from pipeline.inference.onnx_runtime import OnnxSearcher
+from pipeline.runtime.onnx.export import export_student
+from pipeline.runtime.onnx.runtime import OnnxSearcher
 from pipeline.models.checkpoint import load_state, read_checkpoint
 from pipeline.models.student import TRAINING_ONLY, build_network, build_oim, \
     model_config_from_args

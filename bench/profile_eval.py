@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import cli  # noqa: E402
-import pipeline.inference.run as run_module  # noqa: E402
+import pipeline.benchmark.run as run_module  # noqa: E402
 
 #: phase -> the project function whose cumulative time is the phase's (the outermost call
 #: when several project functions share the name, e.g. PersonSearchNet.detect and
@@ -71,7 +71,7 @@ def flops_per_frame(source: str, model_kind: str, root: str, dataset: str, frame
 
     from pipeline.data import read_dataset
     from pipeline.data.images import load_image
-    from pipeline.inference.searchers import load_searcher
+    from pipeline.runtime.loading import load_searcher
     data = read_dataset(dataset, root)
     images = [load_image(r.path) for r in data.gallery[:frames]]
     searcher = load_searcher(source, model_kind, "cpu")

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from pipeline.gallery.results_file import write_results
+from pipeline.benchmark.results_file import write_results
 
 TRAIN_FRAMES, TEST_FRAMES, QUERIES, DETECTIONS = 5_704, 6_112, 2_057, 81_915
 TEST_IDENTITIES, CAMERAS, WIDTH, HEIGHT, DIM = 450, 6, 1920, 1080, 256

@@ -27,8 +27,8 @@ from pipeline.config import load_config
 from pipeline.config.student import StudentConfig
 from pipeline.config.teacher import TEACHER_PARTS, TeacherConfig
 from pipeline.data.synthetic.video import ANNOTATIONS, read_footage_truth
-from pipeline.evaluation.footage import best_views, score_footage
-from pipeline.gallery.store import open_gallery
+from pipeline.footage.scoring import best_views, score_footage
+from pipeline.footage.store import open_gallery
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, str(ROOT / "cli.py")]

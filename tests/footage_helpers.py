@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY_PRW
-from pipeline.gallery.store import FrameBlock, GalleryWriter, ModelInfo, commit
+from pipeline.footage.store import FrameBlock, GalleryWriter, ModelInfo, commit
 
 # the tiny PRW world's people walking past its 3 cameras: 6 s at 2 fps, 160x120
 TINY_VIDEO = dict(**TINY_PRW, seconds=6.0, fps=2, walkers=3, passers=1)

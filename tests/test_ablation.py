@@ -143,9 +143,9 @@ class IdentitySearcher:
 
 def test_gt_gallery_mode_measures_reid_alone(synthetic_prw, tmp_path):
     from pipeline.data import read_dataset
-    from pipeline.evaluation.evaluator import evaluate_search
-    from pipeline.gallery.results_file import read_results
-    from pipeline.inference.run import run_searcher
+    from pipeline.benchmark.evaluator import evaluate_search
+    from pipeline.benchmark.results_file import read_results
+    from pipeline.benchmark.run import run_searcher
     data = read_dataset("prw", synthetic_prw)
     searcher = IdentitySearcher(data)
     detected = run_searcher(searcher, data, tmp_path / "d.h5", device="cpu", progress=False)

@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from pipeline.app import create_app
-from pipeline.gallery.store import GalleryError, open_gallery
+from pipeline.footage.app import create_app
+from pipeline.footage.store import GalleryError, open_gallery
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from cli import cli
 from pipeline.models.checkpoint import CHECKPOINT_FORMAT
-from pipeline.gallery.results_file import write_results
+from pipeline.benchmark.results_file import write_results
 from teacher_helpers import TINY_TEACHER
 from tiny_cache import write_tiny_cache, write_tiny_prw
 

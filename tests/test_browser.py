@@ -21,8 +21,8 @@ from PIL import Image
 
 from cli import cli
 from pipeline.data.synthetic.video import read_footage_truth
-from pipeline.evaluation.footage import best_views
-from pipeline.gallery.store import open_gallery
+from pipeline.footage.scoring import best_views
+from pipeline.footage.store import open_gallery
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -156,7 +156,7 @@ def test_drop_in_a_picture(browser, app_url, teacher_gallery, teacher_footage, t
     queries, truth = walker_queries(teacher_gallery, teacher_footage)
     det, frame, pid = queries[0]
     g = open_gallery(teacher_gallery)
-    from pipeline.gallery.pictures import detection_crop
+    from pipeline.footage.pictures import detection_crop
     picture = tmp_path / "person.jpg"
     picture.write_bytes(detection_crop(g, det))
     browser.get(app_url)

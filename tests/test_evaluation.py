@@ -8,13 +8,13 @@ import pytest
 
 from pipeline.data.records import ImageRecord, PersonSearchData, QueryGallery, QueryRecord
 from pipeline.evaluation import evaluator
-from pipeline.evaluation.evaluator import evaluate_search
-from pipeline.evaluation.metrics import (adaptive_iou_threshold, average_precision,
+from pipeline.benchmark.evaluator import evaluate_search
+from pipeline.benchmark.metrics import (adaptive_iou_threshold, average_precision,
                                          detection_ap_recall, match_detections,
                                          match_detections_all)
-from pipeline.evaluation.reference import reference_evaluate
+from pipeline.benchmark.reference import reference_evaluate
 from pipeline.gallery import similarity
-from pipeline.gallery.results_file import (Detections, ResultsFileError, SearchResults,
+from pipeline.benchmark.results_file import (Detections, ResultsFileError, SearchResults,
                                            read_results, write_results)
 
 NAN4 = [np.nan] * 4
@@ -611,7 +611,7 @@ def test_tied_duplicates_in_one_image_the_later_is_correct():
 # ------------------------------------------------------------------ run_searcher
 
 class GroundTruthSearcher:
-    """A searcher (pipeline.models.searcher) that 'detects' the ground-truth boxes of each image
+    """A searcher (pipeline.runtime.searcher) that 'detects' the ground-truth boxes of each image
     and embeds every box by its identity (one-hot; unlabeled persons: the last axis)."""
 
     def __init__(self, data, pids):
@@ -646,7 +646,7 @@ def test_run_searcher_writes_a_valid_results_file(synthetic_prw, tmp_path):
     import torch
 
     from pipeline.data import read_dataset
-    from pipeline.inference.run import run_searcher
+    from pipeline.benchmark.run import run_searcher
     data = read_dataset("prw", synthetic_prw)
     # half-pixel query boxes, to see which form is embedded (the world's boxes are whole)
     data.queries = [QueryRecord(q.image, q.box + 0.5, q.pid, q.camera) for q in data.queries]
@@ -670,7 +670,7 @@ def test_run_searcher_writes_a_valid_results_file(synthetic_prw, tmp_path):
 
 
 def test_similarity_index_flat_exact_and_ivf_flagged():
-    from pipeline.gallery.similarity import SimilarityIndex
+    from pipeline.runtime.similarity import SimilarityIndex
     rng = np.random.default_rng(0)
     base = (rng.integers(-2, 3, (300, 8)) / 4).astype(np.float32)
     q = (rng.integers(-2, 3, (3, 8)) / 4).astype(np.float32)

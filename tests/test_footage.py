@@ -199,9 +199,9 @@ def test_footage_scoring_by_hand(tmp_path):
     """Walkers 7 and 9 on cameras a and b, walker 11 on camera a only, one passer-by; every
     detection sits on its annotated box, with embeddings whose answers are worked out below."""
     from footage_helpers import fake_gallery
-    from pipeline.evaluation.footage import best_views, score_footage, walker_detections
-    from pipeline.gallery.store import FrameBlock, open_gallery
-    from pipeline.gallery.vectors import l2_normalize
+    from pipeline.footage.scoring import best_views, score_footage, walker_detections
+    from pipeline.footage.store import FrameBlock, open_gallery
+    from pipeline.runtime.vectors import l2_normalize
     e = np.eye(4)
     people = {  # (video, frame) -> [(box, pid, embedding)]
         ("a.mp4", 0): [([0, 0, 10, 20], 7, e[0]), ([20, 0, 30, 20], 9, e[1]),

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from footage_helpers import FAKE_MODEL, fake_block, fake_gallery
-from pipeline.gallery.faiss_index import build_index, search_index
-from pipeline.gallery.hits import SearchFilter, find
-from pipeline.gallery.report import camera_timelines, write_results
-from pipeline.gallery.store import (MANIFEST, SEGMENTS, GalleryError, GalleryWriter,
+from pipeline.runtime.faiss_index import build_index, search_index
+from pipeline.footage.ranking import SearchFilter, find
+from pipeline.footage.report import camera_timelines, write_results
+from pipeline.footage.store import (MANIFEST, SEGMENTS, GalleryError, GalleryWriter,
                                     MissingItemError, ModelInfo, ModelMismatchError, commit,
                                     open_gallery)
-from pipeline.gallery.vectors import l2_normalize
+from pipeline.runtime.vectors import l2_normalize
 
 
 def _video_blocks():
@@ -113,7 +113,7 @@ def test_a_second_writer_is_refused(tmp_path):
     import sys
     from pathlib import Path
     second = ("import sys; from footage_helpers import FAKE_MODEL; "
-              "from pipeline.gallery.store import GalleryWriter; "
+              "from pipeline.footage.store import GalleryWriter; "
               "GalleryWriter(sys.argv[1], FAKE_MODEL, embedding_dim=8, min_score=0.5).close()")
     root = Path(__file__).resolve().parent.parent
     run = lambda: subprocess.run([sys.executable, "-c", second, str(tmp_path / "g")],  # noqa: E731
@@ -228,7 +228,7 @@ def test_not_a_gallery_and_newer_schema(tmp_path):
 def test_commit_leaves_a_complete_manifest_at_every_step(tmp_path, monkeypatch):
     """Fail the commit at each of its file operations: the reader keeps the old state, and a
     later commit completes it."""
-    import pipeline.gallery.store as store
+    import pipeline.footage.store as store
     blocks = _video_blocks()
     d = fake_gallery(tmp_path / "g", blocks[:1])
     w = GalleryWriter(d, FAKE_MODEL, embedding_dim=8, min_score=0.5)
@@ -244,7 +244,7 @@ def test_commit_leaves_a_complete_manifest_at_every_step(tmp_path, monkeypatch):
                 raise OSError("disk gone")
             return real(src, dst)
         monkeypatch.setattr(store.os, "replace", flaky)
-        monkeypatch.setattr("pipeline.gallery.faiss_index.os.replace", flaky)
+        monkeypatch.setattr("pipeline.runtime.faiss_index.os.replace", flaky)
         with pytest.raises(OSError):
             commit(d, FAKE_MODEL, embedding_dim=8, min_score=0.5)
         monkeypatch.undo()

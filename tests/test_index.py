@@ -20,7 +20,7 @@ from PIL import Image
 from cli import cli
 from footage_helpers import FOOTAGE_FRAMES as FRAMES, index_args, random_student
 from pipeline.data.footage import load_frames, plan_frames, find_sources
-from pipeline.gallery.store import PENDING, open_gallery
+from pipeline.footage.store import PENDING, open_gallery
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -197,7 +197,7 @@ def _ddp_worker(rank, world, port, gallery, model, sources):
                       RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from pipeline.engine.distributed import cleanup
-    from pipeline.inference.indexing import index_footage
+    from pipeline.footage.indexing import index_footage
     index_footage(gallery, model, sources, every=0.5, min_score=0.0, workers=0,
                   chunk_frames=4, progress=False)
     cleanup()
@@ -233,7 +233,7 @@ def test_run_settings_are_recorded_used_and_kept(synthetic_footage, student, tmp
     again = CliRunner().invoke(cli, index_args(fast, student, synthetic_footage)
                                + ["--size", "48", "--proposals", "5", "--bf16"])
     assert again.exit_code == 0 and "indexed 0 new frames" in again.output, again.output
-    from pipeline.inference.query_model import QueryEmbedder
+    from pipeline.footage.query_model import QueryEmbedder
     embedder = QueryEmbedder(g)
     rgb = np.zeros((60, 80, 3), np.uint8)
     assert embedder.embed(rgb, [10, 5, 40, 55]).shape == (g.manifest["embedding_dim"],)

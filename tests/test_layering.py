@@ -1,8 +1,8 @@
 """The package layering, checked: every project module imports only from its own layer or the
 layers below it, at the top of the module.
 
-Lowest first (README, "Layout"): config, data -> cache -> gallery -> models -> distill -> engine
--> stages -> inference -> evaluation -> app -> the command line and the demo. A module is
+Lowest first (README, "Layout"): errors, files, arrays, config -> data -> cache -> models ->
+distill -> engine -> stages -> runtime -> benchmark -> footage -> the command line and the demo. A module is
 parsed, not imported, so a violation is found even in code no test runs.
 """
 from __future__ import annotations
@@ -17,24 +17,38 @@ ROOT = Path(__file__).resolve().parent.parent
 #: package prefix -> layer number (a longer prefix wins)
 LAYERS = {
     "pipeline.errors": 0,
+    "pipeline.files": 0,
+    "pipeline.arrays": 0,
+    "pipeline.cores": 0,
     "pipeline.config": 0,
     "pipeline.data": 1,
     "cache": 2,
-    "pipeline.gallery": 3,
-    "pipeline.models": 4,
-    "pipeline.distill": 5,
-    "pipeline.engine": 6,
-    "pipeline.stages": 7,
-    "pipeline.inference": 8,
-    "pipeline.evaluation": 9,
-    "pipeline.app": 10,
-    "pipeline.demo": 11,
-    "pipeline.ablation": 11,
-    "cli": 11,
+    "pipeline.models": 3,
+    "pipeline.distill": 4,
+    "pipeline.engine": 5,
+    "pipeline.stages": 6,
+    "pipeline.runtime": 7,
+    "pipeline.benchmark": 8,
+    "pipeline.footage": 9,
+    "pipeline.demo": 10,
+    "pipeline.ablation": 10,
+    "cli": 10,
 }
-#: layers that must not run a network: scoring and stores take arrays and files only
-NO_NETWORK = ("cache", "pipeline.gallery", "pipeline.evaluation")
+#: modules that must not run a network: stores, scoring, ranking and pages take arrays and files
+#: only (so that ``search --hit`` and scoring a results file never load PyTorch)
+NO_NETWORK = ("cache", "pipeline.runtime.types", "pipeline.runtime.faiss_index",
+              "pipeline.runtime.vectors", "pipeline.benchmark.results_file",
+              "pipeline.benchmark.metrics", "pipeline.benchmark.protocols",
+              "pipeline.benchmark.evaluator", "pipeline.benchmark.reference",
+              "pipeline.benchmark.cbgm", "pipeline.benchmark.command",
+              "pipeline.footage.store", "pipeline.footage.ranking", "pipeline.footage.search",
+              "pipeline.footage.report", "pipeline.footage.pictures",
+              "pipeline.footage.scoring")
 NETWORK_MODULES = ("torch", "torchvision", "onnxruntime")
+
+
+def runs_no_network(name: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in NO_NETWORK)
 
 
 def module_name(path: Path) -> str:
@@ -121,16 +135,20 @@ def test_project_imports_sit_at_module_top():
 
 
 def test_scoring_and_stores_run_no_network():
+    """A no-network module imports no network library, and of the project's layers from the
+    models up only modules that are no-network themselves."""
     offenders = []
     for path in project_modules():
         name = module_name(path)
-        if not any(name == p or name.startswith(p + ".") for p in NO_NETWORK):
+        if not runs_no_network(name):
             continue
         for node, imported, _ in imports_of(path):
             top = imported.split(".")[0]
             layer = layer_of(imported)
-            runs_models = layer is not None and \
-                LAYERS["pipeline.models"] <= layer <= LAYERS["pipeline.inference"]
+            package = imported in {"pipeline.runtime", "pipeline.benchmark", "pipeline.footage"}
+            runs_models = (layer is not None and layer >= LAYERS["pipeline.models"]
+                           and not package and not runs_no_network(imported)
+                           and not runs_no_network(imported.rsplit(".", 1)[0]))
             if top in NETWORK_MODULES or runs_models:
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {imported}")
     assert not offenders, "stores and scoring must not import networks:\n" + "\n".join(offenders)

@@ -17,10 +17,10 @@ import cli
 from pipeline.data import read_dataset
 from pipeline.data.images import load_image
 from pipeline.distill.student import build_student
-from pipeline.inference.onnx_export import AGREEMENT_COSINE, AGREEMENT_IOU, agreement, \
+from pipeline.runtime.onnx.export import AGREEMENT_COSINE, AGREEMENT_IOU, agreement, \
     export_student
-from pipeline.inference.onnx_runtime import OnnxModelError, OnnxSearcher
-from pipeline.inference.speed import input_size, proposal_count, set_input_size, set_proposals
+from pipeline.runtime.onnx.runtime import OnnxModelError, OnnxSearcher
+from pipeline.runtime.settings import input_size, proposal_count, set_input_size, set_proposals
 from pipeline.models.two_step import TwoStepSearcher
 from pipeline.models.checkpoint import save_checkpoint
 
@@ -154,7 +154,7 @@ def test_one_file_holds_both_modes_and_one_copy_of_the_weights(net, onnx_path):
 
 
 def test_runtime_module_needs_no_torch():
-    code = ("import sys; import pipeline.inference.onnx_runtime; "
+    code = ("import sys; import pipeline.runtime.onnx.runtime; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

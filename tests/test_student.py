@@ -9,7 +9,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from pipeline.data.records import UNLABELED
 from pipeline.models.checkpoint import save_checkpoint
-from pipeline.inference.searchers import load_searcher
+from pipeline.runtime.loading import load_searcher
 from pipeline.models.backbone import build_resnet_c4
 from pipeline.models.pretrained import PretrainedWeightsMissing
 from pipeline.models.oim import IGNORE, OIMLoss

@@ -96,7 +96,7 @@ def test_pk_sampler_batches():
 
 def test_two_step_searcher(teachers, tmp_path):
     from pipeline.config import save_config
-    from pipeline.inference.searchers import load_searcher
+    from pipeline.runtime.loading import load_searcher
     cfg_path = tmp_path / "teacher.yaml"
     save_config(teachers, cfg_path)
     searcher = load_searcher(cfg_path, "teacher")

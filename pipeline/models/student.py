@@ -4,7 +4,7 @@ optional distiller (:mod:`pipeline.distill`) that the training step consults.
 
 - ``forward(images, targets)`` is training: a dict of named, already weighted losses.
 - ``detect(images)`` is gallery detection; ``embed_boxes(images, boxes)`` is query embedding
-  (:class:`~pipeline.models.searcher.Searcher`). Images are (3,H,W) float in [0,1] at their
+  (:class:`~pipeline.runtime.searcher.Searcher`). Images are (3,H,W) float in [0,1] at their
   original size; boxes come and go as (N,4) x1,y1,x2,y2 in original pixels.
 
 The network is built from a checkpoint's ``model_args`` alone (:func:`load_student`); the

@@ -1,4 +1,4 @@
-"""The two-step teacher as a :class:`~pipeline.models.searcher.Searcher`: detector boxes, then
+"""The two-step teacher as a :class:`~pipeline.runtime.searcher.Searcher`: detector boxes, then
 Re-ID embeddings of crops cut by ``crop_and_resize`` exactly as in the cache build.
 
 Boxes in and out are x1, y1, x2, y2 in original image pixels; embeddings L2-normalised.

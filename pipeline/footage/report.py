@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .hits import Hit, SearchFilter
-from .pictures import detection_crop, detection_in_frame
-from .store import Gallery
+from pipeline.footage.ranking import Hit, SearchFilter
+from pipeline.footage.pictures import detection_crop, detection_in_frame
+from pipeline.footage.store import Gallery
 
 RESULTS_JSON, RESULTS_CSV, RESULTS_HTML = "results.json", "results.csv", "results.html"
 CSV_COLUMNS = ("rank", "similarity", "source", "frame", "time", "camera", "box", "id", "score")

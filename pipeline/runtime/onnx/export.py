@@ -36,8 +36,8 @@ from torchvision.ops import box_iou
 
 from pipeline.data.images import load_image
 from pipeline.errors import UserError
-from pipeline.inference.onnx_runtime import ONNX_FORMAT, OnnxSearcher
-from pipeline.inference.speed import proposal_count, set_proposals
+from pipeline.runtime.onnx.runtime import ONNX_FORMAT, OnnxSearcher
+from pipeline.runtime.settings import proposal_count, set_proposals
 from pipeline.models.student import PersonSearchNet, load_student
 from pipeline.models.transform import PersonSearchTransform, resize_boxes
 

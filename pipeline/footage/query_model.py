@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.gallery.store import Gallery, GalleryError, check_same_model
+from pipeline.footage.store import Gallery, GalleryError, check_same_model
 from pipeline.models.precision import autocast
-from .searchers import load_model, model_info, to_numpy
-from .speed import apply_settings
+from pipeline.runtime.loading import load_model, model_info, to_numpy
+from pipeline.runtime.settings import apply_settings
 
 
 class QueryEmbedder:

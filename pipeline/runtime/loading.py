@@ -13,9 +13,9 @@ import torch
 from cache.key import file_fingerprint
 from pipeline.config import load_config
 from pipeline.config.teacher import TeacherConfig
-from pipeline.gallery.store import ModelInfo
+from pipeline.footage.store import ModelInfo
 from pipeline.models.precision import autocast
-from pipeline.models.searcher import Searcher
+from pipeline.runtime.searcher import Searcher
 from pipeline.models.student import load_student
 from pipeline.models.two_step import load_two_step
 

@@ -29,10 +29,10 @@ from pipeline.data.footage import (DEFAULT_EVERY, VIDEO_GROUP, FootageFrames, Fr
                                    find_sources, group_frames, plan_frames)
 from pipeline.data.records import DatasetError
 from pipeline.engine import distributed as dist_utils
-from pipeline.gallery.store import FrameBlock, GalleryWriter, commit
+from pipeline.footage.store import FrameBlock, GalleryWriter, commit
 from pipeline.models.precision import autocast
-from .searchers import embedding_dim, load_model, to_numpy
-from .speed import apply_settings
+from pipeline.runtime.loading import embedding_dim, load_model, to_numpy
+from pipeline.runtime.settings import apply_settings
 
 DEFAULT_MIN_SCORE = 0.5       # as evaluate's search threshold
 DEFAULT_BATCH = 4
@@ -168,7 +168,7 @@ def index_footage(gallery_dir, model, sources, *, camera: str | None = None,
                   after_chunk: Callable[[int], None] | None = None,
                   settings: str = "") -> IndexReport:
     """Build or extend the gallery at ``gallery_dir`` (see the module docstring). ``settings``
-    (:func:`~pipeline.inference.speed.settings_text`): input size, proposals and bf16 when not
+    (:func:`~pipeline.runtime.settings.settings_text`): input size, proposals and bf16 when not
     as trained; the gallery records them and every later run and query must use the same."""
     start = time.perf_counter()
     dev, _ = dist_utils.init_distributed(device)

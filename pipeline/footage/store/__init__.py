@@ -16,7 +16,7 @@ Layout of a gallery folder (schema ``person-search-gallery``, version :data:`SCH
     detections/scores (T,) float32           detections/embeddings (T,D) float32, unit norm
 
 - ``index-N.faiss``: the FAISS index over every embedding in manifest order, written with
-  ``faiss.write_index`` (:mod:`pipeline.gallery.faiss_index`).
+  ``faiss.write_index`` (:mod:`pipeline.runtime.faiss_index`).
 - ``pending/rank-R.json``: the segments an unfinished run of process R has written.
 
 Every file is written beside its final name and moved there with ``os.replace``, and the
@@ -44,8 +44,8 @@ import numpy as np
 
 from pipeline.errors import UserError
 
-from .faiss_index import INDEX_KINDS, build_index, extend_index, read_index, write_index
-from .vectors import TEXT, l2_normalize, read_text, text_column
+from pipeline.runtime.faiss_index import INDEX_KINDS, build_index, extend_index, read_index, write_index
+from pipeline.runtime.vectors import TEXT, l2_normalize, read_text, text_column
 
 SCHEMA = "person-search-gallery"
 SCHEMA_VERSION = 1

@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from pipeline.errors import UserError
-from pipeline.inference.speed import proportional_max_size
+from pipeline.runtime.settings import proportional_max_size
 
 RUNTIMES = ("torch", "onnx")           # what a student can run in (evaluate --runtime)
 ONNX_FORMAT = "person-search-onnx/1"   # the format onnx_export.py writes

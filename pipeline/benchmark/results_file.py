@@ -23,7 +23,7 @@ import numpy as np
 from cache.hdf5 import open_hdf5
 from pipeline.data.published_boxes import PUBLISHED, choose
 from pipeline.data.records import DatasetError, PersonSearchData
-from pipeline.gallery.vectors import TEXT, l2_normalize, read_text, text_column
+from pipeline.runtime.vectors import TEXT, l2_normalize, read_text, text_column
 
 SCHEMA = "person-search-results/2"
 READABLE_SCHEMAS = ("person-search-results/1", SCHEMA)

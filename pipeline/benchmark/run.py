@@ -1,5 +1,5 @@
-"""Run a :class:`~pipeline.models.searcher.Searcher` over a dataset's gallery and queries and
-write the results file (:mod:`pipeline.gallery.results_file`; schema 2, with each query image's
+"""Run a :class:`~pipeline.runtime.searcher.Searcher` over a dataset's gallery and queries and
+write the results file (:mod:`pipeline.benchmark.results_file`; schema 2, with each query image's
 detections as the CBGM context group).
 
 Two gallery modes: ``"detect"`` (the searcher's own detections: the search protocol) and
@@ -17,13 +17,13 @@ from tqdm import tqdm
 from pipeline.data.images import load_image
 from pipeline.data.published_boxes import PUBLISHED, choose
 from pipeline.data.records import PersonSearchData
-from pipeline.gallery.results_file import write_results
+from pipeline.benchmark.results_file import write_results
 from pipeline.errors import UserError
-from pipeline.inference.onnx_export import onnx_searcher
-from pipeline.inference.onnx_runtime import RUNTIMES
-from pipeline.inference.searchers import load_searcher
+from pipeline.runtime.onnx.export import onnx_searcher
+from pipeline.runtime.onnx.runtime import RUNTIMES
+from pipeline.runtime.loading import load_searcher
 from pipeline.models.precision import autocast
-from pipeline.models.searcher import Searcher
+from pipeline.runtime.searcher import Searcher
 
 
 class RuntimeChoiceError(UserError, ValueError):

@@ -8,9 +8,9 @@ import numpy as np
 
 import pandas as pd
 
-from pipeline.evaluation.evaluator import SearchEvaluation, SearchEvaluator
-from pipeline.evaluation.visualize import plot_cmc, plot_query
-from pipeline.gallery.results_file import read_results
+from pipeline.benchmark.evaluator import SearchEvaluation, SearchEvaluator
+from pipeline.benchmark.pictures import plot_cmc, plot_query
+from pipeline.benchmark.results_file import read_results
 
 METRIC_KEYS = ("mAP", "top1", "top5", "top10", "det_ap", "det_recall")
 

@@ -25,11 +25,11 @@ from tqdm import tqdm
 from pipeline.data.published_boxes import PUBLISHED, choose
 from pipeline.data.records import UNLABELED, PersonSearchData
 from pipeline.evaluation import cbgm as context_matching
-from pipeline.evaluation.metrics import adaptive_iou_threshold, average_precision_from_counts, \
+from pipeline.benchmark.metrics import adaptive_iou_threshold, average_precision_from_counts, \
     box_iou_pairs, cmc_curve, detection_ap_recall, topk_from_rank
-from pipeline.evaluation.protocols import QueryProtocol, build_protocol, gallery_images
-from pipeline.gallery.results_file import SearchResults
-from pipeline.gallery.similarity import SimilarityIndex
+from pipeline.benchmark.protocols import QueryProtocol, build_protocol, gallery_images
+from pipeline.benchmark.results_file import SearchResults
+from pipeline.runtime.similarity import SimilarityIndex
 
 TOPK = (1, 5, 10)
 DETECTION_SCORE_THRESH = 0.01

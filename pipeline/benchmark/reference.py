@@ -17,10 +17,10 @@ from scipy.optimize import linear_sum_assignment
 
 from pipeline.data.published_boxes import PUBLISHED, choose
 from pipeline.data.records import PersonSearchData, QueryRecord
-from pipeline.evaluation.cbgm import CONTEXT_NMS_IOU, DEFAULT_K
-from pipeline.evaluation.metrics import adaptive_iou_threshold, average_precision, box_iou, \
+from pipeline.benchmark.cbgm import CONTEXT_NMS_IOU, DEFAULT_K
+from pipeline.benchmark.metrics import adaptive_iou_threshold, average_precision, box_iou, \
     first_hit_rank
-from pipeline.gallery.results_file import SearchResults
+from pipeline.benchmark.results_file import SearchResults
 
 
 def reference_evaluate(data: PersonSearchData, results: SearchResults, *,

@@ -5,9 +5,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .faiss_index import search_index
-from .store import Gallery, GalleryError, MissingItemError
-from .vectors import l2_normalize
+from pipeline.runtime.faiss_index import search_index
+from pipeline.footage.store import Gallery, GalleryError, MissingItemError
+from pipeline.runtime.vectors import l2_normalize
 
 DEFAULT_TOP = 50
 

@@ -16,8 +16,8 @@ import numpy as np
 
 from pipeline.data.records import UNLABELED
 from pipeline.data.synthetic.video import box_iou_one
-from pipeline.gallery.hits import SearchFilter, find
-from pipeline.gallery.store import Gallery
+from pipeline.footage.ranking import SearchFilter, find
+from pipeline.footage.store import Gallery
 
 MIN_IOU = 0.5
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from pipeline.evaluation.metrics import box_iou
-from pipeline.gallery.results_file import Detections, SearchResults
+from pipeline.benchmark.metrics import box_iou
+from pipeline.benchmark.results_file import Detections, SearchResults
 
 CONTEXT_NMS_IOU = 0.5
 DEFAULT_K = {"cuhk-sysu": (10, 3), "prw": (30, 4)}

@@ -19,13 +19,13 @@ from fastapi import FastAPI, File, Form, HTTPException, Query as Param, Request,
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from pipeline.gallery.hits import DEFAULT_TOP, SearchFilter
-from pipeline.gallery.pictures import detection_crop
-from pipeline.gallery.report import results_payload
-from pipeline.gallery.store import (Gallery, GalleryError, MissingItemError, ModelMismatchError,
+from pipeline.footage.ranking import DEFAULT_TOP, SearchFilter
+from pipeline.footage.pictures import detection_crop
+from pipeline.footage.report import results_payload
+from pipeline.footage.store import (Gallery, GalleryError, MissingItemError, ModelMismatchError,
                                     open_gallery)
-from pipeline.inference.query_model import QueryEmbedder
-from pipeline.inference.searching import (QueryError, parse_box, query_from_hit,
+from pipeline.footage.query_model import QueryEmbedder
+from pipeline.footage.search import (QueryError, parse_box, query_from_hit,
                                           query_from_picture, read_picture, run_query)
 
 STATIC = Path(__file__).resolve().parent / "static"

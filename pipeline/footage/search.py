@@ -1,7 +1,7 @@
 """`search`: a query (an image and a box, a crop of the person, or an earlier hit) -> ranked
 detections of a gallery, written as results.json / .csv / .html.
 
-A query picture is embedded by a :class:`pipeline.inference.query_model.QueryEmbedder` (the
+A query picture is embedded by a :class:`pipeline.footage.query_model.QueryEmbedder` (the
 gallery's own model); a hit's embedding is read from the gallery, so searching from a hit
 needs neither the model nor torch. The query's own frame is left out of the results when it
 is in the gallery: the person cannot appear twice in one frame.
@@ -19,10 +19,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.errors import UserError
-from pipeline.gallery.hits import DEFAULT_TOP, Hit, SearchFilter, find
-from pipeline.gallery.pictures import crop, detection_crop, jpeg_bytes
-from pipeline.gallery.report import write_results
-from pipeline.gallery.store import Gallery, MissingItemError, open_gallery
+from pipeline.footage.ranking import DEFAULT_TOP, Hit, SearchFilter, find
+from pipeline.footage.pictures import crop, detection_crop, jpeg_bytes
+from pipeline.footage.report import write_results
+from pipeline.footage.store import Gallery, MissingItemError, open_gallery
 
 MAX_IMAGE_PIXELS = 50_000_000     # an upload larger than this is refused, not decoded
 

@@ -10,7 +10,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from .store import Gallery, GalleryError
+from pipeline.footage.store import Gallery, GalleryError
 
 CROP_HEIGHT = 160             # crops are scaled to this height for pages
 JPEG_QUALITY = 85

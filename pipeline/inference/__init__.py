@@ -1,3 +1,0 @@
-"""Where a network meets images: a searcher (student, two-step teacher) loaded once and run over
-a dataset or footage, giving detections and embeddings (results files, galleries), and query
-embeddings for search."""
