@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from pipeline.data.records import ImageRecord, PersonSearchData, QueryGallery, QueryRecord
-from pipeline.evaluation import evaluator
+from pipeline.benchmark import evaluator
 from pipeline.benchmark.evaluator import evaluate_search
 from pipeline.benchmark.metrics import (adaptive_iou_threshold, average_precision,
                                          detection_ap_recall, match_detections,
                                          match_detections_all)
 from pipeline.benchmark.reference import reference_evaluate
-from pipeline.gallery import similarity
+from pipeline.runtime import faiss_index
 from pipeline.benchmark.results_file import (Detections, ResultsFileError, SearchResults,
                                            read_results, write_results)
 
@@ -278,14 +278,14 @@ def test_near_ties_are_settled_as_the_classic_code_computes(monkeypatch):
                             [QueryRecord("q.jpg", gallery[0].boxes[0], 7, 1)])
     res = results([[([0, 0, 20, 40], 0.9, 1.0)], [([0, 0, 20, 40], 0.9, 0.5)],
                    [([50, 0, 70, 40], 0.9, 0.5 - 2 ** -23)]], [[0, 0, 20, 40]], [[1, 0]])
-    exact = similarity.SimilarityIndex.similarities
+    exact = faiss_index.SimilarityIndex.similarities
 
     def blockwise(self, queries, rows=None):
         sims = exact(self, queries, rows)
         sims[:, -1] += 3e-7                 # B's only detection is the last kept row
         return sims
 
-    monkeypatch.setattr(similarity.SimilarityIndex, "similarities", blockwise)
+    monkeypatch.setattr(faiss_index.SimilarityIndex, "similarities", blockwise)
     ev = evaluate_search(data, res, progress=False)
     assert ev.first_rank.tolist() == [0] and ev.ap.tolist() == [1.0]
     assert [r["first_rank"] for r in reference_evaluate(data, res)] == [0]
@@ -670,7 +670,7 @@ def test_run_searcher_writes_a_valid_results_file(synthetic_prw, tmp_path):
 
 
 def test_similarity_index_flat_exact_and_ivf_flagged():
-    from pipeline.runtime.similarity import SimilarityIndex
+    SimilarityIndex = faiss_index.SimilarityIndex
     rng = np.random.default_rng(0)
     base = (rng.integers(-2, 3, (300, 8)) / 4).astype(np.float32)
     q = (rng.integers(-2, 3, (3, 8)) / 4).astype(np.float32)

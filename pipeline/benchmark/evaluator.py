@@ -24,12 +24,12 @@ from tqdm import tqdm
 
 from pipeline.data.published_boxes import PUBLISHED, choose
 from pipeline.data.records import UNLABELED, PersonSearchData
-from pipeline.evaluation import cbgm as context_matching
+from pipeline.benchmark import cbgm as context_matching
 from pipeline.benchmark.metrics import adaptive_iou_threshold, average_precision_from_counts, \
     box_iou_pairs, cmc_curve, detection_ap_recall, topk_from_rank
 from pipeline.benchmark.protocols import QueryProtocol, build_protocol, gallery_images
 from pipeline.benchmark.results_file import SearchResults
-from pipeline.runtime.similarity import SimilarityIndex
+from pipeline.runtime.faiss_index import SimilarityIndex
 
 TOPK = (1, 5, 10)
 DETECTION_SCORE_THRESH = 0.01
