@@ -31,6 +31,7 @@ from pipeline.errors import UserError
 from pipeline.benchmark.command import default_out_dir, evaluate_command
 from pipeline.footage.ranking import SearchFilter
 from pipeline.footage.report import format_time
+from pipeline.runtime.faiss_index import INDEX_KINDS
 from pipeline.runtime.types import RunSettings
 from pipeline.runtime.onnx.runtime import RUNTIMES
 from pipeline.footage.search import search_command
@@ -446,9 +447,11 @@ def export_cmd(checkpoint, fmt, out, proposals, int8_folder, verify):
               help="camera name for every source (default: first sub-folder, or file stem)")
 @click.option("--every", type=click.FloatRange(min=0, min_open=True), default=1.0,
               show_default=True, help="seconds between sampled video frames")
-@click.option("--index", "index_kind", type=click.Choice(["flat", "ivf", "hnsw"]), default=None,
+@click.option("--index", "index_kind", type=click.Choice(INDEX_KINDS), default=None,
               help="FAISS index: flat = exact (a new gallery's default); ivf / hnsw = "
-                   "approximate, for very large galleries (default: keep the gallery's)")
+                   "approximate, for very large galleries; ivfpq = compressed codes, lists on "
+                   "disk, exact re-scoring, for galleries beyond RAM (default: keep the "
+                   "gallery's)")
 @click.option("--min-score", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="keep detections scoring at least this")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,

@@ -83,7 +83,8 @@ def find(gallery: Gallery, query: np.ndarray, top: int = DEFAULT_TOP,
                            f"{gallery.embedding_dim}-d")
     frames_ok = allowed_frames(gallery, filt, exclude_frames)
     allowed = None if frames_ok.all() else frames_ok[gallery.detection_frame]
-    sims, ids = search_index(gallery.index(), query, top, allowed)
+    sims, ids = search_index(gallery.index(), query, top, allowed,
+                             rescore=gallery.embeddings if gallery.rescored else None)
     return [hit_of(gallery, int(i), float(s), rank) for rank, (s, i) in
             enumerate(zip(sims, ids), start=1)]
 

@@ -38,6 +38,8 @@ import faiss
 import numpy as np
 from faiss.contrib.ondisk import merge_ondisk
 
+from pipeline.files import atomic_path
+
 INDEX_KINDS = ("flat", "ivf", "hnsw", "ivfpq")
 IVF_NPROBE = 16
 IVF_POINTS_PER_LIST = 39          # FAISS warns when k-means has fewer points per centroid
@@ -96,10 +98,8 @@ def extend_index(index, embeddings: np.ndarray) -> None:
 
 
 def write_index(index, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
 
 
 def read_index(path: Path):
@@ -134,15 +134,17 @@ def train_ivfpq(sample: np.ndarray, factory: str):
     return index
 
 
-def encode_block(trained_path: Path, embeddings, first_id: int, out: Path) -> None:
-    """Codes of (N, D) ``embeddings`` (ids ``first_id``...) as a small ivfpq file at ``out``
-    (the trained index's copy with these rows only). ``embeddings`` may be an HDF5 dataset:
-    it is read :data:`ENCODE_BATCH` rows at a time."""
+def encode_block(trained_path: Path, chunks, out: Path) -> int:
+    """Codes of the rows in ``chunks`` ((first id, (n, D) array or HDF5 dataset) pairs) as a
+    small ivfpq file at ``out`` (a copy of the trained index holding these rows only), read
+    :data:`ENCODE_BATCH` rows at a time. Returns the number of rows."""
     index = read_index(trained_path)
-    for start in range(0, len(embeddings), ENCODE_BATCH):
-        x = np.ascontiguousarray(embeddings[start:start + ENCODE_BATCH], np.float32)
-        index.add_with_ids(x, np.arange(first_id + start, first_id + start + len(x)))
+    for first_id, embeddings in chunks:
+        for start in range(0, len(embeddings), ENCODE_BATCH):
+            x = np.ascontiguousarray(embeddings[start:start + ENCODE_BATCH], np.float32)
+            index.add_with_ids(x, np.arange(first_id + start, first_id + start + len(x)))
     write_index(index, out)
+    return int(index.ntotal)
 
 
 def merge_blocks(trained_path: Path, block_paths: list[Path], out_index: Path,
@@ -151,12 +153,11 @@ def merge_blocks(trained_path: Path, block_paths: list[Path], out_index: Path,
     index file ``out_index`` that names them (each written beside its name and moved into
     place, the data first). Returns the number of vectors."""
     index = read_index(trained_path)
-    tmp_data = out_data.with_name(f".{out_data.name}.tmp")
-    with _quiet_stdout():             # OnDiskInvertedLists prints each resize of its file
-        merge_ondisk(index, [str(p) for p in block_paths], str(tmp_data))
-    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
-    lists.filename = str(out_data)    # the name the index file records (its base name counts)
-    os.replace(tmp_data, out_data)
+    with atomic_path(out_data) as tmp_data:
+        with _quiet_stdout():         # OnDiskInvertedLists prints each resize of its file
+            merge_ondisk(index, [str(p) for p in block_paths], str(tmp_data))
+        lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+        lists.filename = str(out_data)  # the name the index file records (its base name counts)
     write_index(index, out_index)
     return int(index.ntotal)
 

@@ -17,7 +17,11 @@ Layout of a gallery folder (schema ``person-search-gallery``, version :data:`SCH
     detections/scores (T,) float32           detections/embeddings (T,D) float32, unit norm
 
 - ``index-N.faiss``: the FAISS index over every embedding in manifest order
-  (:mod:`pipeline.runtime.faiss_index`).
+  (:mod:`pipeline.runtime.faiss_index`); for the ``ivfpq`` kind the folder ``ivfpq/`` instead
+  (:mod:`.ondisk`): ``trained.faiss`` (trained once; the manifest's index ``params`` record
+  the factory string and the training sample's size), one ``codes-N.faiss`` per commit (the
+  codes of the rows it added) and ``lists-N.faiss`` + ``lists-N.ivfdata``, every code merged
+  into inverted lists on disk that a search maps read-only.
 - ``pending/rank-R.json``: the segments an unfinished run of process R has written.
 
 Version 1 (before run settings were a typed entry: ``"size=750 proposals=100 bf16"``) is read
@@ -82,6 +86,7 @@ class IndexEntry:
     approximate: bool
     detections: int
     generation: int
+    params: dict = field(default_factory=dict)   # ivfpq: factory, trained_on, files, search
 
     def to_dict(self) -> dict:
         return dict(vars(self))
@@ -89,7 +94,7 @@ class IndexEntry:
     @classmethod
     def from_dict(cls, d: dict) -> "IndexEntry":
         return cls(str(d["file"]), str(d["kind"]), bool(d["approximate"]), int(d["detections"]),
-                   int(d["generation"]))
+                   int(d["generation"]), dict(d.get("params", {})))
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,12 @@ import h5py
 import numpy as np
 
 from cache.hdf5 import read_text
-from pipeline.runtime.faiss_index import read_index
+from pipeline.runtime.faiss_index import read_index, read_ondisk
 from pipeline.runtime.types import ModelInfo
 
 from .manifest import (MANIFEST, SEGMENTS, GalleryError, Manifest, MissingItemError,
                        SegmentEntry, pending_files, read_manifest)
+from .ondisk import read_rows
 
 
 @dataclass
@@ -99,20 +100,24 @@ class Gallery:
     def embeddings(self, rows) -> np.ndarray:
         """(len(rows), D) float32 unit-norm embeddings of the given detection ids."""
         rows = np.asarray(rows, np.int64).ravel()
-        out = np.zeros((len(rows), self.manifest.embedding_dim), np.float32)
-        for k, row in enumerate(rows):
-            if not 0 <= row < self.num_detections:
-                raise MissingItemError(f"gallery {self.directory} has no detection {row}")
-            path, local = self._segment_of(int(row), self.segment_detections)
-            with h5py.File(path, "r") as f:
-                out[k] = f["detections/embeddings"][local]
-        return out
+        bad = rows[(rows < 0) | (rows >= self.num_detections)]
+        if len(bad):
+            raise MissingItemError(f"gallery {self.directory} has no detection {bad[0]}")
+        if len(rows) == 0:
+            return np.zeros((0, self.embedding_dim), np.float32)
+        return read_rows(self.directory, self.manifest.segments, rows)
+
+    @property
+    def rescored(self) -> bool:
+        """Whether a search re-scores the index's candidates with the stored embeddings."""
+        return self.index_kind == "ivfpq"
 
     def index(self):
-        """The FAISS index (loaded once); GalleryError when it does not match the tables."""
+        """The FAISS index (loaded once; ivfpq lists mapped from disk); GalleryError when it
+        does not match the tables."""
         if self._index is None:
             path = self.directory / self.manifest.index.file
-            index = read_index(path)
+            index = read_ondisk(path) if self.rescored else read_index(path)
             if index.ntotal != self.num_detections:
                 raise GalleryError(f"{path} holds {index.ntotal} "
                                    f"vectors, the gallery {self.num_detections}: run `index` "

@@ -29,6 +29,8 @@ from pipeline.runtime.types import Detections
 from .manifest import (LOCK, MANIFEST, PENDING, SCHEMA, SCHEMA_VERSION, SEGMENTS, GalleryError,
                        IndexEntry, Manifest, PendingList, RunHeader, SegmentEntry, now,
                        pending_files, read_manifest, read_pending)
+from .ondisk import FOLDER as ONDISK
+from .ondisk import ivfpq_files, update_ivfpq
 
 JPEG = h5py.vlen_dtype(np.uint8)
 DEFAULT_INDEX_KIND = "flat"
@@ -203,16 +205,20 @@ def commit(directory, header: RunHeader, *, index_kind: str | None = None) -> Ma
 
 def _update_index(directory: Path, entry: IndexEntry | None, segments: list[SegmentEntry],
                   kind: str) -> IndexEntry:
-    """The index entry for ``segments``: the old file when nothing changed, the old index
-    plus the new rows for flat / HNSW, else a fresh build (IVF retrains its lists)."""
+    """The index entry for ``segments``: the old file when nothing changed, else the old
+    index plus the new rows (every kind: IVF lists and ivfpq codes are trained once), or a
+    fresh build when the kind changes."""
     total = sum(s.detections for s in segments)
     if entry and entry.kind == kind and entry.detections == total:
         return entry
     generation = entry.generation + 1 if entry else 1
+    if kind == "ivfpq":
+        if total == 0:
+            raise GalleryError(f"gallery {directory} holds no detections to train an ivfpq "
+                               "index on: index footage with people first")
+        return update_ivfpq(directory, entry, segments, generation)
     name = f"index-{generation}.faiss"
-    reuse = (entry and entry.kind == kind and kind != "ivf"
-             and (directory / entry.file).is_file())
-    if reuse:
+    if entry and entry.kind == kind and (directory / entry.file).is_file():
         index = read_index(directory / entry.file)
         extend_index(index, _embeddings_from(directory, segments, entry.detections))
     else:
@@ -248,6 +254,10 @@ def _tidy(directory: Path, manifest: Manifest) -> None:
             p.unlink()
     for p in directory.glob("index-*.faiss"):
         if p.name != manifest.index.file:
+            p.unlink()
+    needed = ivfpq_files(manifest.index)
+    for p in (directory / ONDISK).glob("*"):
+        if p.name not in needed:
             p.unlink()
     for folder in (directory, directory / SEGMENTS, directory / PENDING):
         for p in folder.glob(TEMP_GLOB):

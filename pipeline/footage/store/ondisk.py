@@ -1,0 +1,99 @@
+"""The ``ivfpq`` index of a gallery: trained once, codes added per commit, lists on disk.
+
+Folder ``ivfpq/`` of the gallery: ``trained.faiss`` (the empty index trained at the first
+``ivfpq`` commit on a sample of the embeddings, :func:`pipeline.runtime.faiss_index.ivfpq_factory`),
+``codes-N.faiss`` (the codes of the rows commit N added; immutable, like segments) and
+``lists-N.faiss`` + ``lists-N.ivfdata`` (every code file merged with
+``faiss.contrib.ondisk.merge_ondisk`` into inverted lists on disk). A commit encodes only its
+new rows and merges the code files again (a copy of 40 bytes per detection, not a retraining);
+the manifest names the new files last, so a run killed at any point leaves the last complete
+index, and the next commit's tidy-up drops what no manifest names.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pipeline.runtime.faiss_index import (IVFPQ_MAX_LISTS, IVFPQ_TRAIN_PER_LIST, RESCORE_FACTOR,
+                                          encode_block, ivfpq_factory, merge_blocks,
+                                          train_ivfpq, write_index)
+
+from .manifest import SEGMENTS, IndexEntry, SegmentEntry
+
+FOLDER = "ivfpq"
+TRAINED = "trained.faiss"
+TRAIN_SEED = 0
+
+
+def update_ivfpq(directory: Path, entry: IndexEntry | None, segments: list[SegmentEntry],
+                 generation: int) -> IndexEntry:
+    """The ivfpq entry after adding the rows beyond ``entry`` (all rows when ``entry`` is not
+    an ivfpq one: the index is trained first)."""
+    folder = Path(directory) / FOLDER
+    folder.mkdir(exist_ok=True)
+    total = sum(s.detections for s in segments)
+    grows = entry is not None and entry.kind == "ivfpq" and (folder / TRAINED).is_file()
+    params = dict(entry.params) if grows else _train(directory, folder, segments, total)
+    start = entry.detections if grows else 0
+    codes = f"codes-{generation}.faiss"
+    encode_block(folder / TRAINED, _rows_from(directory, segments, start), folder / codes)
+    blocks = params.get("blocks", []) + [codes]
+    lists = f"lists-{generation}"
+    merge_blocks(folder / TRAINED, [folder / b for b in blocks], folder / f"{lists}.faiss",
+                 folder / f"{lists}.ivfdata")
+    params.update(blocks=blocks, data=f"{lists}.ivfdata")
+    return IndexEntry(f"{FOLDER}/{lists}.faiss", "ivfpq", True, total, generation, params)
+
+
+def _train(directory: Path, folder: Path, segments: list[SegmentEntry], total: int) -> dict:
+    """Train the empty index on a sample of the committed embeddings; its parameters."""
+    size = min(total, IVFPQ_MAX_LISTS * IVFPQ_TRAIN_PER_LIST)
+    rows = np.sort(np.random.default_rng(TRAIN_SEED).choice(total, size, replace=False))
+    sample = read_rows(directory, segments, rows)
+    factory = ivfpq_factory(sample.shape[1], size)
+    index = train_ivfpq(sample, factory)
+    write_index(index, folder / TRAINED)
+    return {"factory": factory, "trained_on": int(size), "trained": TRAINED,
+            "nprobe": int(index.nprobe), "rescore_factor": RESCORE_FACTOR, "blocks": []}
+
+
+def _rows_from(directory: Path, segments: list[SegmentEntry], start: int):
+    """(first id, embeddings dataset) of every detection row from ``start``, segment by segment."""
+    row = 0
+    for s in segments:
+        if row + s.detections > start:
+            with h5py.File(Path(directory) / SEGMENTS / s.file, "r") as f:
+                skip = max(0, start - row)
+                yield row + skip, f["detections/embeddings"][skip:]
+        row += s.detections
+
+
+def read_rows(directory: Path, segments, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), D) float32 embeddings of detection ids ``rows`` (any order), each segment
+    opened once and read in increasing order."""
+    rows = np.asarray(rows, np.int64).ravel()
+    starts = np.r_[0, np.cumsum([s.detections for s in segments])].astype(np.int64)
+    which = np.searchsorted(starts, rows, side="right") - 1
+    out = None
+    for k in np.unique(which):
+        pick = np.flatnonzero(which == k)
+        local = rows[pick] - starts[k]
+        order = np.argsort(local, kind="stable")
+        unique, back = np.unique(local[order], return_inverse=True)
+        with h5py.File(Path(directory) / SEGMENTS / segments[k].file, "r") as f:
+            emb = f["detections/embeddings"]
+            got = np.asarray(emb[unique.tolist()], np.float32)
+        if out is None:
+            out = np.zeros((len(rows), got.shape[1]), np.float32)
+        out[pick[order]] = got[back]
+    return out if out is not None else np.zeros((0, 0), np.float32)
+
+
+def ivfpq_files(entry: IndexEntry) -> set[str]:
+    """The files under ``ivfpq/`` that ``entry`` needs."""
+    if entry.kind != "ivfpq":
+        return set()
+    p = entry.params
+    return {p["trained"], p["data"], Path(entry.file).name, *p["blocks"]}

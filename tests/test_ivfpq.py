@@ -1,0 +1,130 @@
+"""The ivfpq gallery index: trained once on a sample, codes added per commit without
+retraining, lists on disk mapped read-only, exact similarities after re-scoring, the last
+complete state after a kill -9 in the middle of a commit."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from footage_helpers import FAKE_MODEL, fake_block, fake_gallery
+from pipeline.arrays import l2_normalize
+from pipeline.footage.ranking import SearchFilter, find
+from pipeline.footage.store import MANIFEST, GalleryWriter, RunHeader, commit, open_gallery
+from pipeline.footage.store.ondisk import FOLDER, TRAINED
+from pipeline.runtime.faiss_index import build_index, ivfpq_factory, search_index
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADER = RunHeader(FAKE_MODEL, 8, 0.5)
+
+
+def _blocks(n_blocks=3, frames=20, start=0):
+    return [fake_block([f"/v/cam{b % 2}.mp4"] * frames,
+                       list(range((start + b) * frames, (start + b + 1) * frames)),
+                       times=np.arange(frames, dtype=float) + (start + b) * frames,
+                       cameras=[f"c{b % 2}"] * frames, per_frame=5, seed=start + b)
+            for b in range(n_blocks)]
+
+
+def _add(directory, blocks):
+    w = GalleryWriter(directory, HEADER)
+    for b in blocks:
+        w.add(b)
+    w.close()
+
+
+def _exact_top(g, q, k):
+    return search_index(build_index(g.embeddings(np.arange(g.num_detections))), q, k)
+
+
+def test_factory_names_the_index_as_faiss_does():
+    assert ivfpq_factory(256, 262_144) == "IVF2048,PQ32"
+    assert ivfpq_factory(256, 10_000_000) == "IVF4096,PQ32"
+    assert ivfpq_factory(8, 100) == "IVF2,PQ8x6"        # a tiny sample: fewer centroids
+
+
+def test_build_searches_with_exact_similarities_on_mapped_lists(tmp_path):
+    d = fake_gallery(tmp_path / "g", _blocks(), kind="ivfpq")
+    g = open_gallery(d)
+    entry = g.manifest.index
+    assert entry.kind == "ivfpq" and g.approximate and g.rescored
+    assert entry.params["factory"].startswith("IVF") and entry.params["trained_on"] == 300
+    assert (d / FOLDER / entry.params["data"]).is_file()
+    q = g.embeddings([7])[0]
+    hits = find(g, q, 10)
+    sims, ids = _exact_top(g, q, 10)
+    assert [h.id for h in hits] == ids.tolist()          # tiny gallery: every list probed
+    np.testing.assert_allclose([h.similarity for h in hits], sims, atol=1e-6)
+    allowed = find(g, q, 10, SearchFilter(("c1",)))
+    assert allowed and all(h.camera == "c1" for h in allowed)
+
+
+def test_a_commit_adds_codes_without_retraining(tmp_path):
+    d = fake_gallery(tmp_path / "g", _blocks(), kind="ivfpq")
+    first = open_gallery(d).manifest.index
+    trained = (d / FOLDER / TRAINED).read_bytes()
+    _add(d, _blocks(2, start=3))
+    commit(d, HEADER)                                    # keeps the gallery's kind
+    g = open_gallery(d)
+    entry = g.manifest.index
+    assert entry.kind == "ivfpq" and g.num_detections == 500 == g.index().ntotal
+    assert (d / FOLDER / TRAINED).read_bytes() == trained      # trained once
+    assert entry.params["trained_on"] == first.params["trained_on"] == 300
+    assert entry.params["blocks"] == first.params["blocks"] + ["codes-2.faiss"]
+    assert sorted(p.name for p in (d / FOLDER).iterdir()) == sorted(
+        [TRAINED, "codes-1.faiss", "codes-2.faiss", "lists-2.faiss", "lists-2.ivfdata"])
+    q = g.embeddings([450])[0]                           # a row of the second commit
+    assert find(g, q, 1)[0].id == 450
+
+
+KILLED_COMMIT = """
+import os, sys
+import pipeline.footage.store.ondisk as ondisk
+from footage_helpers import FAKE_MODEL
+from pipeline.footage.store import RunHeader, commit
+real = ondisk.merge_blocks
+def merge_then_die(*args):
+    real(*args)                    # the new lists are written, the manifest not yet
+    os.kill(os.getpid(), 9)
+ondisk.merge_blocks = merge_then_die
+commit(sys.argv[1], RunHeader(FAKE_MODEL, 8, 0.5))
+"""
+
+
+def test_kill_9_during_a_commit_leaves_the_last_complete_state(tmp_path):
+    d = fake_gallery(tmp_path / "g", _blocks(), kind="ivfpq")
+    before = (d / MANIFEST).read_text()
+    _add(d, _blocks(2, start=3))
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
+    killed = subprocess.run([sys.executable, "-c", KILLED_COMMIT, str(d)], cwd=ROOT, env=env,
+                            capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (d / MANIFEST).read_text() == before          # the old index still answers
+    g = open_gallery(d)
+    assert g.num_detections == 300 and g.index().ntotal == 300
+    commit(d, HEADER)                                    # the next run finishes the commit
+    g = open_gallery(d)
+    assert g.num_detections == 500 == g.index().ntotal
+    assert json.loads((d / MANIFEST).read_text())["index"]["generation"] == 2
+    assert not list((d / FOLDER).glob("lists-1*"))       # what no manifest names is gone
+
+
+def test_an_empty_gallery_cannot_train_ivfpq(tmp_path):
+    from pipeline.footage.store import GalleryError
+    d = tmp_path / "g"
+    _add(d, [fake_block(["/x/a.jpg"], [0], per_frame=0)])
+    with pytest.raises(GalleryError, match="no detections to train an ivfpq"):
+        commit(d, HEADER, index_kind="ivfpq")
+
+
+def test_embeddings_read_in_any_order(tmp_path):
+    g = open_gallery(fake_gallery(tmp_path / "g", _blocks()))
+    rows = np.array([250, 3, 3, 120, 0])
+    every = g.embeddings(np.arange(g.num_detections))
+    np.testing.assert_array_equal(g.embeddings(rows), every[rows])
+    np.testing.assert_allclose(np.linalg.norm(every, axis=1), 1, atol=1e-5)
+    assert l2_normalize(every).shape == every.shape
