@@ -35,6 +35,7 @@ from pipeline.runtime.faiss_index import INDEX_KINDS
 from pipeline.runtime.types import RunSettings
 from pipeline.runtime.onnx.runtime import RUNTIMES
 from pipeline.footage.search import search_command
+from pipeline.footage.store import gallery_summary, open_gallery
 
 # The commands that run a network import their implementation (and with it PyTorch, about
 # 2-4 s) when they run, each such line marked "optional": --help, the scoring of a results
@@ -531,6 +532,33 @@ def search_cmd(gallery_dir, image, box, hit, top, cameras, start, end, out_dir, 
         click.echo(f"{h['rank']:4d}  {h['similarity']:.3f}  {h['camera']:>8s}  "
                    f"{format_time(h['time']):>8s}  {h['source']} frame {h['frame']}  id {h['id']}")
     click.echo(str(page))
+
+
+@cli.group("gallery")
+def gallery_group():
+    """Look after a footage gallery folder."""
+
+
+@gallery_group.command("info")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+@friendly_errors
+def gallery_info_cmd(directory, as_json):
+    """Detections, frames, cameras, the index kind and its parameters, bytes on disk per part
+    and the model of the gallery at DIRECTORY."""
+    info = gallery_summary(open_gallery(directory))
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+        return
+    index = info["index"]
+    params = ", ".join(f"{k} {v}" for k, v in index.items()
+                       if k in ("factory", "trained_on", "nprobe", "rescore_factor"))
+    click.echo(f"{info['gallery']}: {info['frames']} frames, {info['detections']} people, "
+               f"{len(info['cameras'])} cameras ({', '.join(info['cameras'])})")
+    click.echo(f"model: {info['model']['kind']} {info['model']['name']}")
+    click.echo(f"index: {index['kind']} ({'approximate' if index['approximate'] else 'exact'}"
+               f"{', ' + params if params else ''})")
+    click.echo("bytes: " + ", ".join(f"{k} {v:,}" for k, v in info["bytes"].items()))
 
 
 @cli.command("serve")

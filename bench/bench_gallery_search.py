@@ -8,15 +8,23 @@ and committed with each ``--kinds`` index; then, with the gallery open (as `serv
 ``--queries`` queries each ask for the top 50: unfiltered, and filtered to one camera and a
 time window. Also timed: opening the gallery (tables + index from disk), and the whole
 ``cli.py search --hit`` command (a fresh process: imports, opening, ranking, writing the
-three result files). Approximate kinds report their recall@50 against the exact answer.
+three result files). Approximate kinds report their recall@50 against the exact answer
+(the flat kind's, so list flat first). Each kind is searched in a fresh process: its peak RSS is
+the search's own. The last kind also times one commit of 10,000 new detections.
 
-    python bench/bench_gallery_search.py --detections 1000000 --record
+    python bench/bench_gallery_search.py --detections 1000000 --kinds flat,ivfpq --json OUT
+
+``OUT``: ``{"rows": [{"kind", "detections", "build_s", "open_s", "query_median_ms",
+"query_p90_ms", "filtered_ms", "recall_at_50", "peak_rss_gb", "index_bytes",
+"commit_new_s" (last row), "cli_s" (flat)}]}``.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -31,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.footage.ranking import SearchFilter, find  # noqa: E402
 from pipeline.footage.store import (FrameBlock, GalleryWriter, RunHeader,  # noqa: E402
                                     commit, open_gallery)
+from pipeline.footage.store.reader import disk_usage  # noqa: E402
 from pipeline.runtime.types import Detections, ModelInfo  # noqa: E402
 from pipeline.arrays import l2_normalize  # noqa: E402
 
@@ -43,15 +52,16 @@ MODEL = ModelInfo("student", "bench.pt", "b" * 64)
 TOP = 50
 
 
-def write_gallery(directory: Path, detections: int, dim: int, seed: int = 0) -> None:
+def write_gallery(directory: Path, detections: int, dim: int, seed: int = 0,
+                  first_frame: int = 0) -> None:
     """Synthetic frames of 3 cameras (1 frame/s each) with PER_FRAME detections each; each
     embedding is its identity's centre plus noise (cosine about 0.8 to the centre)."""
     g = np.random.default_rng(seed)
     centres = l2_normalize(g.standard_normal((max(1, detections // PER_IDENTITY), dim)))
     frames = detections // PER_FRAME
     w = GalleryWriter(directory, RunHeader(MODEL, dim, 0.5))
-    for start in range(0, frames, SEGMENT_FRAMES):
-        n = min(SEGMENT_FRAMES, frames - start)
+    for start in range(first_frame, first_frame + frames, SEGMENT_FRAMES):
+        n = min(SEGMENT_FRAMES, first_frame + frames - start)
         idx = np.arange(start, start + n)
         t = n * PER_FRAME
         xy = g.uniform(0, [1800, 800], (t, 2)).astype(np.float32)
@@ -77,10 +87,15 @@ def timed(fn, repeat: int) -> list[float]:
     return out
 
 
-def measure(directory: Path, kind: str, queries: int, exact_answers=None) -> dict:
+def build(directory: Path, kind: str) -> float:
     start = time.perf_counter()
     commit(directory, RunHeader(MODEL, DIM, 0.5), index_kind=kind)
-    build = time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def measure(directory: Path, queries: int) -> dict:
+    """Open the committed gallery and time ``queries`` top-50 queries (run in a fresh process
+    per kind, so that its peak RSS is the search's own)."""
     start = time.perf_counter()
     gallery = open_gallery(directory)
     gallery.index()
@@ -95,13 +110,30 @@ def measure(directory: Path, kind: str, queries: int, exact_answers=None) -> dic
     window = SearchFilter(("cam2",), 0.25 * span, 0.5 * span)
     k = iter(range(queries))
     filtered = timed(lambda: find(gallery, qs[next(k)], TOP, window), queries)
-    recall = None
-    if exact_answers is not None:
-        recall = float(np.mean([len(set(a) & set(b)) / TOP
-                                for a, b in zip(answers, exact_answers)]))
-    return {"kind": kind, "build": build, "open": opened,
-            "median": float(np.median(plain)), "p90": float(np.percentile(plain, 90)),
-            "filtered": float(np.median(filtered)), "recall": recall, "answers": answers}
+    return {"open": opened, "median": float(np.median(plain)),
+            "p90": float(np.percentile(plain, 90)), "filtered": float(np.median(filtered)),
+            "answers": answers, "peak_rss_gb": peak_rss_gb(),
+            "index_bytes": disk_usage(directory, gallery.manifest)["index"]}
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # KiB on Linux
+
+
+def measure_in_child(directory: Path, queries: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--measure", str(directory),
+                          "--queries", str(queries), "--dim", str(DIM)],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def commit_new(directory: Path, detections: int, dim: int) -> float:
+    """Seconds to commit ``detections`` new detections into the gallery (its kind kept)."""
+    frames = open_gallery(directory).num_frames
+    write_gallery(directory, detections, dim, seed=1, first_frame=frames)
+    start = time.perf_counter()
+    commit(directory, RunHeader(MODEL, dim, 0.5))
+    return time.perf_counter() - start
 
 
 def cli_search(directory: Path) -> float:
@@ -112,17 +144,33 @@ def cli_search(directory: Path) -> float:
     return time.perf_counter() - start
 
 
-def table(rows: list[dict], detections: int) -> str:
+def table(rows: list[dict]) -> str:
     lines = [f"| detections | dim | index | build s | open s | query median ms | query p90 ms "
-             f"| camera + time window ms | recall@{TOP} | `cli.py search --hit` s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| camera + time window ms | recall@{TOP} | peak RSS GB | index MB "
+             f"| commit of {NEW_DETECTIONS:,} s | `cli.py search --hit` s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        recall = "exact" if r["recall"] is None else f"{r['recall']:.3f}"
-        cli = f"{r['cli']:.1f}" if r.get("cli") else "-"
-        lines.append(f"| {detections:,} | {DIM} | {r['kind']} | {r['build']:.1f} | "
-                     f"{r['open']:.1f} | {1000 * r['median']:.0f} | {1000 * r['p90']:.0f} | "
-                     f"{1000 * r['filtered']:.0f} | {recall} | {cli} |")
+        recall = "exact" if r["recall_at_50"] is None else f"{r['recall_at_50']:.3f}"
+        cli = f"{r['cli_s']:.1f}" if r.get("cli_s") else "-"
+        new = f"{r['commit_new_s']:.1f}" if r.get("commit_new_s") is not None else "-"
+        lines.append(f"| {r['detections']:,} | {DIM} | {r['kind']} | {r['build_s']:.1f} | "
+                     f"{r['open_s']:.1f} | {r['query_median_ms']:.0f} | {r['query_p90_ms']:.0f} | "
+                     f"{r['filtered_ms']:.0f} | {recall} | {r['peak_rss_gb']:.2f} | "
+                     f"{r['index_bytes'] / 1e6:.0f} | {new} | {cli} |")
     return "\n".join(lines)
+
+
+def run_kind(directory: Path, kind: str, detections: int, queries: int, exact) -> dict:
+    """One row of the JSON output (schema in the module docstring)."""
+    built = build(directory, kind)
+    m = measure_in_child(directory, queries)
+    recall = None if exact is None else float(np.mean(
+        [len(set(a) & set(b)) / TOP for a, b in zip(m["answers"], exact)]))
+    return {"kind": kind, "detections": detections, "build_s": built, "open_s": m["open"],
+            "query_median_ms": 1000 * m["median"], "query_p90_ms": 1000 * m["p90"],
+            "filtered_ms": 1000 * m["filtered"], "recall_at_50": recall,
+            "peak_rss_gb": m["peak_rss_gb"], "index_bytes": m["index_bytes"],
+            "answers": m["answers"]}
 
 
 def machine() -> str:
@@ -150,6 +198,7 @@ def record(target: Path, text: str) -> None:
 
 
 DIM = 256
+NEW_DETECTIONS = 10_000       # one commit into the full gallery, for the last kind
 
 
 def main(argv=None):
@@ -157,12 +206,17 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--detections", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=256)
-    ap.add_argument("--kinds", default="flat", help="comma-separated: flat, ivf, hnsw")
+    ap.add_argument("--kinds", default="flat", help="comma-separated: flat, ivf, hnsw, ivfpq")
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--dir", default=None, help="gallery folder (default: a temporary one)")
+    ap.add_argument("--json", dest="json_out", default=None, help="write the rows to this file")
     ap.add_argument("--record", action="store_true", help="append to BENCHMARKS.md")
+    ap.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # the child's side
     args = ap.parse_args(argv)
     DIM = args.dim
+    if args.measure:
+        print(json.dumps(measure(Path(args.measure), args.queries)))
+        return
     directory = Path(args.dir or tempfile.mkdtemp(prefix="bench-gallery-")) / "gallery"
     start = time.perf_counter()
     write_gallery(directory, args.detections, DIM)
@@ -170,14 +224,19 @@ def main(argv=None):
           flush=True)
     rows, exact = [], None
     for kind in args.kinds.split(","):
-        row = measure(directory, kind, args.queries, None if kind == "flat" else exact)
+        row = run_kind(directory, kind, args.detections, args.queries, exact)
         if kind == "flat":
             exact = row["answers"]
-            row["cli"] = cli_search(directory)
+            row["cli_s"] = cli_search(directory)
         rows.append(row)
-        print(table(rows[-1:], args.detections).splitlines()[-1], flush=True)
-    text = table(rows, args.detections)
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    rows[-1]["commit_new_s"] = commit_new(directory, NEW_DETECTIONS, DIM)
+    for row in rows:
+        del row["answers"]
+    text = table(rows)
     print(text)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"rows": rows}, indent=1) + "\n")
     if args.record:
         stamp = datetime.date.today().isoformat()
         record(ROOT / "BENCHMARKS.md",

@@ -128,6 +128,9 @@ def train_ivfpq(sample: np.ndarray, factory: str):
     ivf = faiss.extract_index_ivf(index)
     ivf.cp.niter = IVFPQ_KMEANS_ITERATIONS
     ivf.cp.min_points_per_centroid = 1     # a small gallery's sample: no warning per list
+    pq_index = faiss.downcast_index(ivf)
+    pq_index.pq.cp.min_points_per_centroid = 1
+    pq_index.do_polysemous_training = False  # the factory's default: minutes, unused here
     ivf.verbose = False
     index.train(x)
     ivf.nprobe = min(IVFPQ_NPROBE, ivf.nlist)

@@ -23,7 +23,7 @@ from pipeline.footage.ranking import DEFAULT_TOP, SearchFilter
 from pipeline.footage.pictures import detection_crop
 from pipeline.footage.report import results_payload
 from pipeline.footage.store import (Gallery, GalleryError, MissingItemError, ModelMismatchError,
-                                    open_gallery)
+                                    gallery_summary, open_gallery)
 from pipeline.footage.query_model import QueryEmbedder
 from pipeline.footage.search import (QueryError, parse_box, query_from_hit,
                                           query_from_picture, read_picture, run_query)
@@ -191,10 +191,7 @@ def _gallery_info(g: Gallery) -> dict:
         cameras.append({"name": name, "frames": len(rows), "timed": timed,
                         "start": float(times.min()) if timed else None,
                         "end": float(times.max()) if timed else None})
-    return {"gallery": str(g.directory), "frames": g.num_frames, "detections": g.num_detections,
-            "model": g.model.to_dict(), "index": {"kind": g.index_kind,
-                                               "approximate": g.approximate},
-            "cameras": cameras}
+    return {**gallery_summary(g), "cameras": cameras}
 
 
 def _frames_in(g: Gallery, camera, start, end) -> list[int]:

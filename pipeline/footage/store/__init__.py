@@ -3,9 +3,9 @@
 commits them, :mod:`.reader` opens a committed gallery."""
 from .manifest import (MANIFEST, PENDING, SCHEMA, SCHEMA_VERSION, SEGMENTS, GalleryError, Manifest, MissingItemError,
                        ModelMismatchError, RunHeader, check_same_model, read_manifest)
-from .reader import Gallery, open_gallery
+from .reader import Gallery, gallery_summary, open_gallery
 from .writer import FrameBlock, GalleryWriter, commit
 
 __all__ = ["MANIFEST", "PENDING", "SCHEMA", "SCHEMA_VERSION", "SEGMENTS", "FrameBlock", "Gallery", "GalleryError", "GalleryWriter",
            "Manifest", "MissingItemError", "ModelMismatchError", "RunHeader", "check_same_model",
-           "commit", "open_gallery", "read_manifest"]
+           "commit", "gallery_summary", "open_gallery", "read_manifest"]

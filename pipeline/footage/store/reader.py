@@ -15,7 +15,7 @@ from pipeline.runtime.types import ModelInfo
 
 from .manifest import (MANIFEST, SEGMENTS, GalleryError, Manifest, MissingItemError,
                        SegmentEntry, pending_files, read_manifest)
-from .ondisk import read_rows
+from .ondisk import FOLDER, ivfpq_files, read_rows
 
 
 @dataclass
@@ -124,6 +124,34 @@ class Gallery:
                                    "on this gallery again to rebuild it")
             self._index = index
         return self._index
+
+
+def _bytes(paths) -> int:
+    return sum(p.stat().st_size for p in paths if p.is_file())
+
+
+def disk_usage(directory: Path, manifest: Manifest) -> dict:
+    """Bytes on disk per part of a committed gallery: manifest, segments, index."""
+    index = manifest.index
+    index_files = ([directory / index.file] if index.kind != "ivfpq" else
+                   [directory / FOLDER / name for name in ivfpq_files(index)])
+    return {"manifest": _bytes([directory / MANIFEST]),
+            "segments": _bytes(directory / SEGMENTS / s.file for s in manifest.segments),
+            "index": _bytes(index_files)}
+
+
+def gallery_summary(g: Gallery) -> dict:
+    """What `gallery info` prints and the app's header shows: counts, cameras, the model, the
+    index kind and parameters, bytes on disk per part."""
+    index = g.manifest.index
+    return {"gallery": str(g.directory), "frames": g.num_frames,
+            "detections": g.num_detections, "cameras": g.cameras,
+            "model": g.model.to_dict(), "embedding_dim": g.embedding_dim,
+            "index": {"kind": index.kind, "approximate": index.approximate,
+                      "rescored": g.rescored, "generation": index.generation,
+                      **index.params},
+            "bytes": disk_usage(g.directory, g.manifest),
+            "created": g.manifest.created, "updated": g.manifest.updated}
 
 
 def open_gallery(directory) -> Gallery:

@@ -23,9 +23,13 @@ async function getJSON(url, options) {
 
 async function loadGallery() {
   gallery = await getJSON("/api/gallery");
-  const idx = gallery.index.approximate ? ` <span class="approx">${gallery.index.kind}, approximate</span>` : "";
+  const index = gallery.index;
+  const kind = index.factory ? `${index.kind} ${index.factory}` : index.kind;
+  const idx = index.approximate ? ` <span class="approx">${kind}, approximate</span>` : ` ${kind} index`;
+  const bytes = Object.values(gallery.bytes).reduce((a, b) => a + b, 0);
   $("summary").innerHTML = `${gallery.frames} frames, ${gallery.detections} people, ` +
-    `${gallery.cameras.length} cameras${idx}`;
+    `${gallery.cameras.length} cameras,${idx}, ${(bytes / 1e6).toFixed(1)} MB on disk, model `;
+  $("summary").append(gallery.model.name);     // a path: text, never markup
   const select = $("camera");
   select.innerHTML = "";
   for (const c of gallery.cameras) {
