@@ -35,7 +35,7 @@ from pipeline.runtime.faiss_index import INDEX_KINDS
 from pipeline.runtime.types import RunSettings
 from pipeline.runtime.onnx.runtime import RUNTIMES
 from pipeline.footage.search import search_command
-from pipeline.footage.store import gallery_summary, open_gallery
+from pipeline.footage.store import gallery_summary, merge_galleries, open_gallery
 
 # The commands that run a network import their implementation (and with it PyTorch, about
 # 2-4 s) when they run, each such line marked "optional": --help, the scoring of a results
@@ -438,6 +438,17 @@ def export_cmd(checkpoint, fmt, out, proposals, int8_folder, verify):
 
 # ---------------------------------------------------------------- footage: index, search, serve
 
+def _shard_option(value: str) -> tuple[int, int]:
+    """"K/N" with 1 <= K <= N -> (K, N)."""
+    try:
+        k, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        k = n = 0
+    if not 1 <= k <= n:
+        raise click.BadParameter(f"K/N with 1 <= K <= N, e.g. 2/4; got {value!r}")
+    return k, n
+
+
 @cli.command("index")
 @click.option("--gallery", "gallery_dir", required=True, type=click.Path(file_okay=False),
               help="gallery folder to create or extend")
@@ -469,11 +480,15 @@ def export_cmd(checkpoint, fmt, out, proposals, int8_folder, verify):
                    "footage setting)")
 @click.option("--bf16", is_flag=True,
               help="bf16 autocast also on the CPU (about 1.8x faster where the CPU has bf16)")
+@click.option("--shard-of", "shard", default="1/1", show_default=True, metavar="K/N",
+              callback=lambda ctx, param, value: _shard_option(value),
+              help="index only the K-th of every N sources (sorted): N machines index one "
+                   "footage into N galleries, then `gallery merge` joins them")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @friendly_errors
 def index_cmd(gallery_dir, model, sources, camera, every, index_kind, min_score, batch_size,
-              workers, chunk, size, proposals, bf16, device, no_progress):
+              workers, chunk, size, proposals, bf16, shard, device, no_progress):
     """Detect and embed every person in SOURCE... (image folders, videos, prw:ROOT,
     cuhk-sysu:ROOT) into a searchable gallery. Resumes an interrupted run; a re-run embeds
     only new frames. --size/--proposals/--bf16 are recorded: later runs and queries use the
@@ -483,7 +498,7 @@ def index_cmd(gallery_dir, model, sources, camera, every, index_kind, min_score,
                       device=device, batch_size=batch_size, workers=workers,
                       min_score=min_score, index_kind=index_kind, chunk_frames=chunk,
                       progress=not no_progress,
-                      settings=RunSettings(size, proposals, bf16))
+                      settings=RunSettings(size, proposals, bf16), shard=shard)
     for problem in r.skipped:
         click.echo(f"skipped: {problem}", err=True)
     if r.rank != 0:  # under torchrun process 0 reports for all
@@ -537,6 +552,21 @@ def search_cmd(gallery_dir, image, box, hit, top, cameras, start, end, out_dir, 
 @cli.group("gallery")
 def gallery_group():
     """Look after a footage gallery folder."""
+
+
+@gallery_group.command("merge")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--index", "index_kind", type=click.Choice(INDEX_KINDS), default=None,
+              help="the merged gallery's index (default: the first input's kind)")
+@friendly_errors
+def gallery_merge_cmd(out, inputs, index_kind):
+    """Merge the galleries IN... (same model and settings, different footage, e.g. made with
+    `index --shard-of K/N`) into a new gallery OUT; prints OUT last."""
+    m = merge_galleries(out, inputs, index_kind=index_kind)
+    click.echo(f"merged {len(inputs)} galleries: {m.frames} frames, {m.detections} people, "
+               f"{m.index.kind} index")
+    click.echo(str(out))
 
 
 @gallery_group.command("info")

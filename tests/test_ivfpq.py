@@ -128,3 +128,54 @@ def test_embeddings_read_in_any_order(tmp_path):
     np.testing.assert_array_equal(g.embeddings(rows), every[rows])
     np.testing.assert_allclose(np.linalg.norm(every, axis=1), 1, atol=1e-5)
     assert l2_normalize(every).shape == every.shape
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+    from cli import cli
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_shards_merge_into_one_gallery_as_one_run_makes_it(tmp_path):
+    blocks = _blocks(4)
+    whole = open_gallery(fake_gallery(tmp_path / "whole", blocks, kind="ivfpq"))
+    a = fake_gallery(tmp_path / "a", blocks[1::2], kind="ivfpq")   # shard 2/2 first
+    b = fake_gallery(tmp_path / "b", blocks[0::2], kind="ivfpq")
+    r = _cli("gallery", "merge", tmp_path / "m", a, b)
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines()[-1] == str(tmp_path / "m")
+    g = open_gallery(tmp_path / "m")
+    assert g.frame_source == whole.frame_source and g.frame_index.tolist() == \
+        whole.frame_index.tolist()                       # the order of one run
+    np.testing.assert_array_equal(g.boxes, whole.boxes)
+    assert g.index_kind == "ivfpq" and g.index().ntotal == 400
+    q = g.embeddings([123])[0]
+    assert find(g, q, 1)[0].id == 123
+    overlap = fake_gallery(tmp_path / "c", blocks[:1], kind="ivfpq")  # frames b holds too
+    again = _cli("gallery", "merge", tmp_path / "m2", b, overlap)
+    assert again.exit_code != 0 and "in both" in again.output
+
+
+def test_a_merge_of_other_models_is_refused_naming_both(tmp_path):
+    from pipeline.runtime.types import ModelInfo
+    other = ModelInfo("teacher", "configs/other.yaml", "a" * 64)
+    a = fake_gallery(tmp_path / "a", _blocks(1))
+    b = fake_gallery(tmp_path / "b", _blocks(1, start=5), model=other)
+    r = _cli("gallery", "merge", tmp_path / "m", a, b)
+    assert r.exit_code != 0
+    line = r.output.strip().splitlines()[-1]
+    assert str(a) in line and str(b) in line and "fake.pt" in line and "other.yaml" in line
+    assert not (tmp_path / "m" / MANIFEST).exists()
+
+
+def test_gallery_info_json_names_kind_parameters_and_bytes(tmp_path):
+    d = fake_gallery(tmp_path / "g", _blocks(), kind="ivfpq")
+    r = _cli("gallery", "info", d, "--json")
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["detections"] == 300 and info["frames"] == 60 and info["cameras"] == ["c0", "c1"]
+    assert info["index"]["kind"] == "ivfpq" and info["index"]["approximate"]
+    assert info["index"]["factory"] == open_gallery(d).manifest.index.params["factory"]
+    assert info["model"]["name"] == "fake.pt"
+    assert info["bytes"]["index"] == sum(p.stat().st_size for p in (d / FOLDER).iterdir())
+    assert info["bytes"]["segments"] > 0

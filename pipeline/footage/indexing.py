@@ -160,16 +160,19 @@ def index_footage(gallery_dir, model, sources, *, camera: str | None = None,
                   min_score: float = DEFAULT_MIN_SCORE, index_kind: str | None = None,
                   chunk_frames: int = DEFAULT_CHUNK, progress: bool = True,
                   after_chunk: Callable[[int], None] | None = None,
-                  settings: RunSettings = RunSettings()) -> IndexReport:
+                  settings: RunSettings = RunSettings(),
+                  shard: tuple[int, int] = (1, 1)) -> IndexReport:
     """Build or extend the gallery at ``gallery_dir`` (see the module docstring). ``settings``:
     input size, proposals and bf16 when not as trained; the gallery records them and every
-    later run and query must use the same. ``index_kind`` None keeps the gallery's."""
+    later run and query must use the same. ``index_kind`` None keeps the gallery's.
+    ``shard`` (K, N): only the K-th of every N sources (sorted), so that N machines index
+    one footage into N galleries that ``gallery merge`` joins."""
     start = time.perf_counter()
     dev, _ = dist_utils.init_distributed(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {dev} requested but CUDA is not available here")
     rank, world = dist_utils.rank(), dist_utils.world_size()
-    all_sources = gather_sources(sources, camera)
+    all_sources = gather_sources(sources, camera)[shard[0] - 1::shard[1]]
     searcher, info = load_model(model, dev)
     apply_settings(searcher, settings)
     header = RunHeader(replace(info, settings=settings), searcher.embedding_dim, min_score)

@@ -4,8 +4,8 @@ commits them, :mod:`.reader` opens a committed gallery."""
 from .manifest import (MANIFEST, PENDING, SCHEMA, SCHEMA_VERSION, SEGMENTS, GalleryError, Manifest, MissingItemError,
                        ModelMismatchError, RunHeader, check_same_model, read_manifest)
 from .reader import Gallery, gallery_summary, open_gallery
-from .writer import FrameBlock, GalleryWriter, commit
+from .writer import FrameBlock, GalleryWriter, commit, merge_galleries
 
 __all__ = ["MANIFEST", "PENDING", "SCHEMA", "SCHEMA_VERSION", "SEGMENTS", "FrameBlock", "Gallery", "GalleryError", "GalleryWriter",
            "Manifest", "MissingItemError", "ModelMismatchError", "RunHeader", "check_same_model",
-           "commit", "gallery_summary", "open_gallery", "read_manifest"]
+           "commit", "gallery_summary", "merge_galleries", "open_gallery", "read_manifest"]

@@ -12,6 +12,8 @@ added.
 from __future__ import annotations
 
 import fcntl
+import os
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,3 +264,62 @@ def _tidy(directory: Path, manifest: Manifest) -> None:
     for folder in (directory, directory / SEGMENTS, directory / PENDING):
         for p in folder.glob(TEMP_GLOB):
             p.unlink()
+
+
+def merge_galleries(out, inputs, *, index_kind: str | None = None) -> Manifest:
+    """A new gallery at ``out`` holding every segment of the galleries ``inputs`` (made by the
+    same model and settings, holding different frames: e.g. ``index --shard-of K/N`` parts),
+    committed into one index (``index_kind`` None: the first input's kind). Segments are
+    hard-linked when on the same file system, else copied."""
+    out, inputs = Path(out), [Path(p) for p in inputs]
+    if read_manifest(out) is not None or pending_files(out):
+        raise GalleryError(f"{out} already holds a gallery: merge into a new folder")
+    manifests = [_input_manifest(p) for p in inputs]
+    for path, m in zip(inputs[1:], manifests[1:]):
+        try:
+            manifests[0].header.check_compatible(inputs[0], m.header)
+        except GalleryError as e:
+            raise type(e)(f"cannot merge {path} with {inputs[0]}: {e}") from None
+    _check_disjoint(inputs, manifests)
+    header = manifests[0].header
+    writer = GalleryWriter(out, header)
+    try:
+        for path, m in zip(inputs, manifests):
+            for s in m.segments:
+                _link_or_copy(path / SEGMENTS / s.file, out / SEGMENTS / s.file)
+                writer.pending.segments.append(s)
+        write_json_atomic(writer.pending_path, writer.pending.to_dict())
+    finally:
+        writer.close()
+    return commit(out, header, index_kind=index_kind or manifests[0].index.kind)
+
+
+def _input_manifest(path: Path) -> Manifest:
+    m = read_manifest(path) if path.is_dir() else None
+    if m is None:
+        raise GalleryError(f"{path} is not a gallery: no {MANIFEST}")
+    return m
+
+
+def _check_disjoint(inputs: list[Path], manifests: list[Manifest]) -> None:
+    """No frame (source, frame index) and no segment file may be in two inputs."""
+    seen: dict[tuple[str, int], Path] = {}
+    files: set[str] = set()
+    for path, m in zip(inputs, manifests):
+        for s in m.segments:
+            if s.file in files:
+                raise GalleryError(f"segment {s.file} of {path} is in another input too")
+            files.add(s.file)
+            for key in segment_keys(path / SEGMENTS / s.file):
+                if key in seen:
+                    raise GalleryError(f"frame {key[1]} of {key[0]} is in both {seen[key]} and "
+                                       f"{path}: merge galleries of different footage")
+                seen[key] = path
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
