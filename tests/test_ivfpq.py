@@ -179,3 +179,18 @@ def test_gallery_info_json_names_kind_parameters_and_bytes(tmp_path):
     assert info["model"]["name"] == "fake.pt"
     assert info["bytes"]["index"] == sum(p.stat().st_size for p in (d / FOLDER).iterdir())
     assert info["bytes"]["segments"] > 0
+
+
+def test_results_of_an_ivfpq_gallery_name_the_kind_and_say_approximate(tmp_path):
+    d = fake_gallery(tmp_path / "g", _blocks(), kind="ivfpq")
+    r = _cli("search", "--gallery", d, "--hit", 5, "--top", 3, "--out", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    payload = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert payload["index"] == {"kind": "ivfpq", "approximate": True, "rescored": True}
+    page = (tmp_path / "out" / "results.html").read_text()
+    assert "ivfpq" in page and "approximate index" in page
+
+
+def test_shard_of_must_be_k_of_n():
+    r = _cli("index", "--gallery", "g", "--model", "m.pt", "--shard-of", "3/2", "x")
+    assert r.exit_code != 0 and "1 <= K <= N" in r.output

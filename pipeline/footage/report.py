@@ -78,7 +78,8 @@ def results_payload(gallery: Gallery, query: dict, hits: list[Hit],
     return {"query": query, "hits": [h.to_dict() for h in hits],
             "timeline": camera_timelines(gallery, hits, query.get("frame_id")), "gallery": str(gallery.directory),
             "model": gallery.model.to_dict(),
-            "index": {"kind": gallery.index_kind, "approximate": gallery.approximate},
+            "index": {"kind": gallery.index_kind, "approximate": gallery.approximate,
+                      "rescored": gallery.rescored},
             "filters": {"cameras": list(filt.cameras), "start": filt.start, "end": filt.end},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
@@ -137,6 +138,8 @@ def render_html(gallery: Gallery, payload: dict, query_crop: bytes, hits: list[H
     q = payload["query"]
     index = payload["index"]
     approx = ' <span class="badge">approximate index</span>' if index["approximate"] else ""
+    if index.get("rescored"):      # the hits it finds carry exact similarities
+        approx += " (recall approximate, similarities exact: re-scored)"
     filters = payload["filters"]
     filter_text = ", ".join(
         [f"cameras {', '.join(filters['cameras'])}"] * bool(filters["cameras"])
