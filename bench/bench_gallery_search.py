@@ -24,7 +24,6 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -117,7 +116,12 @@ def measure(directory: Path, queries: int) -> dict:
 
 
 def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # KiB on Linux
+    """This process's peak resident memory since its exec (VmHWM; getrusage's ru_maxrss
+    would count the parent's memory at the fork)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2 ** 20                          # kB
+    return float("nan")
 
 
 def measure_in_child(directory: Path, queries: int) -> dict:
