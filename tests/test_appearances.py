@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pipeline.footage.appearances import build_appearances, pool
 from pipeline.footage.rerank import expand_query, k_reciprocal_rerank, multi_query
+from pipeline.footage.ranking import SearchFilter
+from pipeline.footage.search import Query, QueryError, other_cameras_filter, search_command
 from pipeline.footage.scoring import _visit_ap, score_appearances, track_metrics
 from pipeline.footage.store import open_gallery
 from pipeline.footage.tracks import NO_TRACK, link_tracks
@@ -151,3 +154,29 @@ def test_scores_tracks_with_motmetrics_and_appearance_search(tmp_path):
     score = score_appearances(gallery, apps, truth)
     assert score.queries == 12                # walker 1's detections (walker 2 is on one camera)
     assert score.top1 == 1.0 and score.mean_ap == 1.0
+
+
+def test_search_by_appearance_leaves_out_the_query_own_and_keeps_other_cameras(tmp_path):
+    gallery = _two_walker_gallery(tmp_path)
+    payload, page = search_command(gallery.directory, tmp_path / "out", hit=0)
+    rows = payload["appearances"]
+    assert [(a["camera"], a["frames"]) for a in rows] == [("cam2", 6), ("cam1", 6)]  # own walk out
+    assert set(rows[0]) == {"rank", "similarity", "camera", "source", "start", "end", "frames",
+                            "best"}
+    assert rows[0]["start"] == 0.0 and rows[0]["end"] == 1.25
+    assert gallery.frame_camera[gallery.detection_frame[rows[0]["best"]["hit"]]] == "cam2"
+    assert payload["hits"]                                  # detections still listed
+    page_text = page.read_text()
+    assert 'id="track-1"' in page_text and 'class="interval"' in page_text
+    other, _ = search_command(gallery.directory, tmp_path / "out2", hit=0, other_cameras=True)
+    assert [a["camera"] for a in other["appearances"]] == ["cam2"]
+    assert {h["camera"] for h in other["hits"]} == {"cam2"}
+    plain, _ = search_command(gallery.directory, tmp_path / "out3", hit=0, by="detection")
+    assert "appearances" not in plain
+
+
+def test_other_cameras_needs_a_query_with_a_camera(tmp_path):
+    gallery = _two_walker_gallery(tmp_path)
+    query = Query("crop", np.ones(DIM, np.float32), b"", [0, 0, 1, 1])
+    with pytest.raises(QueryError, match="other-cameras"):
+        other_cameras_filter(gallery, query, SearchFilter())

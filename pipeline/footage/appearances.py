@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.footage.store import Gallery
-from pipeline.footage.tracks import link_tracks
 from pipeline.arrays import l2_normalize
+from pipeline.footage.ranking import DEFAULT_TOP, SearchFilter, allowed_frames
+from pipeline.footage.rerank import expand_query, k_reciprocal_rerank
+from pipeline.footage.store import Gallery, GalleryError
+from pipeline.footage.tracks import link_tracks
 
 POOLINGS = ("score", "mean", "best")
 DEFAULT_POOLING = "score"
@@ -75,3 +77,74 @@ def gallery_appearances(gallery: Gallery, how: str = DEFAULT_POOLING) -> Appeara
     """Every appearance of ``gallery`` (its embeddings read from the segments)."""
     return build_appearances(gallery, gallery.embeddings(np.arange(gallery.num_detections)),
                              how=how)
+
+
+# ------------------------------------------------------------------------------ search
+
+RANKINGS = ("plain", "expand", "k-reciprocal")
+DEFAULT_RANKING = "plain"      # bench/bench_appearances.py: neither option helps on the demo's footage
+
+
+@dataclass(frozen=True)
+class AppearanceHit:
+    """One ranked appearance; ``best`` is its best detection (``hit`` = its id for
+    ``search --hit``; ``box`` x1, y1, x2, y2 frame pixels)."""
+
+    rank: int
+    similarity: float
+    camera: str
+    source: str
+    start: float | None            # seconds; None for still images
+    end: float | None
+    frames: int
+    best: dict
+    members: list[int]             # the appearance's detection ids, in time order
+
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "similarity": self.similarity, "camera": self.camera,
+                "source": self.source, "start": self.start, "end": self.end,
+                "frames": self.frames, "best": self.best}
+
+
+def ranking_scores(query: np.ndarray, candidates: np.ndarray, ranking: str) -> np.ndarray:
+    if ranking not in RANKINGS:
+        raise GalleryError(f"ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
+    if ranking == "expand":
+        return candidates @ expand_query(query, candidates)
+    if ranking == "k-reciprocal":
+        return k_reciprocal_rerank(query, candidates)
+    return candidates @ query
+
+
+def find_appearances(gallery: Gallery, apps: Appearances, query: np.ndarray,
+                     top: int = DEFAULT_TOP, filt: SearchFilter = SearchFilter(),
+                     exclude: tuple[int, ...] = (), ranking: str = DEFAULT_RANKING
+                     ) -> list[AppearanceHit]:
+    """The ``top`` appearances most like ``query`` among those with a frame the filter allows,
+    minus the ``exclude`` appearances (the query's own), best first. ``similarity`` is the
+    inner product with the pooled embedding (the ranking option may reorder them)."""
+    query = l2_normalize(np.asarray(query, np.float32).reshape(1, -1))[0]
+    frames_ok = allowed_frames(gallery, filt)
+    ok = np.array([frames_ok[gallery.detection_frame[m]].any() for m in apps.members], bool)
+    ok[np.asarray(list(exclude), np.int64)] = False
+    candidates = np.flatnonzero(ok)
+    scores = ranking_scores(query, apps.embeddings[candidates], ranking)
+    order = candidates[np.argsort(-scores, kind="stable")][:top]
+    return [_appearance_hit(gallery, apps, int(a), float(apps.embeddings[a] @ query), rank)
+            for rank, a in enumerate(order, start=1)]
+
+
+def _appearance_hit(gallery: Gallery, apps: Appearances, a: int, similarity: float,
+                    rank: int) -> AppearanceHit:
+    best = int(apps.best[a])
+    f = int(gallery.detection_frame[best])
+    rows = apps.members[a]
+    start, end = float(apps.start[a]), float(apps.end[a])
+    return AppearanceHit(
+        rank=rank, similarity=round(similarity, 6), camera=gallery.cameras[int(apps.camera[a])],
+        source=gallery.frame_source[f], start=None if np.isnan(start) else start,
+        end=None if np.isnan(end) else end, frames=len(rows),
+        best={"hit": best, "frame": int(gallery.frame_index[f]),
+              "time": gallery.frame_time_or_none(f),
+              "box": [round(float(v), 2) for v in gallery.boxes[best]]},
+        members=[int(r) for r in rows])
