@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.data.synthetic.video import ANNOTATIONS, read_footage_truth  # noqa: E402
-from pipeline.footage.appearances import POOLINGS, build_appearances  # noqa: E402
-from pipeline.footage.rerank import expand_query, k_reciprocal_rerank  # noqa: E402
+from pipeline.footage.appearances import (POOLINGS, RANKINGS, build_appearances,  # noqa: E402
+                                          ranking_scores)
 from pipeline.footage.scoring import score_appearances, score_footage, track_metrics  # noqa: E402
 from pipeline.footage.store import open_gallery  # noqa: E402
 from pipeline.footage.tracks import link_tracks  # noqa: E402
@@ -39,11 +39,6 @@ from pipeline.footage.tracks import link_tracks  # noqa: E402
 CLI = [sys.executable, str(ROOT / "cli.py")]
 STUDENT = ROOT / "work/runs/student-synthetic-r18-distilled/checkpoint_last.pt"
 OUT = ROOT / "work/bench-appearances"
-RANKINGS = {
-    "plain": None,
-    "query expansion": lambda q, c: c @ expand_query(q, c),
-    "k-reciprocal": k_reciprocal_rerank,
-}
 
 
 def gallery_of(seed: int, every: float) -> tuple[Path, Path]:
@@ -70,11 +65,11 @@ def measure(seed: int, every: float) -> dict[str, float]:
     for pooling in POOLINGS:
         apps = build_appearances(gallery, embeddings, track_of, pooling)
         for query in ("detection", "track"):
-            for name, rank in RANKINGS.items():
+            for name in RANKINGS:
                 if pooling != "score" and name != "plain":
                     continue           # re-ranking measured on the default pooling
                 s = score_appearances(gallery, apps, truth, pooled_query=query == "track",
-                                      rank=rank)
+                                      rank=lambda q, c: ranking_scores(q, c, name))
                 row[f"{pooling} / {query} / {name} top-1"] = 100 * s.top1
                 row[f"{pooling} / {query} / {name} mAP"] = 100 * s.mean_ap
     return row
