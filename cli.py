@@ -34,7 +34,8 @@ from pipeline.footage.report import format_time
 from pipeline.runtime.faiss_index import INDEX_KINDS
 from pipeline.runtime.types import RunSettings
 from pipeline.runtime.onnx.runtime import RUNTIMES
-from pipeline.footage.search import search_command
+from pipeline.footage.appearances import DEFAULT_RANKING, RANKINGS
+from pipeline.footage.search import SEARCH_BY, search_command
 from pipeline.footage.store import gallery_summary, merge_galleries, open_gallery
 
 # The commands that run a network import their implementation (and with it PyTorch, about
@@ -528,10 +529,18 @@ def index_cmd(gallery_dir, model, sources, camera, every, index_kind, min_score,
               help="only frames at or before this time")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results",
               show_default=True, help="folder for results.json, results.csv, results.html")
+@click.option("--by", type=click.Choice(SEARCH_BY), default="appearance", show_default=True,
+              help="appearance: also rank whole visits to a camera (tracks), one row each")
+@click.option("--other-cameras", is_flag=True,
+              help="only cameras other than the query's (a query from the gallery)")
+@click.option("--rank", "ranking", type=click.Choice(RANKINGS), default=DEFAULT_RANKING,
+              show_default=True, help="appearances: plain similarity, query expansion, or "
+                                      "k-reciprocal re-ranking")
 @click.option("--model", default=None, help="the gallery's model at another path")
 @click.option("--device", default="cpu", show_default=True)
 @friendly_errors
-def search_cmd(gallery_dir, image, box, hit, top, cameras, start, end, out_dir, model, device):
+def search_cmd(gallery_dir, image, box, hit, top, cameras, start, end, out_dir, by,
+               other_cameras, ranking, model, device):
     """Rank the gallery's people by similarity to the query; writes results.json, .csv and
     .html into --out and prints the path of results.html last."""
     embedder_for = None
@@ -540,10 +549,15 @@ def search_cmd(gallery_dir, image, box, hit, top, cameras, start, end, out_dir, 
         embedder_for = functools.partial(QueryEmbedder, model=model, device=device)
     filt = SearchFilter(tuple(cameras), start, end)
     payload, page = search_command(gallery_dir, out_dir, image=image, box=box, hit=hit,
-                                   top=top, filt=filt, embedder_for=embedder_for)
+                                   top=top, filt=filt, by=by, other_cameras=other_cameras,
+                                   ranking=ranking, embedder_for=embedder_for)
     approx = " (approximate index)" if payload["index"]["approximate"] else ""
     click.echo(f"{len(payload['hits'])} hits{approx}")
-    for h in payload["hits"][:10]:
+    for a in payload.get("appearances", [])[:10]:
+        click.echo(f"{a['rank']:4d}  {a['similarity']:.3f}  {a['camera']:>8s}  "
+                   f"{format_time(a['start'])}-{format_time(a['end'])}  {a['frames']} frames  "
+                   f"best: id {a['best']['hit']}")
+    for h in payload["hits"][:0 if "appearances" in payload else 10]:
         click.echo(f"{h['rank']:4d}  {h['similarity']:.3f}  {h['camera']:>8s}  "
                    f"{format_time(h['time']):>8s}  {h['source']} frame {h['frame']}  id {h['id']}")
     click.echo(str(page))

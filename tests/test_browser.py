@@ -141,7 +141,7 @@ def test_click_a_person_and_find_them_again(browser, app_url, teacher_gallery, t
     sims = [float(h.get_attribute("data-similarity")) for h in hits]
     assert sims == sorted(sims, reverse=True)
     assert identity_of(truth, hits[0]) == pid, "the top hit is someone else"
-    assert images_loaded(browser, "#query-crop") and css(browser, "#timeline circle.mark")
+    assert images_loaded(browser, "#query-crop") and css(browser, "#timeline rect.interval")
     shot = tmp_path / "app-results.png"
     browser.save_screenshot(str(shot))
     assert Image.open(shot).size[0] > 800
@@ -150,6 +150,13 @@ def test_click_a_person_and_find_them_again(browser, app_url, teacher_gallery, t
     wait_for(browser, lambda d: css(d, f'.person.picked[data-detection-id="{hits[0].get_attribute("data-id")}"]'))
     assert css(browser, "#frame-image")[0].get_attribute("data-frame-id") == \
         hits[0].get_attribute("data-frame-id")
+    # an appearance shows its frames and searches again from its best detection
+    appearance = css(browser, "#appearances .appearance")[0]
+    appearance.click()
+    wait_for(browser, lambda d: css(d, "#track .strip-frame") and images_loaded(d, "#track img"))
+    best = appearance.get_attribute("data-hit")
+    css(browser, "#search-track")[0].click()
+    wait_for(browser, lambda d: css(d, "#query-text")[0].text.startswith(f"person {best}:"))
 
 
 def test_drop_in_a_picture(browser, app_url, teacher_gallery, teacher_footage, tmp_path):
@@ -184,7 +191,7 @@ def test_results_page_opens_from_disk(browser, teacher_gallery, teacher_footage,
     assert page == out / "results.html"
     browser.get(page.resolve().as_uri())
     wait_for(browser, lambda d: css(d, "a.hit") and images_loaded(d))
-    cards = css(browser, "a.hit")
+    cards = css(browser, "a.hit:not(.appearance)")
     assert len(cards) == 12 and identity_of(truth, cards[0]) == pid
     # everything is inside the file: no address to fetch from anywhere
     urls = browser.execute_script(
@@ -193,7 +200,15 @@ def test_results_page_opens_from_disk(browser, teacher_gallery, teacher_footage,
     assert all(u.startswith(("data:image/", "#")) for u in urls), urls
     rows = css(browser, ".timeline svg")
     assert sorted(s.get_attribute("data-camera") for s in rows) == open_gallery(teacher_gallery).cameras
-    assert css(browser, ".timeline circle.mark") and css(browser, ".timeline line.query-mark")
+    assert css(browser, ".timeline rect.interval") and css(browser, ".timeline line.query-mark")
+    # an appearance opens a strip of its frames
+    track = browser.find_element(By.ID, "track-1")
+    assert not track.is_displayed()
+    css(browser, "a.appearance")[0].click()
+    wait_for(browser, lambda d: track.is_displayed())
+    assert track.find_elements(By.CSS_SELECTOR, "img.strip") and "--hit" in track.text
+    track.find_element(By.LINK_TEXT, "close").click()
+    wait_for(browser, lambda d: not track.is_displayed())
     # a hit opens its whole frame with the box drawn; "close" hides it again
     overlay = browser.find_element(By.ID, "frame-1")
     assert not overlay.is_displayed()

@@ -45,7 +45,8 @@ NO_NETWORK = ("cache", "pipeline.arrays", "pipeline.files", "pipeline.runtime.ty
               "pipeline.benchmark.cbgm", "pipeline.benchmark.command",
               "pipeline.footage.store", "pipeline.footage.ranking", "pipeline.footage.search",
               "pipeline.footage.report", "pipeline.footage.pictures",
-              "pipeline.footage.scoring")
+              "pipeline.footage.scoring", "pipeline.footage.tracks",
+              "pipeline.footage.appearances", "pipeline.footage.rerank")
 NETWORK_MODULES = ("torch", "torchvision", "onnxruntime")
 
 

@@ -22,11 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.files import atomic_path, write_json_atomic, write_text_atomic
+from pipeline.footage.appearances import AppearanceHit
 from pipeline.footage.ranking import Hit, SearchFilter
 from pipeline.footage.pictures import detection_crop, detection_in_frame
 from pipeline.footage.store import Gallery
 
 RESULTS_JSON, RESULTS_CSV, RESULTS_HTML = "results.json", "results.csv", "results.html"
+STRIP_FRAMES = 12               # frames an appearance's strip shows
 CSV_COLUMNS = ("rank", "similarity", "source", "frame", "time", "camera", "box", "id", "score")
 
 
@@ -54,7 +56,8 @@ def camera_timelines(gallery: Gallery, hits: list[Hit], query_frame: int | None 
         position = (lambda f: float(gallery.frame_time[f])) if timed else \
             (lambda f: float(order[f]))
         marks = [{"rank": h.rank, "at": position(h.frame_id), "similarity": h.similarity,
-                  "strength": _strength(h.similarity, hits), "id": h.id}
+                  "strength": _strength(h.similarity, [x.similarity for x in hits]),
+                  "id": h.id}
                  for h in hits if h.camera == camera]
         query = (position(query_frame) if query_frame is not None
                  and gallery.frame_camera[query_frame] == camera else None)
@@ -66,17 +69,36 @@ def camera_timelines(gallery: Gallery, hits: list[Hit], query_frame: int | None 
     return rows
 
 
-def _strength(similarity: float, hits: list[Hit]) -> float:
-    """0 (the least similar hit) .. 1 (the most): how strongly a timeline mark is drawn."""
-    sims = [h.similarity for h in hits]
+def _strength(similarity: float, sims: list[float]) -> float:
+    """0 (the least similar result) .. 1 (the most): how strongly a timeline mark is drawn."""
     span = max(sims) - min(sims)
     return round((similarity - min(sims)) / span, 4) if span > 0 else 1.0
 
 
-def results_payload(gallery: Gallery, query: dict, hits: list[Hit],
-                    filt: SearchFilter) -> dict:
-    return {"query": query, "hits": [h.to_dict() for h in hits],
-            "timeline": camera_timelines(gallery, hits, query.get("frame_id")), "gallery": str(gallery.directory),
+def appearance_intervals(gallery: Gallery, appearances: list[AppearanceHit]) -> dict[str, list]:
+    """Per camera: each appearance as an interval on the timeline (rank, start, end,
+    similarity, strength); still images have no time and are left out."""
+    rows: dict[str, list] = {c: [] for c in gallery.cameras}
+    sims = [a.similarity for a in appearances]
+    for a in appearances:
+        if a.start is not None:
+            rows[a.camera].append({"rank": a.rank, "start": a.start, "end": a.end,
+                                   "similarity": a.similarity,
+                                   "strength": _strength(a.similarity, sims)})
+    return rows
+
+
+def results_payload(gallery: Gallery, query: dict, hits: list[Hit], filt: SearchFilter,
+                    appearances: list[AppearanceHit] | None = None) -> dict:
+    timeline = camera_timelines(gallery, hits, query.get("frame_id"))
+    extra = {}
+    if appearances is not None:
+        extra["appearances"] = [a.to_dict() for a in appearances]
+        intervals = appearance_intervals(gallery, appearances)
+        for row in timeline:
+            row["appearances"] = intervals[row["camera"]]
+    return {"query": query, **extra, "hits": [h.to_dict() for h in hits],
+            "timeline": timeline, "gallery": str(gallery.directory),
             "model": gallery.model.to_dict(),
             "index": {"kind": gallery.index_kind, "approximate": gallery.approximate,
                       "rescored": gallery.rescored},
@@ -85,14 +107,16 @@ def results_payload(gallery: Gallery, query: dict, hits: list[Hit],
 
 
 def write_results(out_dir, gallery: Gallery, query: dict, query_crop: bytes,
-                  hits: list[Hit], filt: SearchFilter) -> dict:
+                  hits: list[Hit], filt: SearchFilter,
+                  appearances: list[AppearanceHit] | None = None) -> dict:
     """Write the three files into ``out_dir``; returns the payload written as JSON."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    payload = results_payload(gallery, query, hits, filt)
+    payload = results_payload(gallery, query, hits, filt, appearances)
     write_json_atomic(out / RESULTS_JSON, payload)
     write_csv(out / RESULTS_CSV, hits)
-    write_text_atomic(out / RESULTS_HTML, render_html(gallery, payload, query_crop, hits))
+    write_text_atomic(out / RESULTS_HTML,
+                      render_html(gallery, payload, query_crop, hits, appearances or []))
     return payload
 
 
@@ -130,12 +154,33 @@ a.hit:hover{border-color:#ffb000} a.hit img{height:160px;max-width:118px;object-
  flex-direction:column;align-items:center;justify-content:center;color:#eee}
 .frame:target{display:flex} .frame img{max-width:92vw;max-height:80vh}
 .frame a{color:#ffd200;margin-top:10px;font-size:15px}
+.strip-row{display:flex;gap:4px;flex-wrap:wrap;justify-content:center;max-width:92vw}
+.strip-row img.strip{height:150px} .track code{color:#ccd;margin-top:8px}
+rect.interval{cursor:pointer}
 """
 
 
-def render_html(gallery: Gallery, payload: dict, query_crop: bytes, hits: list[Hit]) -> str:
+def render_html(gallery: Gallery, payload: dict, query_crop: bytes, hits: list[Hit],
+                appearances: list[AppearanceHit] = ()) -> str:
+    hit_cards, hit_frames = _hit_cards(gallery, hits)
+    sections = [f'<section><h2>When each camera saw them</h2><div class="timeline">'
+                f'{"".join(_timeline_row(r) for r in payload["timeline"])}</div></section>']
+    overlays = hit_frames
+    if appearances:
+        cards, strips = _appearance_cards(gallery, payload["gallery"], appearances)
+        sections.append(f'<section><h2>Appearances: one row per visit to a camera (click one '
+                        f'for its frames)</h2><div class="grid">{cards}</div></section>')
+        overlays = strips + overlays
+    sections.append(f'<section><h2>Ranked detections (click one for its whole frame)</h2>'
+                    f'<div class="grid">{hit_cards or "<p>no matches</p>"}</div></section>')
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<title>Person search results</title><style>{_STYLE}</style></head>'
+            f'<body>{_header(gallery, payload, query_crop, len(hits))}{"".join(sections)}'
+            f'{"".join(overlays)}</body></html>\n')
+
+
+def _header(gallery: Gallery, payload: dict, query_crop: bytes, count: int) -> str:
     esc = html.escape
-    q = payload["query"]
     index = payload["index"]
     approx = ' <span class="badge">approximate index</span>' if index["approximate"] else ""
     if index.get("rescored"):      # the hits it finds carry exact similarities
@@ -145,14 +190,18 @@ def render_html(gallery: Gallery, payload: dict, query_crop: bytes, hits: list[H
         [f"cameras {', '.join(filters['cameras'])}"] * bool(filters["cameras"])
         + [f"from {filters['start']} s"] * (filters["start"] is not None)
         + [f"until {filters['end']} s"] * (filters["end"] is not None)) or "none"
-    head = (f'<header><img id="query" alt="query" src="{_data_uri(query_crop)}">'
+    return (f'<header><img id="query" alt="query" src="{_data_uri(query_crop)}">'
             f'<div><h1>Where else does this person appear?</h1>'
-            f'<p>query: {esc(_query_text(q))}</p>'
+            f'<p>query: {esc(_query_text(payload["query"]))}</p>'
             f'<p>gallery: {esc(payload["gallery"])} ({gallery.num_frames} frames, '
             f'{gallery.num_detections} people detected)</p>'
             f'<p>model: {esc(payload["model"]["kind"])} {esc(payload["model"]["name"])}</p>'
             f'<p>index: {esc(index["kind"])}{approx} &middot; filters: {esc(filter_text)} '
-            f'&middot; {len(hits)} hits &middot; {esc(payload["created"])}</p></div></header>')
+            f'&middot; {count} hits &middot; {esc(payload["created"])}</p></div></header>')
+
+
+def _hit_cards(gallery: Gallery, hits: list[Hit]) -> tuple[str, list[str]]:
+    esc = html.escape
     cards, frames = [], []
     for h in hits:
         cards.append(
@@ -169,13 +218,41 @@ def render_html(gallery: Gallery, payload: dict, query_crop: bytes, hits: list[H
             f'<div>#{h.rank} &middot; similarity {h.similarity:.3f} &middot; {esc(h.camera)} '
             f'&middot; {format_time(h.time)} &middot; {esc(Path(h.source).name)} frame '
             f'{h.frame}</div><a href="#hit-{h.rank}">close</a></div>')
-    body = (f'<section><h2>When each camera saw them</h2><div class="timeline">'
-            f'{"".join(_timeline_row(r) for r in payload["timeline"])}</div></section>'
-            f'<section><h2>Ranked matches (click one for its whole frame)</h2>'
-            f'<div class="grid">{"".join(cards) or "<p>no matches</p>"}</div></section>')
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f'<title>Person search results</title><style>{_STYLE}</style></head>'
-            f'<body>{head}{body}{"".join(frames)}</body></html>\n')
+    return "".join(cards), frames
+
+
+def _interval_text(a: AppearanceHit) -> str:
+    return f"{format_time(a.start)}&ndash;{format_time(a.end)}" if a.start is not None else "still"
+
+
+def _appearance_cards(gallery: Gallery, gallery_dir: str,
+                      appearances: list[AppearanceHit]) -> tuple[str, list[str]]:
+    """Cards (best crop, camera, interval) and per appearance an overlay: a strip of its
+    frames (at most :data:`STRIP_FRAMES`, evenly spread) and how to search again from it."""
+    esc = html.escape
+    cards, strips = [], []
+    for a in appearances:
+        best = a.best["hit"]
+        cards.append(
+            f'<a class="hit appearance" id="appearance-{a.rank}" href="#track-{a.rank}" '
+            f'data-rank="{a.rank}" data-hit="{best}" data-camera="{esc(a.camera)}" '
+            f'data-start="{a.start}" data-end="{a.end}" data-similarity="{a.similarity:.6f}">'
+            f'<img alt="appearance {a.rank}" src="{_data_uri(detection_crop(gallery, best))}">'
+            f'<br><span class="sim">{a.similarity:.3f}</span> <span class="rank">#{a.rank}</span>'
+            f'<br>{esc(a.camera)} &middot; {_interval_text(a)}<br>{a.frames} frames</a>')
+        picks = np.unique(np.linspace(0, len(a.members) - 1, min(STRIP_FRAMES, len(a.members)))
+                          .round().astype(int))
+        strip = "".join(f'<img class="strip" alt="frame {k + 1} of appearance {a.rank}" '
+                        f'src="{_data_uri(detection_crop(gallery, a.members[k]))}">'
+                        for k in picks)
+        strips.append(
+            f'<div class="frame track" id="track-{a.rank}"><div class="strip-row">{strip}</div>'
+            f'<div>appearance #{a.rank} &middot; similarity {a.similarity:.3f} &middot; '
+            f'{esc(a.camera)} &middot; {_interval_text(a)} &middot; {a.frames} frames of '
+            f'{esc(Path(a.source).name)}</div><code>python cli.py search --gallery '
+            f'{esc(gallery_dir)} --hit {best}</code> (search again from it)'
+            f'<a href="#appearance-{a.rank}">close</a></div>')
+    return "".join(cards), strips
 
 
 def _query_text(q: dict) -> str:
@@ -189,12 +266,7 @@ def _query_text(q: dict) -> str:
 def _timeline_row(row: dict) -> str:
     span = max(row["end"] - row["start"], 1e-9)
     x = lambda at: 2 + 96 * (at - row["start"]) / span  # noqa: E731  percent, 2% margins
-    marks = "".join(
-        f'<a href="#frame-{m["rank"]}"><circle class="mark" cx="{x(m["at"]):.2f}%" cy="17" '
-        f'r="{7 if m["rank"] == 1 else 5}" fill="{_colour(m["strength"])}" '
-        f'fill-opacity="{0.35 + 0.65 * m["strength"]:.2f}" data-rank="{m["rank"]}"><title>'
-        f'#{m["rank"]} similarity {m["similarity"]:.3f} at {_at_text(row, m["at"])}</title>'
-        f'</circle></a>' for m in sorted(row["marks"], key=lambda m: -m["rank"]))
+    marks = (_interval_marks(row, x) if "appearances" in row else _hit_marks(row, x))
     if row["query"] is not None:  # drawn first: the hits stay on top
         qx = x(row["query"])
         marks = (f'<line class="query-mark" x1="{qx:.2f}%" x2="{qx:.2f}%" y1="3" y2="31" '
@@ -205,6 +277,27 @@ def _timeline_row(row: dict) -> str:
     return (f'<div>{label}</div><svg data-camera="{html.escape(row["camera"])}">'
             f'<line x1="2%" y1="17" x2="98%" y2="17" stroke="#bbb" stroke-width="4"/>'
             f'{marks}</svg>')
+
+
+def _interval_marks(row: dict, x) -> str:
+    """An appearance search: each appearance as a bar from its start to its end."""
+    return "".join(
+        f'<a href="#track-{m["rank"]}"><rect class="interval" x="{x(m["start"]):.2f}%" y="8" '
+        f'width="{max(x(m["end"]) - x(m["start"]), 0.6):.2f}%" height="18" rx="3" '
+        f'fill="{_colour(m["strength"])}" fill-opacity="{0.25 + 0.75 * m["strength"]:.2f}" '
+        f'data-rank="{m["rank"]}"><title>appearance #{m["rank"]} similarity '
+        f'{m["similarity"]:.3f}, {format_time(m["start"])} to {format_time(m["end"])}</title>'
+        f'</rect></a>' for m in sorted(row["appearances"], key=lambda m: -m["rank"]))
+
+
+def _hit_marks(row: dict, x) -> str:
+    """A detection search: each hit as a dot."""
+    return "".join(
+        f'<a href="#frame-{m["rank"]}"><circle class="mark" cx="{x(m["at"]):.2f}%" cy="17" '
+        f'r="{7 if m["rank"] == 1 else 5}" fill="{_colour(m["strength"])}" '
+        f'fill-opacity="{0.35 + 0.65 * m["strength"]:.2f}" data-rank="{m["rank"]}"><title>'
+        f'#{m["rank"]} similarity {m["similarity"]:.3f} at {_at_text(row, m["at"])}</title>'
+        f'</circle></a>' for m in sorted(row["marks"], key=lambda m: -m["rank"]))
 
 
 def _at_text(row: dict, at: float) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from typing import Callable
@@ -19,6 +19,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.errors import UserError
+from pipeline.data.synthetic.video import box_iou_one
+from pipeline.footage.appearances import (DEFAULT_RANKING, AppearanceHit, Appearances,
+                                          find_appearances, gallery_appearances)
 from pipeline.footage.ranking import DEFAULT_TOP, Hit, SearchFilter, find
 from pipeline.footage.pictures import crop, detection_crop, jpeg_bytes
 from pipeline.footage.report import write_results
@@ -120,13 +123,57 @@ def run_query(gallery: Gallery, query: Query, top: int = DEFAULT_TOP,
     return find(gallery, query.embedding, top, filt, query.exclude_frames)
 
 
+SEARCH_BY = ("appearance", "detection")
+OWN_APPEARANCE_IOU = 0.5       # a gallery-frame query's box is the detection it covers this well
+
+
+def own_appearances(gallery: Gallery, apps: Appearances, query: Query) -> tuple[int, ...]:
+    """The appearance(s) the query itself belongs to: its hit's track, or the track of the
+    detection its box covers in a gallery frame."""
+    if query.hit is not None:
+        rows = [query.hit]
+    elif query.exclude_frames:
+        rows = [r for r in gallery.detections_of(query.exclude_frames[0])
+                if box_iou_one(gallery.boxes[r], np.asarray([query.box], np.float32))[0]
+                >= OWN_APPEARANCE_IOU]
+    else:
+        rows = []
+    return tuple(sorted({int(apps.track_of[r]) for r in rows if apps.track_of[r] >= 0}))
+
+
+def other_cameras_filter(gallery: Gallery, query: Query, filt: SearchFilter) -> SearchFilter:
+    """``filt`` narrowed to the cameras other than the query's."""
+    if not query.exclude_frames:
+        raise QueryError("--other-cameras needs a query from the gallery (--hit, or --query "
+                         "with one of the gallery's frames): a picture from elsewhere has no "
+                         "camera")
+    own = gallery.frame_camera[query.exclude_frames[0]]
+    cameras = tuple(c for c in (filt.cameras or gallery.cameras) if c != own)
+    if not cameras:
+        raise QueryError(f"--other-cameras leaves no camera: the query is on {own}")
+    return replace(filt, cameras=cameras)
+
+
+def run_appearance_query(gallery: Gallery, query: Query, top: int = DEFAULT_TOP,
+                         filt: SearchFilter = SearchFilter(),
+                         ranking: str = DEFAULT_RANKING) -> list[AppearanceHit]:
+    apps = gallery_appearances(gallery)
+    return find_appearances(gallery, apps, query.embedding, top, filt,
+                            own_appearances(gallery, apps, query), ranking)
+
+
 def search_command(gallery_dir, out_dir, *, image: str | None = None, box: str | None = None,
                    hit: int | None = None, top: int = DEFAULT_TOP,
-                   filt: SearchFilter = SearchFilter(),
+                   filt: SearchFilter = SearchFilter(), by: str = "appearance",
+                   other_cameras: bool = False, ranking: str = DEFAULT_RANKING,
                    embedder_for: Callable[[Gallery], object] | None = None) -> tuple[dict, Path]:
     """What ``cli.py search`` does; returns (results payload, results.html path).
     ``embedder_for(gallery)`` makes the QueryEmbedder a query picture needs; given with a hit,
-    its model is only checked against the gallery's."""
+    its model is only checked against the gallery's. ``by="appearance"`` also ranks the
+    gallery's appearances (results.json ``appearances``); ``other_cameras`` keeps only cameras
+    other than the query's."""
+    if by not in SEARCH_BY:
+        raise QueryError(f"--by must be one of {', '.join(SEARCH_BY)}, got {by!r}")
     if (image is None) == (hit is None):
         raise QueryError("give exactly one of --query IMAGE and --hit ID")
     if hit is not None and box is not None:
@@ -142,6 +189,11 @@ def search_command(gallery_dir, out_dir, *, image: str | None = None, box: str |
         rgb = read_picture(image, image)
         query = query_from_picture(embedder, rgb, None if box is None else parse_box(box),
                                    image_path=image)
+    if other_cameras:
+        filt = other_cameras_filter(gallery, query, filt)
     hits = run_query(gallery, query, top, filt)
-    payload = write_results(out_dir, gallery, query.to_dict(), query.crop_jpeg, hits, filt)
+    appearances = (run_appearance_query(gallery, query, top, filt, ranking)
+                   if by == "appearance" else None)
+    payload = write_results(out_dir, gallery, query.to_dict(), query.crop_jpeg, hits, filt,
+                            appearances)
     return payload, Path(out_dir) / "results.html"

@@ -26,7 +26,8 @@ from pipeline.footage.store import (Gallery, GalleryError, MissingItemError, Mod
                                     gallery_summary, open_gallery)
 from pipeline.footage.query_model import QueryEmbedder
 from pipeline.footage.search import (QueryError, parse_box, query_from_hit,
-                                          query_from_picture, read_picture, run_query)
+                                          query_from_picture, read_picture,
+                                          run_appearance_query, run_query)
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -216,7 +217,10 @@ def _frame_summary(g: Gallery, f: int) -> dict:
 
 def _results(g: Gallery, query, top: int, filt: SearchFilter) -> dict:
     hits = run_query(g, query, top, filt)
-    payload = results_payload(g, query.to_dict(), hits, filt)
+    appearances = run_appearance_query(g, query, top, filt)
+    payload = results_payload(g, query.to_dict(), hits, filt, appearances)
+    for row, a in zip(payload["appearances"], appearances):   # the app draws each one's frames
+        row["members"] = a.members
     payload["query"]["crop"] = ("data:image/jpeg;base64,"
                                 + base64.b64encode(query.crop_jpeg).decode("ascii"))
     for h in payload["hits"]:

@@ -122,6 +122,7 @@ function showResults(r) {
     ? `person ${r.query.hit}: ${r.query.camera} · ${fmtTime(r.query.time)}`
     : `your picture${r.query.kind === "image" ? ", box " + r.query.box.map(Math.round).join(",") : ""}`;
   drawTimeline(r.timeline);
+  showAppearances(r.appearances || []);
   const list = $("hits");
   list.innerHTML = "";
   for (const h of r.hits) {
@@ -135,6 +136,35 @@ function showResults(r) {
     li.onclick = () => showFrame(h.frame_id, h.id);
     list.appendChild(li);
   }
+}
+
+function showAppearances(rows) {
+  const list = $("appearances");
+  list.innerHTML = "";
+  $("track").innerHTML = "";
+  for (const a of rows) {
+    const li = document.createElement("li");
+    li.className = "hit appearance";
+    Object.assign(li.dataset, {rank: a.rank, hit: a.best.hit, camera: a.camera});
+    li.innerHTML = `<img src="/api/detections/${a.best.hit}/crop" alt="appearance ${a.rank}"><br>` +
+      `<span class="sim">${a.similarity.toFixed(3)}</span> #${a.rank}<br>${a.camera} · ` +
+      `${fmtTime(a.start)}–${fmtTime(a.end)}<br>${a.frames} frames`;
+    li.title = "show this appearance's frames";
+    li.onclick = () => showTrack(a);
+    list.appendChild(li);
+  }
+}
+
+function showTrack(a) {
+  // a strip of the appearance's frames (at most 12, evenly spread) and "search again from it"
+  const step = Math.max(1, Math.ceil(a.members.length / 12));
+  const picks = a.members.filter((_, k) => k % step === 0);
+  const box = $("track");
+  box.innerHTML = `<div>appearance #${a.rank}: ${a.camera}, ${fmtTime(a.start)}–${fmtTime(a.end)}, ` +
+    `${a.frames} frames</div><div class="strip">` +
+    picks.map((id) => `<img class="strip-frame" data-id="${id}" src="/api/detections/${id}/crop" alt="detection ${id}">`).join("") +
+    `</div><button id="search-track">search again from this appearance</button>`;
+  $("search-track").onclick = () => searchHit(a.best.hit);
 }
 
 function drawTimeline(rows) {
@@ -151,6 +181,14 @@ function drawTimeline(rows) {
         `fill="hsl(${hue},70%,42%)" fill-opacity="${(0.35 + 0.65 * m.strength).toFixed(2)}">` +
         `<title>#${m.rank} similarity ${m.similarity.toFixed(3)} at ${at}</title></circle>`;
     }).join("");
+    const bars = (row.appearances || []).map((m) => {
+      const x = 2 + 96 * (m.start - row.start) / span;
+      const w = Math.max(96 * (m.end - m.start) / span, 0.6);
+      const hue = Math.round(120 * m.strength);
+      return `<rect class="interval" data-rank="${m.rank}" x="${x}%" y="4" width="${w}%" height="18" rx="3" ` +
+        `fill="hsl(${hue},70%,42%)" fill-opacity="${(0.25 + 0.75 * m.strength).toFixed(2)}">` +
+        `<title>appearance #${m.rank} similarity ${m.similarity.toFixed(3)}</title></rect>`;
+    }).join("");
     let query = "";
     if (row.query !== null) {
       const qx = 2 + 96 * (row.query - row.start) / span;
@@ -159,7 +197,7 @@ function drawTimeline(rows) {
     const div = document.createElement("div");
     div.className = "camera";
     div.innerHTML = `<span>${row.camera}</span><svg data-camera="${row.camera}">` +
-      `<line x1="2%" y1="13" x2="98%" y2="13" stroke="#bbb" stroke-width="4"/>${query}${marks}</svg>`;
+      `<line x1="2%" y1="13" x2="98%" y2="13" stroke="#bbb" stroke-width="4"/>${query}${row.appearances ? bars : marks}</svg>`;
     box.appendChild(div);
   }
 }

@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""Where else was this person: detection-level vs appearance-level search, on the demo's footage.
+
+For each footage seed (``make-synthetic --format video --seed S``, the demo's parameters; the
+demo uses seed 0) this indexes the footage with the demo's distilled student at ``--every``,
+links tracks (:mod:`pipeline.footage.tracks`), scores them with py-motmetrics (IDF1, ID
+switches, MOTA) and scores cross-camera search (queries: every detection of a walker seen on
+another camera; only other cameras may answer; :mod:`pipeline.footage.scoring`):
+
+- detection: today's search (the top detection on another camera is the walker's);
+- appearance rows: pooling choices, query by the detection or by its track's pooled embedding,
+  with and without query expansion and k-reciprocal re-ranking.
+
+    .venv/bin/python bench/bench_appearances.py [--seeds 0,1,2] [--every 0.25]
+
+Needs the demo's student (``make demo`` / ``python cli.py demo``: work/runs/...). Footage and
+galleries land under work/bench-appearances/ and are reused by a second run.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.data.synthetic.video import ANNOTATIONS, read_footage_truth  # noqa: E402
+from pipeline.footage.appearances import (POOLINGS, RANKINGS, build_appearances,  # noqa: E402
+                                          ranking_scores)
+from pipeline.footage.scoring import score_appearances, score_footage, track_metrics  # noqa: E402
+from pipeline.footage.store import open_gallery  # noqa: E402
+from pipeline.footage.tracks import link_tracks  # noqa: E402
+
+CLI = [sys.executable, str(ROOT / "cli.py")]
+STUDENT = ROOT / "work/runs/student-synthetic-r18-distilled/checkpoint_last.pt"
+OUT = ROOT / "work/bench-appearances"
+
+
+def gallery_of(seed: int, every: float) -> tuple[Path, Path]:
+    footage, gallery = OUT / f"footage-{seed}", OUT / f"gallery-{seed}-every{every:g}"
+    if not (footage / ANNOTATIONS).is_file():
+        subprocess.run([*CLI, "make-synthetic", "--format", "video", "--out", str(footage),
+                        "--seed", str(seed)], check=True, stdout=subprocess.DEVNULL)
+    if not (gallery / "gallery.json").is_file():
+        subprocess.run([*CLI, "index", "--gallery", str(gallery), "--model", str(STUDENT),
+                        str(footage), "--every", str(every), "--no-progress"], check=True,
+                       stdout=subprocess.DEVNULL)
+    return footage, gallery
+
+
+def measure(seed: int, every: float) -> dict[str, float]:
+    footage, gallery_dir = gallery_of(seed, every)
+    gallery, truth = open_gallery(gallery_dir), read_footage_truth(footage)
+    embeddings = gallery.embeddings(np.arange(gallery.num_detections))
+    track_of = link_tracks(gallery)
+    tracking = track_metrics(gallery, track_of, truth).loc["OVERALL"]
+    row = {"IDF1": 100 * tracking["idf1"], "ID switches": tracking["num_switches"],
+           "MOTA": 100 * tracking["mota"],
+           "detection": 100 * score_footage(gallery, truth).cross_camera_top1}
+    for pooling in POOLINGS:
+        apps = build_appearances(gallery, embeddings, track_of, pooling)
+        for query in ("detection", "track"):
+            for name in RANKINGS:
+                if pooling != "score" and name != "plain":
+                    continue           # re-ranking measured on the default pooling
+                s = score_appearances(gallery, apps, truth, pooled_query=query == "track",
+                                      rank=lambda q, c: ranking_scores(q, c, name))
+                row[f"{pooling} / {query} / {name} top-1"] = 100 * s.top1
+                row[f"{pooling} / {query} / {name} mAP"] = 100 * s.mean_ap
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--every", type=float, default=0.25)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")        # motmetrics' pandas deprecation warnings
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = {s: measure(s, args.every) for s in seeds}
+    keys = list(rows[seeds[0]])
+    print(f"cross-camera search on the demo's footage, --every {args.every:g} s "
+          f"(percent; top-1 / mAP per seed and mean)")
+    print(f"| measure | {' | '.join(f'seed {s}' for s in seeds)} | mean |")
+    print(f"|---|{'---|' * (len(seeds) + 1)}")
+    for k in keys:
+        values = [rows[s][k] for s in seeds]
+        print(f"| {k} | {' | '.join(f'{v:.1f}' for v in values)} | {np.mean(values):.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Tracks (roboflow's ByteTrack), appearances (pooled embeddings), re-ranking and their scoring."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.footage.appearances import build_appearances, pool
+from pipeline.footage.rerank import expand_query, k_reciprocal_rerank, multi_query
+from pipeline.footage.ranking import SearchFilter
+from pipeline.footage.search import Query, QueryError, other_cameras_filter, search_command
+from pipeline.footage.scoring import _visit_ap, score_appearances, track_metrics
+from pipeline.footage.store import open_gallery
+from pipeline.footage.tracks import NO_TRACK, link_tracks
+from pipeline.runtime.types import Detections
+from tests.footage_helpers import fake_block, fake_gallery
+
+DIM = 8
+
+
+def _walk_block(source, camera, people, frames=6, dt=0.25, dim=DIM, seed=0):
+    """Each of ``people`` ((x0, step) in pixels per frame) walks right across ``frames``
+    frames of one video; embeddings: one direction per person plus a little noise."""
+    g = np.random.default_rng(seed)
+    looks = np.eye(dim, dtype=np.float32)
+    boxes, scores, embs = [], [], []
+    for f in range(frames):
+        for p, (x0, step) in enumerate(people):
+            x = x0 + step * f
+            boxes.append([x, 20 + 40 * p, x + 20, 60 + 40 * p])
+            scores.append(0.9)
+            embs.append(looks[p] + 0.05 * g.standard_normal(dim))
+    block = fake_block([source] * frames, range(frames), times=np.arange(frames) * dt,
+                       cameras=[camera] * frames, per_frame=len(people), dim=dim,
+                       size=(320, 240))
+    block.detections = Detections(np.arange(frames + 1, dtype=np.int64) * len(people),
+                                  np.asarray(boxes, np.float32), np.asarray(scores, np.float32),
+                                  np.asarray(embs, np.float32))
+    return block
+
+
+def _two_walker_gallery(tmp_path):
+    blocks = [_walk_block("/v/cam1.mp4", "cam1", [(10, 8), (200, -8)]),
+              _walk_block("/v/cam2.mp4", "cam2", [(30, 6)], seed=1)]
+    return open_gallery(fake_gallery(tmp_path / "g", blocks, dim=DIM))
+
+
+def test_each_walk_is_one_track_first_detection_included(tmp_path):
+    gallery = _two_walker_gallery(tmp_path)
+    tracks = link_tracks(gallery)
+    assert (tracks != NO_TRACK).all()        # a track's first (unconfirmed) detection is its own
+    assert len(set(tracks.tolist())) == 3    # two walks on cam1, one on cam2
+    cam1 = tracks[:12].reshape(6, 2)
+    assert (cam1[:, 0] == cam1[0, 0]).all() and (cam1[:, 1] == cam1[0, 1]).all()
+    assert cam1[0, 0] != cam1[0, 1]
+    assert tracks[0] == 0                    # numbered by first detection
+
+
+def test_tracks_are_the_same_whatever_the_segments(tmp_path):
+    """Tracks depend on the stored detections only: a gallery committed in other chunks
+    (a resumed run) links them the same way."""
+    whole = _two_walker_gallery(tmp_path)
+    a = _walk_block("/v/cam1.mp4", "cam1", [(10, 8), (200, -8)])
+    halves = [fake_block(a.sources[:3], a.frames[:3], times=a.times[:3], cameras=a.cameras[:3],
+                         per_frame=2, dim=DIM, size=(320, 240)),
+              fake_block(a.sources[3:], a.frames[3:], times=a.times[3:], cameras=a.cameras[3:],
+                         per_frame=2, dim=DIM, size=(320, 240))]
+    for k, half in enumerate(halves):
+        d = a.detections
+        rows = slice(6 * k, 6 * (k + 1))
+        half.detections = Detections(np.arange(4, dtype=np.int64) * 2, d.boxes[rows],
+                                     d.scores[rows], d.embeddings[rows])
+    split = open_gallery(fake_gallery(tmp_path / "split", [halves[1], halves[0],
+                                       _walk_block("/v/cam2.mp4", "cam2", [(30, 6)], seed=1)],
+                                      dim=DIM))
+    assert np.array_equal(link_tracks(split), link_tracks(whole))
+
+
+def test_appearances_pool_their_tracks(tmp_path):
+    gallery = _two_walker_gallery(tmp_path)
+    emb = gallery.embeddings(np.arange(gallery.num_detections))
+    apps = build_appearances(gallery, emb)
+    assert len(apps) == 3
+    assert [len(m) for m in apps.members] == [6, 6, 6]
+    assert np.allclose(np.linalg.norm(apps.embeddings, axis=1), 1, atol=1e-5)
+    assert np.argmax(apps.embeddings[0]) == 0 and np.argmax(apps.embeddings[1]) == 1
+    assert apps.start[0] == 0.0 and apps.end[0] == 1.25
+    assert list(apps.camera) == [0, 0, 1]
+
+
+def test_pooling_choices():
+    e = np.array([[1, 0], [0, 1]], np.float32)
+    assert np.allclose(pool(e, np.array([0.9, 0.1]), "best"), [1, 0])
+    assert np.allclose(pool(e, np.array([0.9, 0.1]), "mean"), [2 ** -0.5] * 2)
+    weighted = pool(e, np.array([0.9, 0.1]), "score")
+    assert weighted[0] > weighted[1] > 0
+
+
+def test_query_expansion_and_multi_query():
+    cands = np.array([[1, 0, 0], [0.8, 0.6, 0], [0, 0, 1]], np.float32)
+    q = np.array([0.9, 0.43589, 0], np.float32)
+    expanded = expand_query(q, cands, k=2, min_similarity=0.5)
+    assert expanded[2] == 0 and np.isclose(np.linalg.norm(expanded), 1)   # the far one not used
+    assert np.allclose(multi_query(cands[:2]), (cands[0] + cands[1]) / np.linalg.norm(cands[0] + cands[1]))
+
+
+def test_k_reciprocal_favours_mutual_neighbours():
+    """A candidate that the query's neighbours agree on outranks one as close to the query
+    alone but sitting in another cluster."""
+    g = np.random.default_rng(0)
+    a = g.standard_normal(16)
+    b = g.standard_normal(16)
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+    cluster_a = [unit(a + 0.3 * g.standard_normal(16)) for _ in range(5)]
+    cluster_b = [unit(b + 0.3 * g.standard_normal(16)) for _ in range(5)]
+    cands = np.array(cluster_a + cluster_b, np.float32)
+    query = unit(a + 0.3 * g.standard_normal(16)).astype(np.float32)
+    scores = k_reciprocal_rerank(query, cands, k1=4, k2=2)
+    assert scores.shape == (10,)
+    assert scores[:5].min() > scores[5:].max()
+
+
+def test_visit_ap_counts_each_visit_once():
+    assert _visit_ap(["c2", "c2", None, "c3"], 2) == (1 + 2 / 3) / 2
+    assert _visit_ap([None, "c2"], 1) == 0.5
+    assert _visit_ap([None], 1) == 0.0
+
+
+class _Truth:
+    """Annotations: the walkers of _two_walker_gallery as pids 1, 2 (cam1) and 1 (cam2)."""
+
+    def __init__(self, gallery):
+        self.gallery = gallery
+
+    def people(self, source, frame):
+        rows = self.gallery.detections_of(self.gallery.find_frame(source, frame))
+        pids = [1, 2] if "cam1" in source else [1]
+        return self.gallery.boxes[rows], np.asarray(pids, np.int64)
+
+    def identity(self, source, frame, box, min_iou=0.5):
+        boxes, pids = self.people(source, frame)
+        return int(pids[int(np.argmin(np.abs(boxes - box).sum(1)))])
+
+
+def test_scores_tracks_with_motmetrics_and_appearance_search(tmp_path):
+    gallery = _two_walker_gallery(tmp_path)
+    truth = _Truth(gallery)
+    tracks = link_tracks(gallery)
+    metrics = track_metrics(gallery, tracks, truth)
+    assert metrics.loc["OVERALL", "idf1"] == 1.0 and metrics.loc["OVERALL", "num_switches"] == 0
+    broken = tracks.copy()
+    broken[6:12] = 99                         # cam1 track ids swapped mid-walk
+    assert track_metrics(gallery, broken, truth).loc["OVERALL", "num_switches"] > 0
+    apps = build_appearances(gallery, gallery.embeddings(np.arange(gallery.num_detections)), tracks)
+    score = score_appearances(gallery, apps, truth)
+    assert score.queries == 12                # walker 1's detections (walker 2 is on one camera)
+    assert score.top1 == 1.0 and score.mean_ap == 1.0
+
+
+def test_search_by_appearance_leaves_out_the_query_own_and_keeps_other_cameras(tmp_path):
+    gallery = _two_walker_gallery(tmp_path)
+    payload, page = search_command(gallery.directory, tmp_path / "out", hit=0)
+    rows = payload["appearances"]
+    assert [(a["camera"], a["frames"]) for a in rows] == [("cam2", 6), ("cam1", 6)]  # own walk out
+    assert set(rows[0]) == {"rank", "similarity", "camera", "source", "start", "end", "frames",
+                            "best"}
+    assert rows[0]["start"] == 0.0 and rows[0]["end"] == 1.25
+    assert gallery.frame_camera[gallery.detection_frame[rows[0]["best"]["hit"]]] == "cam2"
+    assert payload["hits"]                                  # detections still listed
+    page_text = page.read_text()
+    assert 'id="track-1"' in page_text and 'class="interval"' in page_text
+    other, _ = search_command(gallery.directory, tmp_path / "out2", hit=0, other_cameras=True)
+    assert [a["camera"] for a in other["appearances"]] == ["cam2"]
+    assert {h["camera"] for h in other["hits"]} == {"cam2"}
+    plain, _ = search_command(gallery.directory, tmp_path / "out3", hit=0, by="detection")
+    assert "appearances" not in plain
+
+
+def test_other_cameras_needs_a_query_with_a_camera(tmp_path):
+    gallery = _two_walker_gallery(tmp_path)
+    query = Query("crop", np.ones(DIM, np.float32), b"", [0, 0, 1, 1])
+    with pytest.raises(QueryError, match="other-cameras"):
+        other_cameras_filter(gallery, query, SearchFilter())
