@@ -89,7 +89,9 @@ def write_results(out_dir, gallery: Gallery, query: dict, query_crop: bytes,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = results_payload(gallery, query, hits, filt)
-    _replace(out / RESULTS_JSON, json.dumps(payload, indent=1))
+    # strict JSON: a NaN or infinity cannot reach the file (the filters are checked finite
+    # where they come in); were one to slip through, this refuses rather than write non-JSON
+    _replace(out / RESULTS_JSON, json.dumps(payload, indent=1, allow_nan=False))
     write_csv(out / RESULTS_CSV, hits)
     _replace(out / RESULTS_HTML, render_html(gallery, payload, query_crop, hits))
     return payload
