@@ -32,7 +32,7 @@ from pipeline.errors import UserError
 from pipeline.benchmark.command import default_out_dir, evaluate_command
 from pipeline.footage.ranking import SearchFilter
 from pipeline.footage.report import format_time
-from pipeline.footage.store import read_manifest
+from pipeline.runtime.types import RunSettings
 from pipeline.runtime.onnx.runtime import RUNTIMES
 from pipeline.footage.search import search_command
 
@@ -439,8 +439,8 @@ def evaluate(dataset, root, results, checkpoint, teacher_config, gallery_size, m
 def export_cmd(checkpoint, fmt, out, proposals, int8_folder, verify):
     """Export a student for deployment: one ONNX file with a gallery mode (image -> boxes,
     scores, embeddings) and a query mode (image + boxes -> embeddings); prints its path last."""
-    from pipeline.runtime.onnx.export import (  # optional: PyTorch
-        export_checkpoint, verify_export)
+    from pipeline.runtime.onnx.export import export_checkpoint  # optional: PyTorch
+    from pipeline.runtime.onnx.verify import verify_export  # optional: PyTorch
     path = export_checkpoint(checkpoint, out, proposals=proposals, int8_folder=int8_folder)
     if verify:
         click.echo(verify_export(checkpoint, path), err=True)
@@ -489,15 +489,11 @@ def index_cmd(gallery_dir, model, sources, camera, every, index_kind, min_score,
     only new frames. --size/--proposals/--bf16 are recorded: later runs and queries use the
     same. Prints the gallery folder last."""
     from pipeline.footage.indexing import index_footage  # optional: PyTorch
-    from pipeline.runtime.settings import settings_text  # optional: PyTorch
-    if index_kind is None:
-        manifest = read_manifest(Path(gallery_dir)) if Path(gallery_dir).is_dir() else None
-        index_kind = manifest["index"]["kind"] if manifest else "flat"
     r = index_footage(gallery_dir, model, sources, camera=camera, every=every,
                       device=device, batch_size=batch_size, workers=workers,
                       min_score=min_score, index_kind=index_kind, chunk_frames=chunk,
                       progress=not no_progress,
-                      settings=settings_text(size, proposals, bf16))
+                      settings=RunSettings(size, proposals, bf16))
     for problem in r.skipped:
         click.echo(f"skipped: {problem}", err=True)
     if r.rank != 0:  # under torchrun process 0 reports for all

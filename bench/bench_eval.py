@@ -46,7 +46,7 @@ PRW_SECTION = "## Evaluation speed: the PRW-sized case"
 SCALING_SECTION = "## Evaluation speed"
 IMPORTS = {"imports: cli.py (fresh process)": "import cli",
            "imports: the evaluation's modules only (fresh process)":
-           "from pipeline.data import read_dataset; from pipeline.evaluation import command"}
+           "from pipeline.data import read_dataset; from pipeline.benchmark import command"}
 
 
 # ------------------------------------------------------------------ the PRW-sized case

@@ -29,9 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.footage.ranking import SearchFilter, find  # noqa: E402
-from pipeline.footage.store import (FrameBlock, GalleryWriter, ModelInfo, commit,  # noqa: E402
-                                    open_gallery)
-from pipeline.runtime.vectors import l2_normalize  # noqa: E402
+from pipeline.footage.store import (FrameBlock, GalleryWriter, RunHeader,  # noqa: E402
+                                    commit, open_gallery)
+from pipeline.runtime.types import Detections, ModelInfo  # noqa: E402
+from pipeline.arrays import l2_normalize  # noqa: E402
 
 SECTION = "## Footage search latency"
 PER_FRAME = 10
@@ -48,7 +49,7 @@ def write_gallery(directory: Path, detections: int, dim: int, seed: int = 0) -> 
     g = np.random.default_rng(seed)
     centres = l2_normalize(g.standard_normal((max(1, detections // PER_IDENTITY), dim)))
     frames = detections // PER_FRAME
-    w = GalleryWriter(directory, MODEL, embedding_dim=dim, min_score=0.5)
+    w = GalleryWriter(directory, RunHeader(MODEL, dim, 0.5))
     for start in range(0, frames, SEGMENT_FRAMES):
         n = min(SEGMENT_FRAMES, frames - start)
         idx = np.arange(start, start + n)
@@ -58,11 +59,12 @@ def write_gallery(directory: Path, detections: int, dim: int, seed: int = 0) -> 
                          frames=idx // 3 * 25, times=(idx // 3).astype(np.float64),
                          cameras=[f"cam{i % 3 + 1}" for i in idx], widths=np.full(n, 1920),
                          heights=np.full(n, 1080), previews=[b""] * n,
-                         counts=np.full(n, PER_FRAME), boxes=np.c_[xy, xy + [100, 250]],
-                         scores=g.uniform(0.5, 1, t).astype(np.float32),
-                         embeddings=l2_normalize(
-                             centres[g.integers(len(centres), size=t)]
-                             + NOISE * g.standard_normal((t, dim)) / np.sqrt(dim))))
+                         detections=Detections(
+                             np.arange(n + 1, dtype=np.int64) * PER_FRAME,
+                             np.c_[xy, xy + [100, 250]].astype(np.float32),
+                             g.uniform(0.5, 1, t).astype(np.float32),
+                             l2_normalize(centres[g.integers(len(centres), size=t)]
+                                          + NOISE * g.standard_normal((t, dim)) / np.sqrt(dim)))))
     w.close()
 
 
@@ -77,7 +79,7 @@ def timed(fn, repeat: int) -> list[float]:
 
 def measure(directory: Path, kind: str, queries: int, exact_answers=None) -> dict:
     start = time.perf_counter()
-    commit(directory, MODEL, embedding_dim=DIM, min_score=0.5, index_kind=kind)
+    commit(directory, RunHeader(MODEL, DIM, 0.5), index_kind=kind)
     build = time.perf_counter() - start
     start = time.perf_counter()
     gallery = open_gallery(directory)

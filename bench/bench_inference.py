@@ -54,7 +54,7 @@ from pipeline.models.student import load_student  # noqa: E402
 from student_step import TERMS, random_targets  # noqa: E402
 from cpu_modes import Mode, mosaic_frames, people_scale, published_settings, runner, \
     temporary_workdir  # noqa: E402
-from pipeline.runtime.settings import proportional_max_size  # noqa: E402
+from pipeline.config.model import proportional_max_size  # noqa: E402
 
 NUM_IDS = 500
 EMB_DIM = 256

@@ -54,13 +54,13 @@ def build(cfg: StudentConfig, *, use_cache: bool):
     data = read_dataset(cfg.data.dataset, cfg.data.root)
     needs = cache_needs(cfg)
     cache, path = None, None
-    if needs["terms"]:
+    if needs.terms:
         cache, path, needs = open_checked_cache(cfg, data.train)
-    table = cache.identity_table() if cache is not None and needs["need_table"] else None
+    table = cache.identity_table() if cache is not None and needs.teacher_table else None
     model = build_student(cfg.model, cfg.distill, data.train_identities(),
                           teacher_identity_table=table,
                           teacher_embedding_dim=cache.meta.embedding_dim if cache else None)
-    keys = needs["keys"] if use_cache else []
+    keys = list(needs.keys) if use_cache else []
     dataset = StudentDataset(data.train, cache_path=path if keys else None, cache_keys=keys,
                              flip_prob=0.5 if cfg.data.flip else 0.0, min_size=cfg.model.min_size,
                              max_size=cfg.model.max_size, seed=cfg.train.seed)
@@ -147,7 +147,7 @@ class OnlineTeacher:
         from pipeline.models.teacher_detector import detect_and_score
         images, targets = batch
         images = [im.to(self.device) for im in images]
-        keys = set(self.needs["keys"])
+        keys = set(self.needs.keys)
         if keys & {"proposal_boxes", "proposal_logits", "proposal_refined_boxes"}:
             for t, out in zip(targets, detect_and_score(self.detector, images, self.proposals)):
                 for k in ("proposal_boxes", "proposal_logits", "proposal_refined_boxes"):

@@ -10,11 +10,13 @@ import re
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from pipeline.errors import file_head
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"        # torch.save's format
+TEXT = h5py.string_dtype("utf-8")
 
 
 def what_is_wrong(path: str | Path, error: BaseException) -> str:
@@ -40,3 +42,14 @@ def open_hdf5(path: str | Path, error_type: type[Exception], what: str) -> h5py.
         return h5py.File(path, "r")
     except OSError as e:
         raise error_type(f"{what} {path} is unusable: {what_is_wrong(path, e)}") from None
+
+
+def text_column(values) -> np.ndarray:
+    """A list of str as an object array h5py writes with dtype :data:`TEXT`."""
+    return np.array([str(v) for v in values], dtype=object)
+
+
+def read_text(values) -> list[str]:
+    """An HDF5 string column (bytes or str items) -> list of str."""
+    return [x.decode("utf-8") if isinstance(x, bytes) else str(x)
+            for x in np.asarray(values).ravel()]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -30,7 +29,9 @@ from matplotlib.figure import Figure
 
 from pipeline.config import load_config, to_dict
 from pipeline.config.student import StudentConfig
+from pipeline.cores import shared_env
 from pipeline.errors import UserError
+from pipeline.files import atomic_path, write_json_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, str(ROOT / "cli.py")]
@@ -137,12 +138,6 @@ def plan_runs(config: str | Path, variants: list[Variant], backbones: list[str],
 
 # ------------------------------------------------------------------------------ one run
 
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def read_record(run_dir: Path) -> dict | None:
     path = run_dir / RECORD
     return json.loads(path.read_text()) if path.is_file() else None
@@ -203,7 +198,7 @@ def execute(run: RunSpec, config: str, runs_dir: Path, device: str, env: dict) -
               "key": run.key, "overrides": list(run.overrides), **metrics,
               "images_per_s": stats.get("images_per_s"), "train_seconds": stats.get("seconds"),
               "epochs": cfg.train.epochs, "terms": cfg.distill.enabled_terms()}
-    write_json_atomic(run_dir / RECORD, record)
+    write_json_atomic(run_dir / RECORD, record, indent=2)
     return record
 
 
@@ -302,9 +297,8 @@ def plot(rows: list[Row], teacher: dict | None, path: Path) -> None:
     axes[0].set_yticks(y, [f"{r.backbone} {r.variant} (n={len(r.values['seeds'])})"
                            for r in rows], fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
 
 
 def write_outputs(out_dir: Path, records: list[dict], order, teacher: dict | None,
@@ -313,11 +307,9 @@ def write_outputs(out_dir: Path, records: list[dict], order, teacher: dict | Non
     table = markdown_table(rows, teacher)
     text = (f"Command: `{command}`\n\nPercent; mean ± std over seeds (sample std); gap "
             "closed = (row - none) / (teacher - none) for the same backbone.\n\n" + table)
-    tmp = out_dir / "ablation.md.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, out_dir / "ablation.md")
+    write_text_atomic(out_dir / "ablation.md", text)
     write_json_atomic(out_dir / "ablation.json", {"command": command, "teacher": teacher,
-                                                  "runs": records})
+                                                  "runs": records}, indent=2)
     if rows:
         plot(rows, teacher, out_dir / "ablation.png")
     return out_dir / "ablation.md"
@@ -334,21 +326,13 @@ def teacher_metrics(teacher_config: str, dataset: str, root: str, out_dir: Path,
             "gt_mAP": 100 * m["gt_boxes"]["mAP"]}
 
 
-def thread_env(jobs: int) -> dict:
-    """Each of ``jobs`` parallel runs gets an equal share of the cores."""
-    env = dict(os.environ)
-    if jobs > 1:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
-    return env
-
-
 def run_ablation(config: str, out_dir: Path, runs: list[RunSpec], *, runs_dir: Path | None,
                  device: str = "cpu", jobs: int = 1, teacher_config: str | None = None,
                  command: str = "", echo=print) -> tuple[Path, list[str]]:
     """Run (or reuse) every run, rewriting the outputs after each; -> (table path, failures)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     runs_dir = runs_dir or out_dir / "runs"
-    env = thread_env(jobs)
+    env = shared_env(jobs)
     cfg = load_config(config, StudentConfig, runs[0].overrides if runs else ())
     teacher = None
     if teacher_config:

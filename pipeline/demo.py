@@ -26,6 +26,7 @@ import click
 from pipeline.config import load_config
 from pipeline.config.student import StudentConfig
 from pipeline.config.teacher import TEACHER_PARTS, TeacherConfig
+from pipeline.cores import shared_env
 from pipeline.data.synthetic.video import ANNOTATIONS, read_footage_truth
 from pipeline.footage.scoring import best_views, score_footage
 from pipeline.footage.store import open_gallery
@@ -105,7 +106,7 @@ def run_steps(steps: list[Step]) -> dict[str, str]:
         return {}
     if len(steps) == 1 and steps[0].command == CLI:
         return {steps[0].tag: run_step(steps[0].title, steps[0].args)}
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // len(steps))))
+    env = shared_env(len(steps))
     (ROOT / LOG_DIR).mkdir(parents=True, exist_ok=True)
     lines: queue.Queue = queue.Queue()
     running = {}

@@ -11,6 +11,10 @@ class UserError(Exception):
     """Bad input, reported as one line."""
 
 
+class SettingError(UserError, ValueError):
+    """A run setting (input size, proposals) a model does not offer."""
+
+
 def file_head(path: str | Path, size: int = 8) -> tuple[bytes, str | None]:
     """The first ``size`` bytes of ``path`` (to tell what kind of file it is), or, in a few
     words, why there are none: (b"", reason)."""

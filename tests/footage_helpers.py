@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from conftest import TINY_PRW
-from pipeline.footage.store import FrameBlock, GalleryWriter, ModelInfo, commit
+from pipeline.footage.store import FrameBlock, GalleryWriter, RunHeader, commit
+from pipeline.runtime.types import Detections, ModelInfo
 
 # the tiny PRW world's people walking past its 3 cameras: 6 s at 2 fps, 160x120
 TINY_VIDEO = dict(**TINY_PRW, seconds=6.0, fps=2, walkers=3, passers=1)
@@ -56,18 +57,18 @@ def fake_block(sources, frames, *, times=None, cameras=None, per_frame=2, dim=8,
         times=np.asarray([np.nan] * n if times is None else times, np.float64),
         cameras=list(cameras or ["cam1"] * n), widths=np.full(n, size[0]),
         heights=np.full(n, size[1]), previews=[jpeg(*size)] * n,
-        counts=np.full(n, per_frame, np.int64), boxes=boxes.astype(np.float32),
-        scores=g.uniform(0.5, 1, t).astype(np.float32),
-        embeddings=g.standard_normal((t, dim)).astype(np.float32))
+        detections=Detections(np.arange(n + 1, dtype=np.int64) * per_frame,
+                              boxes.astype(np.float32), g.uniform(0.5, 1, t).astype(np.float32),
+                              g.standard_normal((t, dim)).astype(np.float32)))
 
 
 def fake_gallery(directory: Path, blocks, *, kind="flat", dim=8, model=FAKE_MODEL) -> Path:
     """A committed gallery of the given FrameBlocks."""
-    w = GalleryWriter(directory, model, embedding_dim=dim, min_score=0.5)
+    w = GalleryWriter(directory, RunHeader(model, dim, 0.5))
     for b in blocks:
         w.add(b)
     w.close()
-    commit(directory, model, embedding_dim=dim, min_score=0.5, index_kind=kind)
+    commit(directory, RunHeader(model, dim, 0.5), index_kind=kind)
     return directory
 
 

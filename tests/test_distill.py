@@ -188,7 +188,8 @@ def _rois(net, tg, seed=0):
     proposals, _ = net.rpn(images_t, features, tg)
     torch.manual_seed(seed)
     choice = net.distiller.extra_boxes(tg) if net.distiller is not None else None
-    return net.roi_heads.select_training_samples(proposals, tg, choice), tg, choice
+    extra = choice.extra if choice is not None else None
+    return net.roi_heads.select_training_samples(proposals, tg, extra), tg, choice
 
 
 def _check_groups_point_at_their_cached_boxes(rois, tg, choice):
@@ -196,7 +197,7 @@ def _check_groups_point_at_their_cached_boxes(rois, tg, choice):
     assert rois.groups["gt"].numel() > 0
     for group, key in (("gt", "boxes"), ("proposals", "proposal_boxes"),
                        ("jitter", "jitter_boxes")):
-        rows, src = rois.groups[group], choice.source_rows(group)
+        rows, src = rois.groups[group], choice.source_rows[group]
         assert torch.equal(boxes[rows], torch.cat([t[key] for t in tg])[src]), group
 
 

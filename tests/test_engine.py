@@ -12,7 +12,7 @@ from torch import nn
 from pipeline.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from pipeline.engine.schedule import WarmupSchedule, build_scheduler
 from pipeline.engine.trainer import NonFiniteLossError, Trainer, build_train_loader
-from pipeline.engine.hooks import HookBase, EvalHook
+from pipeline.engine.hooks import HookBase
 
 
 class ToyData(torch.utils.data.Dataset):
@@ -181,20 +181,6 @@ def test_strict_load_refuses_another_model(tmp_path):
 def test_resume_without_checkpoint_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         make_trainer(tmp_path).train(resume=True)
-
-
-def test_eval_hook_runs_in_eval_mode_every_period(tmp_path):
-    seen = []
-
-    def evaluate(trainer):
-        seen.append(trainer.model.training)
-        return {"score": float(trainer.epoch)}
-
-    t = make_trainer(tmp_path, epochs=3, hooks=[EvalHook(evaluate, period=2)])
-    t.train()
-    assert seen == [False, False]  # after epoch 2 and after the last one
-    lines = [json.loads(x) for x in (tmp_path / "eval.jsonl").read_text().splitlines()]
-    assert [x["epoch"] for x in lines] == [2, 3] and lines[1]["score"] == 2.0
 
 
 def _ddp_worker(rank, world, port, run_dir, out):

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from pipeline.data.records import ImageRecord, PersonSearchData, QueryGallery, QueryRecord
-from pipeline.evaluation import evaluator
+from pipeline.benchmark import evaluator
 from pipeline.benchmark.evaluator import evaluate_search
 from pipeline.benchmark.metrics import (adaptive_iou_threshold, average_precision,
                                          detection_ap_recall, match_detections,
                                          match_detections_all)
 from pipeline.benchmark.reference import reference_evaluate
-from pipeline.gallery import similarity
+from pipeline.runtime import similarity
 from pipeline.benchmark.results_file import (Detections, ResultsFileError, SearchResults,
                                            read_results, write_results)
 

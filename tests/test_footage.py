@@ -205,7 +205,8 @@ def test_footage_scoring_by_hand(tmp_path):
     from footage_helpers import fake_gallery
     from pipeline.footage.scoring import best_views, score_footage, walker_detections
     from pipeline.footage.store import FrameBlock, open_gallery
-    from pipeline.runtime.vectors import l2_normalize
+    from pipeline.arrays import l2_normalize
+    from pipeline.runtime.types import Detections
     e = np.eye(4)
     people = {  # (video, frame) -> [(box, pid, embedding)]
         ("a.mp4", 0): [([0, 0, 10, 20], 7, e[0]), ([20, 0, 30, 20], 9, e[1]),
@@ -227,10 +228,11 @@ def test_footage_scoring_by_hand(tmp_path):
          "videos": list(videos.values())}))
     truth = read_footage_truth(tmp_path / "truth")
     blocks = [FrameBlock([f"/v/{name}"], np.array([frame]), np.array([float(frame)]),
-                         [name[0]], np.array([64]), np.array([32]), [b""], np.array([len(ps)]),
-                         np.array([b for b, _, _ in ps], np.float32),
-                         np.full(len(ps), 0.9, np.float32),
-                         l2_normalize(np.array([v for _, _, v in ps])))
+                         [name[0]], np.array([64]), np.array([32]), [b""],
+                         Detections(np.array([0, len(ps)]),
+                                    np.array([b for b, _, _ in ps], np.float32),
+                                    np.full(len(ps), 0.9, np.float32),
+                                    l2_normalize(np.array([v for _, _, v in ps]))))
               for (name, frame), ps in people.items()]
     g = open_gallery(fake_gallery(tmp_path / "g", blocks, dim=4))
     assert sorted(walker_detections(g, truth).values()) == [7, 7, 7, 9, 9, 11, 11]

@@ -12,9 +12,10 @@ from pipeline.runtime.faiss_index import build_index, search_index
 from pipeline.footage.ranking import SearchFilter, find
 from pipeline.footage.report import camera_timelines, write_results
 from pipeline.footage.store import (MANIFEST, SEGMENTS, GalleryError, GalleryWriter,
-                                    MissingItemError, ModelInfo, ModelMismatchError, commit,
+                                    MissingItemError, ModelMismatchError, RunHeader, commit,
                                     open_gallery)
-from pipeline.runtime.vectors import l2_normalize
+from pipeline.arrays import l2_normalize
+from pipeline.runtime.types import ModelInfo, RunSettings
 
 
 def _video_blocks():
@@ -34,7 +35,7 @@ def test_round_trip_tables_embeddings_and_previews(tmp_path):
     assert g.frame_time_or_none(1) == 1.0 and g.frame_time_or_none(6) is None
     assert g.cameras == ["c1", "c2", "c3"]
     np.testing.assert_allclose(g.embeddings(np.arange(14)),
-                               l2_normalize(np.concatenate([b.embeddings for b in blocks])),
+                               l2_normalize(np.concatenate([b.detections.embeddings for b in blocks])),
                                atol=1e-6)
     assert g.detection_frame.tolist() == np.repeat(np.arange(7), 2).tolist()
     assert g.preview(3) == blocks[1].previews[0]
@@ -46,18 +47,18 @@ def test_round_trip_tables_embeddings_and_previews(tmp_path):
 
 def test_reader_sees_only_committed_state(tmp_path):
     d = tmp_path / "g"
-    w = GalleryWriter(d, FAKE_MODEL, embedding_dim=8, min_score=0.5)
+    w = GalleryWriter(d, RunHeader(FAKE_MODEL, 8, 0.5))
     w.add(_video_blocks()[0])
     with pytest.raises(GalleryError, match="unfinished"):
         open_gallery(d)                       # a first run in flight: nothing committed yet
     w.close()
-    commit(d, FAKE_MODEL, embedding_dim=8, min_score=0.5)
-    w = GalleryWriter(d, FAKE_MODEL, embedding_dim=8, min_score=0.5)
+    commit(d, RunHeader(FAKE_MODEL, 8, 0.5))
+    w = GalleryWriter(d, RunHeader(FAKE_MODEL, 8, 0.5))
     w.add(_video_blocks()[1])                 # a second run in flight
     assert open_gallery(d).num_frames == 3    # still the last complete state
     assert len(w.done()) == 5                 # but a resumed run skips both
     w.close()
-    commit(d, FAKE_MODEL, embedding_dim=8, min_score=0.5)
+    commit(d, RunHeader(FAKE_MODEL, 8, 0.5))
     assert open_gallery(d).num_frames == 5
     assert not list((d / "pending").iterdir())
 
@@ -66,11 +67,11 @@ def test_orphan_segments_and_temporaries_are_dropped(tmp_path):
     d = fake_gallery(tmp_path / "g", _video_blocks()[:1])
     (d / SEGMENTS / "seg-r0-orphan.h5").write_bytes(b"half written")  # killed before listing
     (d / ".gallery.json.1234.tmp").write_text("{")
-    w = GalleryWriter(d, FAKE_MODEL, embedding_dim=8, min_score=0.5)
+    w = GalleryWriter(d, RunHeader(FAKE_MODEL, 8, 0.5))
     assert len(w.done()) == 3                 # the orphan is not read
     w.add(_video_blocks()[1])
     w.close()
-    commit(d, FAKE_MODEL, embedding_dim=8, min_score=0.5)
+    commit(d, RunHeader(FAKE_MODEL, 8, 0.5))
     assert not (d / SEGMENTS / "seg-r0-orphan.h5").exists()
     assert not list(d.glob(".*.tmp"))
     assert open_gallery(d).num_frames == 5
@@ -80,15 +81,15 @@ def test_growth_keeps_ids_and_extends_the_index(tmp_path):
     blocks = _video_blocks()
     d = fake_gallery(tmp_path / "g", blocks[:2])
     first = open_gallery(d)
-    old_index_file = first.manifest["index"]["file"]
-    w = GalleryWriter(d, FAKE_MODEL, embedding_dim=8, min_score=0.5)
+    old_index_file = first.manifest.index.file
+    w = GalleryWriter(d, RunHeader(FAKE_MODEL, 8, 0.5))
     w.add(blocks[2])
     w.close()
-    commit(d, FAKE_MODEL, embedding_dim=8, min_score=0.5)
+    commit(d, RunHeader(FAKE_MODEL, 8, 0.5))
     g = open_gallery(d)
     assert g.num_detections == 14 and g.index().ntotal == 14
     np.testing.assert_array_equal(g.boxes[:10], first.boxes)     # ids never move
-    assert g.manifest["index"]["generation"] == 2 and not (d / old_index_file).exists()
+    assert g.manifest.index.generation == 2 and not (d / old_index_file).exists()
     emb = g.embeddings(np.arange(14))
     ref = build_index(emb)
     for q in emb[[0, 11]]:
@@ -99,12 +100,12 @@ def test_another_model_is_refused_naming_both(tmp_path):
     d = fake_gallery(tmp_path / "g", _video_blocks()[:1])
     other = ModelInfo("teacher", "configs/other.yaml", "a" * 64)
     with pytest.raises(ModelMismatchError) as e:
-        GalleryWriter(d, other, embedding_dim=8, min_score=0.5)
+        GalleryWriter(d, RunHeader(other, 8, 0.5))
     assert "fake.pt" in str(e.value) and "configs/other.yaml" in str(e.value)
     with pytest.raises(GalleryError, match="min-score"):
-        GalleryWriter(d, FAKE_MODEL, embedding_dim=8, min_score=0.3)
+        GalleryWriter(d, RunHeader(FAKE_MODEL, 8, 0.3))
     with pytest.raises(GalleryError, match="8-d"):
-        GalleryWriter(d, FAKE_MODEL, embedding_dim=16, min_score=0.5)
+        GalleryWriter(d, RunHeader(FAKE_MODEL, 16, 0.5))
 
 
 def test_a_second_writer_is_refused(tmp_path):
@@ -113,13 +114,13 @@ def test_a_second_writer_is_refused(tmp_path):
     import sys
     from pathlib import Path
     second = ("import sys; from footage_helpers import FAKE_MODEL; "
-              "from pipeline.footage.store import GalleryWriter; "
-              "GalleryWriter(sys.argv[1], FAKE_MODEL, embedding_dim=8, min_score=0.5).close()")
+              "from pipeline.footage.store import GalleryWriter, RunHeader; "
+              "GalleryWriter(sys.argv[1], RunHeader(FAKE_MODEL, 8, 0.5)).close()")
     root = Path(__file__).resolve().parent.parent
     run = lambda: subprocess.run([sys.executable, "-c", second, str(tmp_path / "g")],  # noqa: E731
                                  cwd=root, capture_output=True, text=True,
                                  env={**os.environ, "PYTHONPATH": f"{root}:{root / 'tests'}"})
-    w = GalleryWriter(tmp_path / "g", FAKE_MODEL, embedding_dim=8, min_score=0.5)
+    w = GalleryWriter(tmp_path / "g", RunHeader(FAKE_MODEL, 8, 0.5))
     refused = run()
     assert refused.returncode != 0 and "another index run" in refused.stderr
     w.close()
@@ -130,14 +131,14 @@ def test_ranks_merge_into_one_gallery_in_a_fixed_order(tmp_path):
     blocks = _video_blocks()
     one = open_gallery(fake_gallery(tmp_path / "one", blocks))
     d = tmp_path / "two"
-    writers = [GalleryWriter(d, FAKE_MODEL, embedding_dim=8, min_score=0.5, rank=r)
+    writers = [GalleryWriter(d, RunHeader(FAKE_MODEL, 8, 0.5), rank=r)
                for r in (0, 1)]
     writers[1].add(blocks[2])       # rank 1 finishes first: order must not depend on it
     writers[0].add(blocks[1])
     writers[1].add(blocks[0])
     for w in writers:
         w.close()
-    commit(d, FAKE_MODEL, embedding_dim=8, min_score=0.5)
+    commit(d, RunHeader(FAKE_MODEL, 8, 0.5))
     two = open_gallery(d)
     key = lambda g: sorted(zip(g.frame_source, g.frame_index.tolist()))  # noqa: E731
     assert key(two) == key(one)
@@ -151,7 +152,7 @@ def test_approximate_kinds_are_recorded_and_switching_rebuilds(tmp_path, kind):
     assert g.index_kind == kind and g.approximate
     q = g.embeddings([3])[0]
     assert find(g, q, 1)[0].id == 3          # itself is found even approximately
-    commit(d, FAKE_MODEL, embedding_dim=8, min_score=0.5, index_kind="flat")
+    commit(d, RunHeader(FAKE_MODEL, 8, 0.5), index_kind="flat")
     g = open_gallery(d)
     assert g.index_kind == "flat" and not g.approximate and g.index().ntotal == 14
 
@@ -228,10 +229,9 @@ def test_not_a_gallery_and_newer_schema(tmp_path):
 def test_commit_leaves_a_complete_manifest_at_every_step(tmp_path, monkeypatch):
     """Fail the commit at each of its file operations: the reader keeps the old state, and a
     later commit completes it."""
-    import pipeline.footage.store as store
     blocks = _video_blocks()
     d = fake_gallery(tmp_path / "g", blocks[:1])
-    w = GalleryWriter(d, FAKE_MODEL, embedding_dim=8, min_score=0.5)
+    w = GalleryWriter(d, RunHeader(FAKE_MODEL, 8, 0.5))
     w.add(blocks[1])
     w.close()
     real = os.replace
@@ -243,11 +243,29 @@ def test_commit_leaves_a_complete_manifest_at_every_step(tmp_path, monkeypatch):
             if len(calls) > step:
                 raise OSError("disk gone")
             return real(src, dst)
-        monkeypatch.setattr(store.os, "replace", flaky)
+        monkeypatch.setattr("pipeline.files.os.replace", flaky)
         monkeypatch.setattr("pipeline.runtime.faiss_index.os.replace", flaky)
         with pytest.raises(OSError):
-            commit(d, FAKE_MODEL, embedding_dim=8, min_score=0.5)
+            commit(d, RunHeader(FAKE_MODEL, 8, 0.5))
         monkeypatch.undo()
         assert open_gallery(d).num_frames == 3
-    commit(d, FAKE_MODEL, embedding_dim=8, min_score=0.5)
+    commit(d, RunHeader(FAKE_MODEL, 8, 0.5))
     assert open_gallery(d).num_frames == 5
+
+
+def test_a_version_1_gallery_is_read_and_rewritten_by_the_next_commit(tmp_path):
+    """Galleries made before run settings were typed kept them as text in version 1: they
+    open as they are (same settings, same tables) and the next commit writes version 2."""
+    d = fake_gallery(tmp_path / "g", _video_blocks()[:1])
+    m = json.loads((d / MANIFEST).read_text())
+    m["version"] = 1
+    m["model"]["settings"] = "size=48 proposals=5 bf16"
+    (d / MANIFEST).write_text(json.dumps(m))
+    g = open_gallery(d)
+    assert g.model.settings == RunSettings(48, 5, True) and g.num_frames == 3
+    commit(d, RunHeader(g.model, 8, 0.5))
+    rewritten = json.loads((d / MANIFEST).read_text())
+    assert rewritten["version"] == 2
+    assert rewritten["model"]["settings"] == {"size": 48, "proposals": 5, "bf16": True}
+    with pytest.raises(ModelMismatchError, match="size=48 proposals=5 bf16"):
+        commit(d, RunHeader(FAKE_MODEL, 8, 0.5))

@@ -21,6 +21,7 @@ from cli import cli
 from footage_helpers import FOOTAGE_FRAMES as FRAMES, index_args, random_student
 from pipeline.data.footage import load_frames, plan_frames, find_sources
 from pipeline.footage.store import PENDING, open_gallery
+from pipeline.runtime.types import RunSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,7 +64,7 @@ def test_index_interface_and_contents(reference, synthetic_footage):
     assert len(keys) == FRAMES and g.cameras == ["cam1", "cam2", "cam3"]
     assert keys[:2] == [(str(synthetic_footage / "cam1.mp4"), 0),
                         (str(synthetic_footage / "cam1.mp4"), 1)]
-    assert g.frame_time_or_none(3) == 1.5 and g.manifest["model"]["kind"] == "student"
+    assert g.frame_time_or_none(3) == 1.5 and g.model.kind == "student"
     assert len(boxes) > 0 and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
     assert g.index().ntotal == len(boxes) and g.index_kind == "flat"
 
@@ -211,8 +212,8 @@ def test_torchrun_shards_merge_into_the_same_gallery(reference, synthetic_footag
     gallery = tmp_path / "gallery"
     torch.multiprocessing.spawn(_ddp_worker, nprocs=2, join=True, args=(
         2, port, str(gallery), str(student), [str(synthetic_footage)]))
-    segments = open_gallery(gallery).manifest["segments"]
-    assert {s["file"].split("-")[1] for s in segments} == {"r0", "r1"}   # both ranks wrote
+    segments = open_gallery(gallery).manifest.segments
+    assert {s.file.split("-")[1] for s in segments} == {"r0", "r1"}   # both ranks wrote
     assert_same_detections(detections(gallery), detections(reference))
 
 
@@ -223,7 +224,7 @@ def test_run_settings_are_recorded_used_and_kept(synthetic_footage, student, tmp
     run_cli(index_args(fast, student, synthetic_footage) + ["--size", "48", "--proposals", "5",
                                                             "--bf16"])
     g = open_gallery(fast)
-    assert g.model.settings == "size=48 proposals=5 bf16"
+    assert g.model.settings == RunSettings(size=48, proposals=5, bf16=True)
     assert np.diff(g.frame_offsets).max() <= 5
     plain = tmp_path / "plain"
     run_cli(index_args(plain, student, synthetic_footage))
@@ -236,5 +237,5 @@ def test_run_settings_are_recorded_used_and_kept(synthetic_footage, student, tmp
     from pipeline.footage.query_model import QueryEmbedder
     embedder = QueryEmbedder(g)
     rgb = np.zeros((60, 80, 3), np.uint8)
-    assert embedder.embed(rgb, [10, 5, 40, 55]).shape == (g.manifest["embedding_dim"],)
-    assert embedder._bf16 and embedder.searcher().transform.min_size == (48,)
+    assert embedder.embed(rgb, [10, 5, 40, 55]).shape == (g.embedding_dim,)
+    assert embedder.searcher().input_size[0] == 48 and g.model.settings.bf16

@@ -36,8 +36,10 @@ LAYERS = {
 }
 #: modules that must not run a network: stores, scoring, ranking and pages take arrays and files
 #: only (so that ``search --hit`` and scoring a results file never load PyTorch)
-NO_NETWORK = ("cache", "pipeline.runtime.types", "pipeline.runtime.faiss_index",
-              "pipeline.runtime.vectors", "pipeline.benchmark.results_file",
+NO_NETWORK = ("cache", "pipeline.arrays", "pipeline.files", "pipeline.runtime.types",
+              "pipeline.runtime.faiss_index", "pipeline.runtime.similarity",
+              "pipeline.benchmark.pictures",
+              "pipeline.benchmark.results_file",
               "pipeline.benchmark.metrics", "pipeline.benchmark.protocols",
               "pipeline.benchmark.evaluator", "pipeline.benchmark.reference",
               "pipeline.benchmark.cbgm", "pipeline.benchmark.command",

@@ -17,10 +17,13 @@ import cli
 from pipeline.data import read_dataset
 from pipeline.data.images import load_image
 from pipeline.distill.student import build_student
-from pipeline.runtime.onnx.export import AGREEMENT_COSINE, AGREEMENT_IOU, agreement, \
-    export_student
+from pipeline.runtime.onnx.export import export_student
+from pipeline.runtime.onnx.verify import AGREEMENT_COSINE, AGREEMENT_IOU, agreement
 from pipeline.runtime.onnx.runtime import OnnxModelError, OnnxSearcher
-from pipeline.runtime.settings import input_size, proposal_count, set_input_size, set_proposals
+from pipeline.errors import SettingError
+from pipeline.runtime.searcher import Searcher
+from pipeline.runtime.settings import apply_settings
+from pipeline.runtime.types import RunSettings
 from pipeline.models.two_step import TwoStepSearcher
 from pipeline.models.checkpoint import save_checkpoint
 
@@ -73,12 +76,12 @@ def query_boxes(image):
 
 
 def assert_agrees(report):
-    assert report["torch_counts"] == report["onnx_counts"]
-    assert sum(report["torch_counts"]) > 0, "nothing detected: the comparison would be empty"
-    assert report["min_iou"] >= AGREEMENT_IOU
-    assert report["min_cosine"] >= AGREEMENT_COSINE
-    assert report["min_query_cosine"] >= AGREEMENT_COSINE
-    assert report["max_score_diff"] < 1e-3
+    assert report.torch_counts == report.onnx_counts
+    assert sum(report.torch_counts) > 0, "nothing detected: the comparison would be empty"
+    assert report.min_iou >= AGREEMENT_IOU
+    assert report.min_cosine >= AGREEMENT_COSINE
+    assert report.min_query_cosine >= AGREEMENT_COSINE
+    assert report.max_score_diff < 1e-3
 
 
 def test_gallery_and_query_modes_agree_with_pytorch(net, onnx_path, synthetic_prw):
@@ -226,27 +229,29 @@ def test_cli_evaluate_runtime_onnx_matches_torch(checkpoint, synthetic_prw, tmp_
 
 def test_set_input_size_on_each_kind_of_searcher(net, onnx_path):
     torch_net = tiny_student()
-    assert input_size(torch_net) == (96.0, 128.0)
-    set_input_size(torch_net, 48)                           # trained 96/128: keeps 3:4
-    assert input_size(torch_net) == (48.0, 64.0)
+    assert torch_net.input_size == (96.0, 128.0)
+    torch_net.set_input_size(48)                            # trained 96/128: keeps 3:4
+    assert torch_net.input_size == (48.0, 64.0)
     image = torch.rand(3, 120, 160, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         torch_net.detect([image])                           # runs at the new size
         features = torch_net.transform([image])[0].tensors
     assert features.shape[-2:] == (64, 64)                  # 48x64, padded to 32
-    onnx = set_input_size(OnnxSearcher(onnx_path), 72, 100)
-    assert input_size(onnx) == (72.0, 100.0)
+    onnx = OnnxSearcher(onnx_path)
+    onnx.set_input_size(72, 100)
+    assert onnx.input_size == (72.0, 100.0)
 
     class Detector:                                         # the teacher's detector has a
         transform = torch_net.transform                     # torchvision transform too
     two_step = TwoStepSearcher.__new__(TwoStepSearcher)
     two_step.detector = Detector()
-    set_input_size(two_step, 60, 80)
-    assert input_size(two_step) == (60.0, 80.0)
+    apply_settings(two_step, RunSettings(size=60))
+    assert two_step.input_size == (60.0, 80.0)
+    with pytest.raises(SettingError):
+        apply_settings(two_step, RunSettings(proposals=10))
     with pytest.raises(ValueError):
-        set_input_size(torch_net, 0)
-    with pytest.raises(TypeError):
-        set_input_size(object(), 60)
+        torch_net.set_input_size(0)
+    assert isinstance(torch_net, Searcher) and isinstance(onnx, Searcher)
 
 
 def test_evaluate_refuses_onnx_for_the_teacher_in_one_line(synthetic_prw, tmp_path):
@@ -259,16 +264,16 @@ def test_evaluate_refuses_onnx_for_the_teacher_in_one_line(synthetic_prw, tmp_pa
 
 def test_fewer_proposals_in_pytorch_and_in_an_exported_file(tmp_path, synthetic_prw):
     net = tiny_student()
-    assert proposal_count(net) == 20
+    assert net.proposals == 20
     searcher = OnnxSearcher(export_student(net, tmp_path / "p8.onnx", proposals=8))
-    assert searcher.proposals == 8 and proposal_count(net) == 20     # the model is unchanged
-    with pytest.raises(TypeError, match="export --proposals"):
-        set_proposals(searcher, 4)
-    set_proposals(net, 8)
+    assert searcher.proposals == 8 and net.proposals == 20     # the model is unchanged
+    with pytest.raises(SettingError, match="export --proposals"):
+        searcher.set_proposals(4)
+    net.set_proposals(8)
     images = frames(synthetic_prw, count=2)
     report = agreement(net, searcher, images, [query_boxes(i) for i in images])
     assert_agrees(report)
-    assert max(report["torch_counts"]) <= 8
+    assert max(report.torch_counts) <= 8
 
 
 def test_int8_export_runs_both_modes_close_to_float(checkpoint, synthetic_prw, tmp_path):

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from pipeline.config import load_config, to_dict
 from pipeline.config.student import StudentConfig
+from pipeline.distill.student import TeacherMismatchError
 from pipeline.stages.student import (CacheContractError, cache_needs, open_checked_cache,
                                      train_student)
 
@@ -130,14 +131,14 @@ def test_what_each_variant_needs_from_the_cache():
         return cache_needs(from_dict(StudentConfig, data))
 
     n = needs(())
-    assert n["terms"] == [] and n["keys"] == [] and not n["need_flip"]
+    assert n.terms == () and n.keys == () and not n.flip
     n = needs(("lut",))  # the identity table is not per image: no flip views needed
-    assert n["need_table"] and not n["need_flip"] and not n["need_proposals"] and n["keys"] == []
+    assert n.teacher_table and not n.flip and not n.proposals and n.keys == ()
     n = needs(ALL_TERMS)
-    assert n["need_flip"] and n["need_proposals"] and n["need_jitter"] and n["need_table"]
-    assert set(n["keys"]) == {"gt_features", "proposal_boxes", "proposal_logits",
-                              "proposal_refined_boxes", "jitter_boxes", "jitter_features"}
-    assert not needs(ALL_TERMS, flip=False)["need_flip"]
+    assert n.flip and n.proposals and n.jitter and n.teacher_table
+    assert set(n.keys) == {"gt_features", "proposal_boxes", "proposal_logits",
+                           "proposal_refined_boxes", "jitter_boxes", "jitter_features"}
+    assert not needs(ALL_TERMS, flip=False).flip
     assert needs(("feature",))["keys"] == ["gt_features"]
 
 
@@ -313,7 +314,7 @@ def test_lut_with_another_feature_size_is_refused_before_training(world, tmp_pat
     root, data, _ = world
     wide = tiny_cache(data.train, tmp_path / "wide.h5", dim=24)
     config = write_config(tmp_path, root, cache=wide, terms=("lut",))
-    with pytest.raises(CacheContractError, match="model.embedding_dim: 24"):
+    with pytest.raises(TeacherMismatchError, match="model.embedding_dim: 24"):
         train_student(config, progress=False)
     assert not (tmp_path / "run" / "config.yaml").exists()
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from pipeline.data.published_boxes import PUBLISHED, choose
 from pipeline.data.records import UNLABELED, PersonSearchData
-from pipeline.evaluation import cbgm as context_matching
+from pipeline.benchmark import cbgm as context_matching
 from pipeline.benchmark.metrics import adaptive_iou_threshold, average_precision_from_counts, \
     box_iou_pairs, cmc_curve, detection_ap_recall, topk_from_rank
 from pipeline.benchmark.protocols import QueryProtocol, build_protocol, gallery_images

@@ -23,7 +23,9 @@ import numpy as np
 from cache.hdf5 import open_hdf5
 from pipeline.data.published_boxes import PUBLISHED, choose
 from pipeline.data.records import DatasetError, PersonSearchData
-from pipeline.runtime.vectors import TEXT, l2_normalize, read_text, text_column
+from cache.hdf5 import TEXT, read_text, text_column
+from pipeline.arrays import l2_normalize
+from pipeline.files import atomic_path
 
 SCHEMA = "person-search-results/2"
 READABLE_SCHEMAS = ("person-search-results/1", SCHEMA)
@@ -80,9 +82,7 @@ def write_results(path, dataset: str, gallery_images, offsets, boxes, scores, em
     """Write a results file (shapes as in the module docstring), atomically (a temporary file
     renamed into place). ``context``: None or (offsets, boxes, scores, embeddings) per query."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with h5py.File(partial, "w") as f:
+    with atomic_path(path) as partial, h5py.File(partial, "w") as f:
         f.attrs["schema"], f.attrs["dataset"] = SCHEMA, dataset
         g = f.create_group("gallery")
         g.create_dataset("images", data=text_column(gallery_images), dtype=TEXT)
@@ -100,7 +100,6 @@ def write_results(path, dataset: str, gallery_images, offsets, boxes, scores, em
             q.create_dataset("context_boxes", data=_boxes(c_boxes))
             q.create_dataset("context_scores", data=np.asarray(c_scores, np.float32).ravel())
             q.create_dataset("context_embeddings", data=_floats(c_embeddings))
-    partial.replace(path)
     return path
 
 

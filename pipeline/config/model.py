@@ -45,3 +45,14 @@ class ModelConfig:
     det_score_thresh: float = 0.05
     det_nms_thresh: float = 0.4
     det_detections_per_img: int = 100
+
+
+def check_input_size(min_size: float, max_size: float | None) -> None:
+    """An input size is 0 < min_size <= max_size (max_size None: chosen by proportion)."""
+    if not min_size > 0 or (max_size is not None and not max_size >= min_size):
+        raise ValueError(f"input size needs 0 < min_size <= max_size, got {min_size}, {max_size}")
+
+
+def proportional_max_size(min_size: float, trained_min: float, trained_max: float) -> int:
+    """The longer-side cap that keeps the trained max/min proportion (900/1500 -> 600/1000)."""
+    return int(round(min_size * trained_max / trained_min))

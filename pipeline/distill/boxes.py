@@ -11,8 +11,12 @@ so distillation then adds almost none. Without a share they come on top of a ful
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
+
+from pipeline.models.roi_heads import ExtraBoxes
 
 #: group -> the target key holding its boxes (after the dataset's flip and the resize)
 GROUP_BOX_KEYS = {"gt": "boxes", "proposals": "proposal_boxes", "jitter": "jitter_boxes"}
@@ -45,36 +49,39 @@ def choose_rows(candidates: dict[str, Tensor], budget: int | None) -> dict[str, 
     return chosen
 
 
+@dataclass
 class CachedBoxChoice:
-    """One step's extra RoIs for the heads (the ``ExtraBoxes`` interface of
-    :mod:`pipeline.models.roi_heads`), chosen image by image as the heads sample, and where each
-    chosen box sits in its group's cached tensors.
+    """One step's cached boxes: what the heads get (:class:`ExtraBoxes`) and, per group, the
+    rows of the chosen boxes in that group's cached tensors concatenated over images (the
+    order the heads put them in the batch), for the terms to read their targets by."""
 
-    candidates: group -> per image, the rows that may join (in group order)."""
+    extra: ExtraBoxes
+    source_rows: dict[str, Tensor]
 
-    def __init__(self, targets: list[dict], candidates: dict[str, list[Tensor]],
-                 budget: int | None, wants_identity_table: bool):
-        self.targets, self.candidates, self.budget = targets, candidates, budget
-        self.share_batch = budget is not None
-        self.embed_groups = tuple(g for g in EMBEDDED_GROUPS if g in candidates)
-        self.wants_identity_table = wants_identity_table
-        self.chosen: dict[str, list[Tensor]] = {g: [] for g in candidates}
 
-    def for_image(self, index: int) -> tuple[dict[str, Tensor], Tensor]:
-        t = self.targets[index]
-        chosen = choose_rows({g: rows[index] for g, rows in self.candidates.items()},
-                             self.budget)
-        for g, rows in chosen.items():
-            self.chosen[g].append(rows)
-        boxes = {g: t[GROUP_BOX_KEYS[g]][rows] for g, rows in chosen.items()}
-        gt_taken = chosen.get("gt", torch.zeros(0, dtype=torch.int64, device=t["boxes"].device))
-        return boxes, gt_taken
+def choose_boxes(targets: list[dict], candidates: dict[str, list[Tensor]], budget: int | None,
+                 wants_identity_table: bool) -> CachedBoxChoice:
+    """Every image's cached boxes for this step (``candidates``: group -> per image, the rows
+    that may join, in group order), drawn before the heads sample."""
+    boxes, gt_taken = [], []
+    chosen: dict[str, list[Tensor]] = {g: [] for g in candidates}
+    for i, t in enumerate(targets):
+        rows = choose_rows({g: c[i] for g, c in candidates.items()}, budget)
+        for g, r in rows.items():
+            chosen[g].append(r)
+        boxes.append({g: t[GROUP_BOX_KEYS[g]][r] for g, r in rows.items()})
+        gt_taken.append(rows.get("gt", torch.zeros(0, dtype=torch.int64,
+                                                   device=t["boxes"].device)))
+    extra = ExtraBoxes(boxes, gt_taken, share_batch=budget is not None,
+                       embed_groups=tuple(g for g in EMBEDDED_GROUPS if g in candidates),
+                       wants_identity_table=wants_identity_table)
+    return CachedBoxChoice(extra, {g: _source_rows(targets, g, rows)
+                                   for g, rows in chosen.items()})
 
-    def source_rows(self, group: str) -> Tensor:
-        """Rows of the chosen boxes of ``group`` in that group's cached tensors concatenated
-        over images (the order the heads put them in the batch)."""
-        out, offset = [], 0
-        for t, rows in zip(self.targets, self.chosen[group]):
-            out.append(rows + offset)
-            offset += t[GROUP_BOX_KEYS[group]].shape[0]
-        return torch.cat(out)
+
+def _source_rows(targets: list[dict], group: str, chosen: list[Tensor]) -> Tensor:
+    out, offset = [], 0
+    for t, rows in zip(targets, chosen):
+        out.append(rows + offset)
+        offset += t[GROUP_BOX_KEYS[group]].shape[0]
+    return torch.cat(out)

@@ -2,15 +2,16 @@
 for the cached boxes they train on and hands each term its share of the heads' outputs.
 
 The student calls it at three points of a training step: ``check_targets`` (before anything is
-computed), ``extra_boxes`` (the cached boxes that join the RoI batch) and ``forward`` (the
-terms' losses from the heads' outputs).
+computed), ``extra_boxes`` (every cached box that joins the RoI batch, chosen before the heads
+run and handed to them as plain tensors) and ``forward`` (the terms' losses from the heads'
+outputs).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from pipeline.distill.boxes import GROUP_BOX_KEYS, CachedBoxChoice
+from pipeline.distill.boxes import GROUP_BOX_KEYS, CachedBoxChoice, choose_boxes
 from pipeline.distill.terms import DistillTerm
 from pipeline.errors import UserError
 from pipeline.models.roi_heads import HeadOutputs
@@ -63,7 +64,7 @@ class Distiller(nn.Module):
                 torch.arange(t[GROUP_BOX_KEYS[group]].shape[0], device=t["boxes"].device)
                 for t in targets]
         wants_table = any(t.needs_identity_table for t in self.terms.values())
-        return CachedBoxChoice(targets, candidates, self.budget, wants_table)
+        return choose_boxes(targets, candidates, self.budget, wants_table)
 
     def forward(self, outputs: HeadOutputs, targets: list[dict],
                 choice: CachedBoxChoice | None) -> dict[str, Tensor]:
@@ -72,5 +73,5 @@ class Distiller(nn.Module):
             if term.box_group is None:
                 continue
             rows = outputs.groups[term.box_group]
-            losses.update(term(outputs, targets, rows, choice.source_rows(term.box_group)))
+            losses.update(term(outputs, targets, rows, choice.source_rows[term.box_group]))
         return losses

@@ -7,28 +7,36 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from pipeline.config import from_dict, to_dict
+from pipeline.config import to_dict
 from pipeline.config.distill import DistillConfig
 from pipeline.config.model import ModelConfig
 from pipeline.distill.distiller import Distiller
 from pipeline.distill.terms import build_terms, identity_rows, term_needs
+from pipeline.errors import UserError
 from pipeline.models.student import MODEL_ARGS_VERSION, PersonSearchNet, build_network, \
-    build_oim, model_config_from_args
+    build_oim
+
+
+class TeacherMismatchError(UserError, ValueError):
+    """What the enabled terms need from the teacher is missing or does not fit the student."""
 
 
 def check_teacher_fits(model_cfg: ModelConfig, distill_cfg: DistillConfig, table,
-                       teacher_dim: int | None) -> None:
+                       teacher_embedding_dim: int | None) -> None:
     """The one check that what the terms need from the teacher is there and fits."""
     terms = distill_cfg.enabled_terms()
-    if term_needs(distill_cfg)["need_table"] and table is None:
-        raise ValueError(f"distillation terms {terms} need the teacher identity table "
-                         "(teacher_identity_table=cache.identity_table())")
-    if any(t in terms for t in ("feature", "jitter")) and not teacher_dim:
-        raise ValueError("feature/jitter distillation need the teacher feature size "
-                         "(pass teacher_identity_table or teacher_embedding_dim)")
+    if term_needs(distill_cfg).teacher_table and table is None:
+        raise TeacherMismatchError(f"distillation terms {terms} need the teacher identity "
+                                   "table (teacher_identity_table=cache.identity_table())")
+    if any(t in terms for t in ("feature", "jitter")) and not teacher_embedding_dim:
+        raise TeacherMismatchError("feature/jitter distillation need the teacher's embedding "
+                                   "size (pass teacher_identity_table or teacher_embedding_dim)")
     if "lut" in terms and table.shape[1] != model_cfg.embedding_dim:
-        raise ValueError(f"lut distillation needs model.embedding_dim ({model_cfg.embedding_dim})"
-                         f" equal to the teacher feature size ({table.shape[1]})")
+        raise TeacherMismatchError(
+            f"distill.lut uses the teacher identity table as the OIM table, so "
+            f"model.embedding_dim ({model_cfg.embedding_dim}) must equal the teacher's "
+            f"embedding size in the cache ({table.shape[1]}): set model.embedding_dim: "
+            f"{table.shape[1]}")
 
 
 def oim_weighted(model_cfg: ModelConfig, distill_cfg: DistillConfig) -> ModelConfig:
@@ -70,15 +78,3 @@ def build_student(model_cfg: ModelConfig, distill_cfg: DistillConfig | None,
         model.distiller = Distiller(terms, batch_size_per_image=model_cfg.roi_batch_size_per_image,
                                     roi_share=distill_cfg.roi_share)
     return model
-
-
-def build_student_from_args(model_args: dict) -> PersonSearchNet:
-    """The untrained student (with its distiller) a checkpoint's ``model_args`` describe, to
-    resume training; load the state dict afterwards (it holds the tables)."""
-    model_cfg = model_config_from_args(model_args)
-    distill_cfg = from_dict(DistillConfig, model_args["distill"])
-    ids = np.asarray(model_args["identity_pids"], dtype=np.int64)
-    # checkpoints written before the vocabulary was unified call it teacher_feature_dim
-    dim = model_args.get("teacher_embedding_dim", model_args.get("teacher_feature_dim"))
-    table = np.zeros((len(ids), dim), np.float32) if model_args.get("has_teacher_table") else None
-    return build_student(model_cfg, distill_cfg, ids, table, teacher_embedding_dim=dim)

@@ -15,6 +15,7 @@ touched.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -57,9 +58,6 @@ class LutTerm(DistillTerm):
     own."""
     needs_teacher_table = True
 
-    def __init__(self, *, momentum: float = 1.0):
-        super().__init__()
-        self.momentum = float(momentum)
 
 
 class FeatureTerm(DistillTerm):
@@ -130,9 +128,8 @@ class DetectorTerm(DistillTerm):
     box_group = "proposals"
     cache_keys = ("proposal_boxes", "proposal_logits", "proposal_refined_boxes")
 
-    def __init__(self, *, weight: float = 1.0, reg_weight: float = 1.0, temperature: float = 1.0,
-                 cls_loss: str = "kl", reg_clip: float = 1.0, fg_iou_thresh: float = 0.5,
-                 num_proposals: int = 64):
+    def __init__(self, *, weight: float, reg_weight: float, temperature: float, cls_loss: str,
+                 reg_clip: float, fg_iou_thresh: float, num_proposals: int):
         super().__init__()
         if cls_loss not in losses.CLS_KINDS:
             raise ValueError(f"detector distillation cls_loss {cls_loss!r}; expected "
@@ -190,10 +187,7 @@ class DetectorTerm(DistillTerm):
 # ------------------------------------------------------------------------------ registry
 
 def _lut(cfg, student_dim, teacher_dim, table):
-    if table.shape[1] != student_dim:
-        raise ValueError(f"lut distillation needs model.embedding_dim ({student_dim}) equal to "
-                         f"the teacher feature size ({table.shape[1]})")
-    return LutTerm(momentum=cfg.momentum)
+    return LutTerm()   # the table and momentum go to OIM (pipeline/distill/student.py)
 
 
 def _feature(cfg, student_dim, teacher_dim, table):
@@ -226,24 +220,45 @@ TERMS: dict[str, tuple[type[DistillTerm], Callable]] = {
 }
 
 
-def build_terms(distill_cfg, student_dim: int, teacher_dim: int | None,
+def build_terms(distill_cfg, student_dim: int, teacher_embedding_dim: int | None,
                 teacher_table: Tensor | None) -> dict[str, DistillTerm]:
     """The enabled terms of ``distill_cfg``, in :data:`TERMS` order."""
     unknown = [n for n in distill_cfg.enabled_terms() if n not in TERMS]
     if unknown:
         raise ValueError(f"distillation terms {unknown} have a config section but no term")
-    return {name: build(getattr(distill_cfg, name), student_dim, teacher_dim, teacher_table)
+    return {name: build(getattr(distill_cfg, name), student_dim, teacher_embedding_dim,
+                        teacher_table)
             for name, (_, build) in TERMS.items() if name in distill_cfg.enabled_terms()}
 
 
-def term_needs(distill_cfg) -> dict:
+@dataclass(frozen=True)
+class TermNeeds:
     """What the enabled terms need from the cache (from their classes, before any is built):
-    "terms", "keys" (per-image cache keys), "groups" (cached box groups), "need_table"."""
-    names = [n for n in distill_cfg.enabled_terms() if n in TERMS]
+    their names, the per-image cache keys, the cached box groups, whether the per-identity
+    teacher table is needed, and (set by the caller that knows the data) whether flipped-image
+    teacher outputs are."""
+
+    terms: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()
+    groups: frozenset = frozenset()
+    teacher_table: bool = False
+    flip: bool = False
+
+    @property
+    def proposals(self) -> bool:
+        return "proposals" in self.groups
+
+    @property
+    def jitter(self) -> bool:
+        return "jitter" in self.groups
+
+
+def term_needs(distill_cfg) -> TermNeeds:
+    names = tuple(n for n in distill_cfg.enabled_terms() if n in TERMS)
     classes = [TERMS[n][0] for n in names]
-    keys = list(dict.fromkeys(k for c in classes for k in c.cache_keys))
-    return {"terms": names, "keys": keys, "groups": {c.box_group for c in classes if c.box_group},
-            "need_table": any(c.needs_teacher_table for c in classes)}
+    return TermNeeds(names, tuple(dict.fromkeys(k for c in classes for k in c.cache_keys)),
+                     frozenset(c.box_group for c in classes if c.box_group),
+                     any(c.needs_teacher_table for c in classes))
 
 
 def identity_rows(identity_pids: np.ndarray, teacher_table) -> np.ndarray:

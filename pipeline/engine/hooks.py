@@ -14,10 +14,8 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
@@ -265,28 +263,3 @@ class TrainStats(HookBase):
             return
         stats = t.throughput()
         (Path(t.run_dir) / self.filename).write_text(json.dumps(stats, indent=2) + "\n")
-
-
-class EvalHook(HookBase):
-    """Runs ``fn(trainer) -> dict`` every ``period`` epochs and after the last one, on the main
-    process; results go to ``trainer.eval_history`` and ``run_dir/eval.jsonl``."""
-
-    def __init__(self, fn: Callable[[object], dict], period: int = 1, filename: str = "eval.jsonl"):
-        self.fn, self.period, self.filename = fn, max(1, int(period)), filename
-
-    def after_epoch(self):
-        t = self.trainer
-        done = t.epoch + 1
-        if done % self.period and done != t.max_epochs:
-            return
-        if t.is_main:
-            was_training = t.model.training
-            t.model.eval()
-            with torch.no_grad():
-                metrics = dict(self.fn(t) or {})
-            t.model.train(was_training)
-            record = {"epoch": done, "step": t.global_step, **metrics}
-            t.eval_history.append(record)
-            with open(Path(t.run_dir) / self.filename, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        t.barrier()

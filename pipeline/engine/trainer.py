@@ -4,7 +4,7 @@
 
 ```python
 trainer = Trainer(model, optimizer, loader, run_dir, step_fn=step_fn, max_epochs=10,
-                  scheduler=sched, grad_clip=10.0, device="cuda", amp_dtype="bfloat16")
+                  scheduler=sched, grad_clip=10.0, device="cuda", amp=True)
 trainer.train(resume=False)
 ```
 
@@ -31,7 +31,8 @@ from torch.utils.data.distributed import DistributedSampler
 from pipeline.engine import distributed as dist_utils
 from pipeline.engine import hooks as H
 from pipeline.errors import UserError
-from pipeline.models.checkpoint import link_or_copy, load_checkpoint, save_checkpoint, unwrap_model
+from pipeline.models.checkpoint import link_or_copy, load_checkpoint, save_checkpoint
+from pipeline.models.precision import autocast
 
 StepFn = Callable[[nn.Module, object, torch.device], dict]
 
@@ -92,18 +93,6 @@ def count_images(batch) -> int:
     return 1
 
 
-def _amp_dtype(amp_dtype) -> torch.dtype | None:
-    if amp_dtype is None or amp_dtype is False:
-        return None
-    if isinstance(amp_dtype, torch.dtype):
-        return amp_dtype
-    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16, "half": torch.float16}
-    if str(amp_dtype) not in names:
-        raise ValueError(f"amp_dtype {amp_dtype!r}: expected one of {sorted(names)}")
-    return names[str(amp_dtype)]
-
-
 def git_revision(cwd: str | Path | None = None) -> str:
     """``<commit>`` (plus ``-dirty`` with uncommitted changes), or ``unknown`` outside git."""
     cwd = cwd or Path(__file__).resolve().parent
@@ -127,22 +116,20 @@ class Trainer:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, data_loader: Iterable,
                  run_dir: str | Path, *, step_fn: StepFn, max_epochs: int, scheduler=None,
                  grad_clip: float | None = None, device: str | torch.device = "cpu",
-                 amp_dtype=None, hooks: Sequence[H.HookBase] = (), log_every: int = 1,
+                 amp: bool = False, hooks: Sequence[H.HookBase] = (), log_every: int = 1,
                  config_dict: dict | None = None, distributed: bool = False,
-                 model_args: dict | None = None, progress: bool = True,
-                 tensorboard: bool = True, keep_every_epoch: bool = True,
-                 find_unused_parameters: bool = True,
-                 count_images: Callable[[object], int] = count_images):
+                 progress: bool = True, tensorboard: bool = True,
+                 keep_every_epoch: bool = True):
         self.device = torch.device(device)
         self.distributed = bool(distributed)
         self.rank = dist_utils.rank() if self.distributed else 0
         self.world_size = dist_utils.world_size() if self.distributed else 1
         model.to(self.device)
-        self.model_args = model_args if model_args is not None else getattr(model, "model_args", None)
+        self.model_args = getattr(model, "model_args", None)
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(
-                model, device_ids=ids, find_unused_parameters=find_unused_parameters)
+                model, device_ids=ids, find_unused_parameters=True)  # frozen stages, unused heads
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -151,13 +138,9 @@ class Trainer:
         self.step_fn = step_fn
         self.max_epochs = int(max_epochs)
         self.grad_clip = grad_clip
-        self.amp_dtype = _amp_dtype(amp_dtype)
-        self.amp_enabled = self.amp_dtype is not None and self.device.type == "cuda"
-        self.scaler = (torch.amp.GradScaler("cuda")
-                       if self.amp_enabled and self.amp_dtype == torch.float16 else None)
+        self.amp = bool(amp) and self.device.type == "cuda"   # bf16: no loss scaling needed
         self.log_every = max(1, int(log_every))
         self.config_dict = config_dict
-        self.count_images = count_images
         self.iters_per_epoch = len(data_loader)  # type: ignore[arg-type]
 
         self.epoch = 0            # index of the epoch being run
@@ -166,7 +149,6 @@ class Trainer:
         self.resumed = False
         self.error: BaseException | None = None
         self.images_seen = 0
-        self.eval_history: list[dict] = []
         self._pending: list[tuple[int, int, float, int, dict]] = []
         self._step_times: list[tuple[float, int]] = []
 
@@ -202,7 +184,7 @@ class Trainer:
     def save_checkpoint(self, keep_copy: bool = True) -> Path:
         """``checkpoint_last.pt`` for the epochs completed so far (+ a per-epoch copy)."""
         path = save_checkpoint(self.checkpoint_path, self.model, optimizer=self.optimizer,
-                               scheduler=self.scheduler, scaler=self.scaler,
+                               scheduler=self.scheduler,
                                epoch=self.epoch + 1, global_step=self.global_step,
                                model_args=self.model_args, config=self.config_dict)
         if keep_copy:
@@ -212,7 +194,7 @@ class Trainer:
     def resume(self) -> dict:
         """Load ``checkpoint_last.pt`` (strictly) with optimizer, scheduler and RNG states."""
         ckpt = load_checkpoint(self.checkpoint_path, self.model, optimizer=self.optimizer,
-                               scheduler=self.scheduler, scaler=self.scaler,
+                               scheduler=self.scheduler,
                                map_location=self.device, restore_rng=True)
         self.start_epoch = int(ckpt["epoch"])
         self.global_step = int(ckpt["global_step"])
@@ -229,7 +211,7 @@ class Trainer:
                 "images": imgs, "seconds": secs, "steps": len(self._step_times),
                 "global_step": self.global_step, "epochs": self.max_epochs,
                 "device": str(self.device), "world_size": self.world_size,
-                "amp_dtype": str(self.amp_dtype).replace("torch.", "") if self.amp_enabled else None}
+                "amp_dtype": "bfloat16" if self.amp else None}
 
     def _write_run_info(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -281,27 +263,18 @@ class Trainer:
 
     def run_step(self, batch) -> int:
         """data -> losses -> backward -> (clip) -> step. Returns the number of images."""
-        n = self.count_images(batch)
-        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.bfloat16,
-                            enabled=self.amp_enabled):
+        n = count_images(batch)
+        with autocast(self.device, self.amp):
             losses = self.step_fn(self.model, batch, self.device)
         if not losses:
             raise ValueError("step_fn returned no losses")
         total = sum(v.float() for v in losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         record = {k: v.detach().float() for k, v in losses.items()}
-        if self.scaler is not None:
-            self.scaler.scale(total).backward()
-            if self.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                record["grad_norm"] = self._clip()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            total.backward()
-            if self.grad_clip:
-                record["grad_norm"] = self._clip()
-            self.optimizer.step()
+        total.backward()
+        if self.grad_clip:
+            record["grad_norm"] = self._clip()
+        self.optimizer.step()
         lr = self.current_lr()
         self.global_step += 1
         self.images_seen += n

@@ -29,10 +29,11 @@ from pipeline.data.footage import (DEFAULT_EVERY, VIDEO_GROUP, FootageFrames, Fr
                                    find_sources, group_frames, plan_frames)
 from pipeline.data.records import DatasetError
 from pipeline.engine import distributed as dist_utils
-from pipeline.footage.store import FrameBlock, GalleryWriter, commit
+from pipeline.footage.store import FrameBlock, GalleryWriter, RunHeader, commit
 from pipeline.models.precision import autocast
-from pipeline.runtime.loading import embedding_dim, load_model, to_numpy
+from pipeline.runtime.loading import load_model
 from pipeline.runtime.settings import apply_settings
+from pipeline.runtime.types import Detections, RunSettings
 
 DEFAULT_MIN_SCORE = 0.5       # as evaluate's search threshold
 DEFAULT_BATCH = 4
@@ -51,7 +52,7 @@ class IndexReport:
     seconds: float
     gallery_frames: int = 0
     gallery_detections: int = 0
-    index_kind: str = "flat"
+    index_kind: str = ""
     approximate: bool = False
     skipped: list[str] = field(default_factory=list)
     rank: int = 0                      # this process under torchrun (0 commits and reports)
@@ -104,7 +105,7 @@ class _Chunk:
                  bf16: bool = False):
         self.searcher, self.device, self.bf16 = searcher, device, bf16
         self.batch_size, self.min_score, self.dim = batch_size, min_score, dim
-        self.refs, self.sizes, self.previews, self.results = [], [], [], []
+        self.refs, self.sizes, self.previews, self.results = [], [], [], []  # results: Detections
         self._waiting: list[torch.Tensor] = []
 
     def add(self, ref: FrameRef, image: torch.Tensor, preview: bytes) -> None:
@@ -122,25 +123,18 @@ class _Chunk:
                   for im in self._waiting]
         with autocast(self.device, cpu=self.bf16):
             outs = self.searcher.detect(images)
-        for out in outs:
-            keep = out["scores"] >= self.min_score
-            self.results.append((to_numpy(out["boxes"][keep], 4), to_numpy(out["scores"][keep]),
-                                 to_numpy(out["embeddings"][keep], self.dim)))
+        self.results.append(Detections.from_outputs(outs, self.dim, self.min_score))
         self._waiting = []
 
     def block(self) -> FrameBlock:
         if self._waiting:
             self._run()
-        boxes, scores, embs = zip(*self.results) if self.results else ((), (), ())
         return FrameBlock(
             sources=[r.source for r in self.refs], frames=np.array([r.frame for r in self.refs]),
             times=np.array([np.nan if r.time is None else r.time for r in self.refs]),
             cameras=[r.camera for r in self.refs],
             widths=np.array([s[1] for s in self.sizes]), heights=np.array([s[0] for s in self.sizes]),
-            previews=self.previews, counts=np.array([len(s) for s in scores], np.int64),
-            boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32),
-            scores=np.concatenate(scores) if scores else np.zeros(0, np.float32),
-            embeddings=np.concatenate(embs) if embs else np.zeros((0, self.dim), np.float32))
+            previews=self.previews, detections=Detections.concatenate(self.results, self.dim))
 
 
 class _SkipBadFiles(torch.utils.data.Dataset):
@@ -163,13 +157,13 @@ class _SkipBadFiles(torch.utils.data.Dataset):
 def index_footage(gallery_dir, model, sources, *, camera: str | None = None,
                   every: float = DEFAULT_EVERY, device: str = "cpu",
                   batch_size: int = DEFAULT_BATCH, workers: int = 2,
-                  min_score: float = DEFAULT_MIN_SCORE, index_kind: str = "flat",
+                  min_score: float = DEFAULT_MIN_SCORE, index_kind: str | None = None,
                   chunk_frames: int = DEFAULT_CHUNK, progress: bool = True,
                   after_chunk: Callable[[int], None] | None = None,
-                  settings: str = "") -> IndexReport:
-    """Build or extend the gallery at ``gallery_dir`` (see the module docstring). ``settings``
-    (:func:`~pipeline.runtime.settings.settings_text`): input size, proposals and bf16 when not
-    as trained; the gallery records them and every later run and query must use the same."""
+                  settings: RunSettings = RunSettings()) -> IndexReport:
+    """Build or extend the gallery at ``gallery_dir`` (see the module docstring). ``settings``:
+    input size, proposals and bf16 when not as trained; the gallery records them and every
+    later run and query must use the same. ``index_kind`` None keeps the gallery's."""
     start = time.perf_counter()
     dev, _ = dist_utils.init_distributed(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -177,27 +171,25 @@ def index_footage(gallery_dir, model, sources, *, camera: str | None = None,
     rank, world = dist_utils.rank(), dist_utils.world_size()
     all_sources = gather_sources(sources, camera)
     searcher, info = load_model(model, dev)
-    bf16 = apply_settings(searcher, settings)
-    info = replace(info, settings=settings)
-    dim = embedding_dim(searcher, dev)
-    writer = GalleryWriter(gallery_dir, info, embedding_dim=dim, min_score=min_score, rank=rank)
+    apply_settings(searcher, settings)
+    header = RunHeader(replace(info, settings=settings), searcher.embedding_dim, min_score)
+    writer = GalleryWriter(gallery_dir, header, rank=rank)
     try:
         refs, skipped = plan(all_sources[rank::world], every, progress and rank == 0)
         done = writer.done()
         todo = [r for r in refs if (r.source, r.frame) not in done]
         frames_new, dets_new = _run(writer, searcher, dev, todo, batch_size, workers,
-                                    min_score, dim, chunk_frames, progress and rank == 0,
-                                    after_chunk, bf16)
+                                    min_score, header.embedding_dim, chunk_frames,
+                                    progress and rank == 0, after_chunk, settings.bf16)
     finally:
         writer.close()
     planned, frames_new, dets_new = _sum_over_processes([len(refs), frames_new, dets_new], dev)
     report = IndexReport(Path(gallery_dir), len(all_sources), planned, frames_new, dets_new,
                          0.0, skipped=skipped, rank=rank)
     if rank == 0:
-        manifest = commit(gallery_dir, info, embedding_dim=dim, min_score=min_score,
-                          index_kind=index_kind)
-        report.gallery_frames, report.gallery_detections = manifest["frames"], manifest["detections"]
-        report.index_kind, report.approximate = index_kind, manifest["index"]["approximate"]
+        manifest = commit(gallery_dir, header, index_kind=index_kind)
+        report.gallery_frames, report.gallery_detections = manifest.frames, manifest.detections
+        report.index_kind, report.approximate = manifest.index.kind, manifest.index.approximate
     dist_utils.barrier()
     report.seconds = time.perf_counter() - start
     return report
@@ -239,7 +231,7 @@ def _run(writer, searcher, dev, todo, batch_size, workers, min_score, dim, chunk
                 block = current.block()
                 writer.add(block)
                 frames_new += len(block.sources)
-                dets_new += len(block.scores)
+                dets_new += len(block.detections.scores)
                 current = _Chunk(searcher, dev, batch_size, min_score, dim, bf16)
                 if after_chunk is not None:
                     after_chunk(frames_new)

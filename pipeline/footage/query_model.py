@@ -9,7 +9,8 @@ import torch
 
 from pipeline.footage.store import Gallery, GalleryError, check_same_model
 from pipeline.models.precision import autocast
-from pipeline.runtime.loading import load_model, model_info, to_numpy
+from pipeline.arrays import to_numpy
+from pipeline.runtime.loading import load_model, model_info
 from pipeline.runtime.settings import apply_settings
 
 
@@ -20,7 +21,7 @@ class QueryEmbedder:
     def __init__(self, gallery: Gallery, model: str | None = None, device: str = "cpu"):
         self.gallery, self.device = gallery, torch.device(device)
         self.model = model or gallery.model.name
-        self._searcher, self._bf16 = None, False
+        self._searcher = None
 
     def check(self) -> None:
         """The model must be there and hold the gallery's weights (ModelMismatchError naming
@@ -34,8 +35,8 @@ class QueryEmbedder:
     def searcher(self):
         if self._searcher is None:
             self.check()
-            self._searcher, _ = load_model(self.model, self.device)
-            self._bf16 = apply_settings(self._searcher, self.gallery.model.settings)
+            searcher, _ = load_model(self.model, self.device)
+            self._searcher = apply_settings(searcher, self.gallery.model.settings)
         return self._searcher
 
     @torch.no_grad()
@@ -43,6 +44,6 @@ class QueryEmbedder:
         image = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0).to(self.device)
         boxes = torch.tensor([box], dtype=torch.float32, device=self.device)
         searcher = self.searcher()
-        with autocast(self.device, cpu=self._bf16):
+        with autocast(self.device, cpu=self.gallery.model.settings.bf16):
             emb = searcher.embed_boxes([image], [boxes])[0]
-        return to_numpy(emb, emb.shape[-1])[0]
+        return to_numpy(emb, searcher.embedding_dim)[0]

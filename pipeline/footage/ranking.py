@@ -7,7 +7,7 @@ import numpy as np
 
 from pipeline.runtime.faiss_index import search_index
 from pipeline.footage.store import Gallery, GalleryError, MissingItemError
-from pipeline.runtime.vectors import l2_normalize
+from pipeline.arrays import l2_normalize
 
 DEFAULT_TOP = 50
 
@@ -78,9 +78,9 @@ def find(gallery: Gallery, query: np.ndarray, top: int = DEFAULT_TOP,
     if top < 1:
         raise GalleryError(f"--top must be at least 1, got {top}")
     query = l2_normalize(np.asarray(query, np.float32).reshape(1, -1))[0]
-    if query.shape[0] != gallery.manifest["embedding_dim"]:
+    if query.shape[0] != gallery.embedding_dim:
         raise GalleryError(f"query embedding is {query.shape[0]}-d, the gallery's are "
-                           f"{gallery.manifest['embedding_dim']}-d")
+                           f"{gallery.embedding_dim}-d")
     frames_ok = allowed_frames(gallery, filt, exclude_frames)
     allowed = None if frames_ok.all() else frames_ok[gallery.detection_frame]
     sims, ids = search_index(gallery.index(), query, top, allowed)

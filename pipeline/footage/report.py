@@ -17,11 +17,11 @@ import base64
 import csv
 import datetime
 import html
-import json
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.files import atomic_path, write_json_atomic, write_text_atomic
 from pipeline.footage.ranking import Hit, SearchFilter
 from pipeline.footage.pictures import detection_crop, detection_in_frame
 from pipeline.footage.store import Gallery
@@ -77,7 +77,7 @@ def results_payload(gallery: Gallery, query: dict, hits: list[Hit],
                     filt: SearchFilter) -> dict:
     return {"query": query, "hits": [h.to_dict() for h in hits],
             "timeline": camera_timelines(gallery, hits, query.get("frame_id")), "gallery": str(gallery.directory),
-            "model": vars(gallery.model),
+            "model": gallery.model.to_dict(),
             "index": {"kind": gallery.index_kind, "approximate": gallery.approximate},
             "filters": {"cameras": list(filt.cameras), "start": filt.start, "end": filt.end},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -89,30 +89,20 @@ def write_results(out_dir, gallery: Gallery, query: dict, query_crop: bytes,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = results_payload(gallery, query, hits, filt)
-    # strict JSON: a NaN or infinity cannot reach the file (the filters are checked finite
-    # where they come in); were one to slip through, this refuses rather than write non-JSON
-    _replace(out / RESULTS_JSON, json.dumps(payload, indent=1, allow_nan=False))
+    write_json_atomic(out / RESULTS_JSON, payload)
     write_csv(out / RESULTS_CSV, hits)
-    _replace(out / RESULTS_HTML, render_html(gallery, payload, query_crop, hits))
+    write_text_atomic(out / RESULTS_HTML, render_html(gallery, payload, query_crop, hits))
     return payload
 
 
-def _replace(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_csv(path: Path, hits: list[Hit]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
         for h in hits:
             w.writerow([h.rank, f"{h.similarity:.6f}", h.source, h.frame,
                         "" if h.time is None else f"{h.time:.3f}", h.camera,
                         ",".join(f"{v:.2f}" for v in h.box), h.id, f"{h.score:.4f}"])
-    tmp.replace(path)
 
 
 # ------------------------------------------------------------------------------ HTML

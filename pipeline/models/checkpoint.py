@@ -7,7 +7,7 @@ only tensors and plain containers)::
     model         state dict of the (unwrapped) model
     model_class   "module.Class" of the model that wrote it
     model_args    plain data a ``build_*`` function needs to rebuild the model (nanoGPT style)
-    optimizer, scheduler, scaler   their state dicts, or None
+    optimizer, scheduler   their state dicts, or None
     epoch         number of COMPLETED epochs
     global_step   optimizer steps taken so far
     rng           torch / cuda / numpy / python RNG states at save time
@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import UserError
+from pipeline.files import atomic_path
 from pipeline.models.torch_files import TorchFileError, load_torch_file
 
 CHECKPOINT_FORMAT = "person-search-checkpoint/1"
@@ -84,7 +85,7 @@ def set_rng_state(state: dict) -> None:
 # ------------------------------------------------------------------------------ save / load
 
 def save_checkpoint(path: str | Path, model: nn.Module, *, optimizer=None, scheduler=None,
-                    scaler=None, epoch: int = 0, global_step: int = 0,
+                    epoch: int = 0, global_step: int = 0,
                     model_args: dict | None = None, config: dict | None = None,
                     extra: dict | None = None) -> Path:
     """Write a checkpoint atomically (temporary file, then rename) and return its path."""
@@ -100,16 +101,14 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, optimizer=None, sched
         "model_args": model_args,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": int(epoch),
         "global_step": int(global_step),
         "rng": get_rng_state(),
         "config": config,
         "extra": extra or {},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 
@@ -174,7 +173,7 @@ def load_state(model: nn.Module, state: dict, *, source: str = "checkpoint") -> 
 
 
 def load_checkpoint(path: str | Path, model: nn.Module | None = None, *, optimizer=None,
-                    scheduler=None, scaler=None, map_location: str | torch.device = "cpu",
+                    scheduler=None, map_location: str | torch.device = "cpu",
                     restore_rng: bool = False) -> dict:
     """Read a checkpoint and load it into whatever is given (model always ``strict=True``).
 
@@ -197,8 +196,6 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, *, optimiz
         if ckpt.get("scheduler") is None:
             raise CheckpointError(f"{path}: holds no scheduler state, cannot resume from it")
         scheduler.load_state_dict(ckpt["scheduler"])
-    if scaler is not None and ckpt.get("scaler") is not None:
-        scaler.load_state_dict(ckpt["scaler"])
     if restore_rng and ckpt.get("rng") is not None:
         set_rng_state(ckpt["rng"])
     return ckpt

@@ -11,7 +11,6 @@ learn from that is not their business (:mod:`pipeline.distill`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -75,20 +74,18 @@ def balanced_sample(labels: Tensor, size: int, max_positives: int) -> Tensor:
     return torch.cat((pos, neg)).sort().values
 
 
-class ExtraBoxes(Protocol):
-    """Extra RoIs for one training step, by named group (what a distillation term trains on).
+@dataclass
+class ExtraBoxes:
+    """Extra RoIs for one training step, by named group (what a distillation term trains on),
+    chosen before the heads run: per image, group -> (n, 4) boxes in the resized frame (in
+    group order), and the indices of the image's GT boxes among them (so the sampler does not
+    add them a second time)."""
 
-    ``for_image(i)`` is asked once per image, in image order, while the batch is sampled, so a
-    provider that draws random subsets draws them interleaved with the heads' own sampling."""
-
-    share_batch: bool           # the extra boxes take their place in the batch (else on top)
-    embed_groups: tuple[str, ...]   # groups whose every box gets a Re-ID embedding
-    wants_identity_table: bool  # keep a copy of the OIM table as it was before this step
-
-    def for_image(self, index: int) -> tuple[dict[str, Tensor], Tensor]:
-        """(group -> (n, 4) boxes in the resized frame, in group order; indices of the image's
-        GT boxes that are among them, so the sampler does not add them a second time)."""
-        ...
+    boxes: list[dict[str, Tensor]]
+    gt_taken: list[Tensor]
+    share_batch: bool = False        # the extra boxes take their place in the batch (else on top)
+    embed_groups: tuple[str, ...] = ()   # groups whose every box gets a Re-ID embedding
+    wants_identity_table: bool = False  # keep a copy of the OIM table as it was before this step
 
 
 @dataclass
@@ -214,8 +211,9 @@ class PersonSearchRoIHeads(nn.Module):
         batch = RoIBatchBuilder()
         for i, (props, t) in enumerate(zip(proposals, targets)):
             gt = t["boxes"].to(props.dtype)
-            extra, gt_taken = extra_boxes.for_image(i) if extra_boxes is not None else \
-                ({}, torch.zeros(0, dtype=torch.int64, device=gt.device))
+            extra, gt_taken = (extra_boxes.boxes[i], extra_boxes.gt_taken[i]) \
+                if extra_boxes is not None else ({}, torch.zeros(0, dtype=torch.int64,
+                                                                 device=gt.device))
             extra = {name: b.to(props.dtype) for name, b in extra.items()}
             joined = torch.cat([props.new_zeros((0, 4)), *extra.values()])
             share = extra_boxes is not None and extra_boxes.share_batch

@@ -29,7 +29,8 @@ from pipeline.models.checkpoint import load_state, read_checkpoint
 from pipeline.models.oim import OIMLoss
 from pipeline.models.reid_head import ReIDHead
 from pipeline.models.roi_heads import PersonSearchRoIHeads
-from pipeline.models.transform import PersonSearchTransform, boxes_to_original
+from pipeline.models.transform import PersonSearchTransform, boxes_to_original, input_size, \
+    set_input_size
 
 MODEL_ARGS_VERSION = 1
 #: state-dict prefixes of training-only parts (the distiller; before it left the heads, its
@@ -49,6 +50,20 @@ class RPNHeadFloat32(RPNHead):
         return [t.float() for t in logits], [t.float() for t in deltas]
 
 
+class PersonSearchRPN(RegionProposalNetwork):
+    """torchvision's RPN with a public setter for the proposals kept at inference (torchvision
+    keeps them in a private dict; this is the one place that knows)."""
+
+    @property
+    def test_proposals(self) -> int:
+        return int(self._post_nms_top_n["testing"])
+
+    def set_test_proposals(self, count: int) -> None:
+        if count < 1:
+            raise ValueError(f"proposals must be at least 1, got {count}")
+        self._post_nms_top_n = {**self._post_nms_top_n, "testing": int(count)}
+
+
 class PersonSearchNet(nn.Module):
     def __init__(self, transform: PersonSearchTransform, backbone: nn.Module,
                  rpn: RegionProposalNetwork, roi_heads: PersonSearchRoIHeads,
@@ -60,6 +75,25 @@ class PersonSearchNet(nn.Module):
         self.roi_heads = roi_heads
         self.distiller = distiller
         self.model_args = model_args  # plain data; save_checkpoint stores it
+
+    # the run settings of a Searcher (pipeline/runtime/searcher.py)
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.roi_heads.reid_head.dim)
+
+    @property
+    def input_size(self) -> tuple[float, float]:
+        return input_size(self.transform)
+
+    def set_input_size(self, min_size: float, max_size: float | None = None) -> None:
+        set_input_size(self.transform, min_size, max_size)
+
+    @property
+    def proposals(self) -> int:
+        return self.rpn.test_proposals
+
+    def set_proposals(self, count: int) -> None:
+        self.rpn.set_test_proposals(count)
 
     def _features(self, image_tensors: Tensor) -> dict[str, Tensor]:
         return {"feat_res4": self.backbone(image_tensors)}
@@ -79,11 +113,12 @@ class PersonSearchNet(nn.Module):
         images_t, targets = self.transform(images, targets)
         features = self._features(images_t.tensors)
         proposals, rpn_losses = self.rpn(images_t, features, targets)
-        extra = distiller.extra_boxes(targets) if distiller is not None else None
-        outputs = self.roi_heads(features, proposals, images_t.image_sizes, targets, extra)
+        choice = distiller.extra_boxes(targets) if distiller is not None else None
+        outputs = self.roi_heads(features, proposals, images_t.image_sizes, targets,
+                                 choice.extra if choice is not None else None)
         losses = {**rpn_losses, **outputs.detection_losses}
         if distiller is not None:
-            losses.update(distiller(outputs, targets, extra))
+            losses.update(distiller(outputs, targets, choice))
         losses.update(self.roi_heads.reid_loss(outputs))  # last: OIM updates its table
         return losses
 
@@ -120,10 +155,10 @@ def build_transform(m: ModelConfig) -> PersonSearchTransform:
     return PersonSearchTransform(m.min_size, m.max_size, list(IMAGENET_MEAN), list(IMAGENET_STD))
 
 
-def build_rpn(m: ModelConfig, in_channels: int) -> RegionProposalNetwork:
+def build_rpn(m: ModelConfig, in_channels: int) -> PersonSearchRPN:
     anchors = AnchorGenerator(sizes=(tuple(m.anchor_sizes),),
                               aspect_ratios=(tuple(m.aspect_ratios),))
-    return RegionProposalNetwork(
+    return PersonSearchRPN(
         anchors, RPNHeadFloat32(in_channels, anchors.num_anchors_per_location()[0]),
         fg_iou_thresh=m.rpn_fg_iou_thresh, bg_iou_thresh=m.rpn_bg_iou_thresh,
         batch_size_per_image=m.rpn_batch_size_per_image,

@@ -6,6 +6,8 @@ from typing import Optional
 from torch import Tensor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
+from pipeline.config.model import check_input_size, proportional_max_size
+
 
 class PersonSearchTransform(GeneralizedRCNNTransform):
     """torchvision's transform, but resizing ALL ``*boxes`` keys of a target, not only "boxes".
@@ -26,6 +28,21 @@ class PersonSearchTransform(GeneralizedRCNNTransform):
             if key.endswith("boxes") and isinstance(value, Tensor):
                 target[key] = resize_boxes(value.float().reshape(-1, 4), [h, w], new_size)
         return image, target
+
+
+def input_size(transform: GeneralizedRCNNTransform) -> tuple[float, float]:
+    """(shorter side, cap on the longer side) a torchvision-style transform resizes to."""
+    return float(transform.min_size[-1]), float(transform.max_size)
+
+
+def set_input_size(transform: GeneralizedRCNNTransform, min_size: float,
+                   max_size: float | None = None) -> None:
+    """Resize to a shorter side of ``min_size`` (the longer at most ``max_size``, by default in
+    the current max/min proportion)."""
+    check_input_size(min_size, max_size)
+    if max_size is None:
+        max_size = proportional_max_size(min_size, *input_size(transform))
+    transform.min_size, transform.max_size = (int(round(min_size)),), int(round(max_size))
 
 
 def boxes_to_original(boxes: Tensor, resized_size, original_size) -> Tensor:

@@ -13,7 +13,10 @@ from torch import Tensor
 from pipeline.config import load_config
 from pipeline.config.teacher import TeacherConfig
 from pipeline.data.crops import crop_many
+from pipeline.errors import SettingError
 from pipeline.models.teachers import load_detector, load_reid
+from pipeline.models.transform import input_size, set_input_size
+
 
 
 class TwoStepSearcher:
@@ -24,6 +27,27 @@ class TwoStepSearcher:
         self.detector = detector.to(self.device).eval()
         self.reid = reid.to(self.device).eval()
         self.crop_size = tuple(crop_size)
+
+    # the run settings of a Searcher (pipeline/runtime/searcher.py)
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.reid.embedding_dim)
+
+    @property
+    def input_size(self) -> tuple[float, float]:
+        """The detector's input size (Re-ID crops come from the original frame)."""
+        return input_size(self.detector.transform)
+
+    def set_input_size(self, min_size: float, max_size: float | None = None) -> None:
+        set_input_size(self.detector.transform, min_size, max_size)
+
+    @property
+    def proposals(self) -> int | None:
+        return None
+
+    def set_proposals(self, count: int) -> None:
+        raise SettingError("the two-step teacher's proposal count is not adjustable (its "
+                           "detector keeps its trained settings); index without --proposals")
 
     @torch.no_grad()
     def embed_boxes(self, images: list[Tensor], boxes: list[Tensor]) -> list[Tensor]:

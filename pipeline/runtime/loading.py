@@ -7,21 +7,18 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cache.key import file_fingerprint
 from pipeline.config import load_config
 from pipeline.config.teacher import TeacherConfig
-from pipeline.footage.store import ModelInfo
-from pipeline.models.precision import autocast
 from pipeline.runtime.searcher import Searcher
+from pipeline.runtime.types import ModelInfo
 from pipeline.models.student import load_student
 from pipeline.models.two_step import load_two_step
 
 MODEL_KINDS = ("student", "teacher")
 TEACHER_SUFFIXES = (".yaml", ".yml")
-PROBE_SIZE = 64                  # pixels of the blank image that reveals the embedding size
 
 
 def load_searcher(source: str | Path, model_kind: str = "student",
@@ -58,18 +55,3 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu") -> tuple[Se
     """(searcher in eval mode on ``device``, its ModelInfo)."""
     info = model_info(spec)
     return load_searcher(spec, info.kind, device), info
-
-
-@torch.no_grad()
-def embedding_dim(searcher: Searcher, device) -> int:
-    """The size of the searcher's embeddings, from one box on a blank image."""
-    image = torch.zeros(3, PROBE_SIZE, PROBE_SIZE, device=device)
-    box = torch.tensor([[8.0, 4.0, 40.0, 60.0]], device=device)
-    with autocast(device):
-        return int(searcher.embed_boxes([image], [box])[0].shape[1])
-
-
-def to_numpy(t: torch.Tensor, cols: int | None = None) -> np.ndarray:
-    """float32 NumPy copy; (-1, cols) when ``cols`` is given, else flat."""
-    a = t.detach().float().cpu().numpy()
-    return a.reshape(-1, cols) if cols else a.ravel()

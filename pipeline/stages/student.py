@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -28,7 +29,7 @@ from pipeline.data import read_dataset
 from pipeline.data.torch_dataset import collate_detection
 from pipeline.distill.dataset import StudentDataset
 from pipeline.distill.student import build_student
-from pipeline.distill.terms import term_needs
+from pipeline.distill.terms import TermNeeds, term_needs
 from pipeline.engine import distributed as dist_utils
 from pipeline.engine.schedule import build_scheduler
 from pipeline.engine.trainer import Trainer, build_train_loader
@@ -45,17 +46,11 @@ class CacheContractError(UserError, RuntimeError):
 
 # ------------------------------------------------------------------------------ the cache
 
-def cache_needs(cfg: StudentConfig) -> dict:
-    """What the enabled distillation terms need from the cache.
-
-    terms; keys: per-image cache keys the student reads; need_flip: flipped-image teacher
-    outputs (flips on and any per-image term); need_proposals / need_jitter: those box groups;
-    need_table: the identity table (lut, relation)."""
+def cache_needs(cfg: StudentConfig) -> TermNeeds:
+    """What the enabled distillation terms need from the cache; flipped-image teacher outputs
+    when flips are on and any term reads per-image keys."""
     needs = term_needs(cfg.distill)
-    return {"terms": needs["terms"], "keys": needs["keys"],
-            "need_flip": bool(cfg.data.flip and needs["keys"]),
-            "need_proposals": "proposals" in needs["groups"],
-            "need_jitter": "jitter" in needs["groups"], "need_table": needs["need_table"]}
+    return replace(needs, flip=bool(cfg.data.flip and needs.keys))
 
 
 def resolve_cache_path(cfg: StudentConfig) -> Path:
@@ -75,7 +70,7 @@ def resolve_cache_path(cfg: StudentConfig) -> Path:
             f"`make teacher-cache CONFIG={cfg.teacher_config}`") from None
 
 
-def open_checked_cache(cfg: StudentConfig, train_records) -> tuple[object, Path, dict]:
+def open_checked_cache(cfg: StudentConfig, train_records) -> tuple[object, Path, TermNeeds]:
     """Open the cache and check it against the split and the terms; (cache, path, needs)."""
     needs = cache_needs(cfg)
     path = resolve_cache_path(cfg)
@@ -89,16 +84,15 @@ def open_checked_cache(cfg: StudentConfig, train_records) -> tuple[object, Path,
         raise CacheContractError(str(e)) from None
     try:
         cache.check_compatible(split_fingerprint(train_records), dataset=cfg.data.dataset,
-                               need_flip=needs["need_flip"],
-                               need_proposals=needs["need_proposals"],
-                               need_jitter=needs["need_jitter"])
+                               need_flip=needs.flip, need_proposals=needs.proposals,
+                               need_jitter=needs.jitter)
     except CacheMismatchError as e:
         raise CacheContractError(f"teacher cache {path} does not fit this run "
-                                 f"(terms {needs['terms']}): {e}") from None
+                                 f"(terms {list(needs.terms)}): {e}") from None
     return cache, path, needs
 
 
-def cache_record(cache, path: Path | None, needs: dict) -> dict:
+def cache_record(cache, path: Path | None, needs: TermNeeds) -> dict:
     """What ``run_dir/cache.json`` holds: the cache file and its fingerprints."""
     if cache is None:
         return {"cache": None, "reason": "no distillation term enabled", "terms": []}
@@ -107,8 +101,8 @@ def cache_record(cache, path: Path | None, needs: dict) -> dict:
             "split_fingerprint": m.split_fingerprint,
             "detector_fingerprint": m.detector_fingerprint,
             "reid_fingerprint": m.reid_fingerprint, "config_fingerprint": m.config_fingerprint,
-            "created": m.created, "terms": needs["terms"], "keys": needs["keys"],
-            "flip_views_used": needs["need_flip"]}
+            "created": m.created, "terms": list(needs.terms), "keys": list(needs.keys),
+            "flip_views_used": needs.flip}
 
 
 # ------------------------------------------------------------------------------ pieces
@@ -200,25 +194,20 @@ def train_student(config_path: str | Path, overrides: Sequence[str] = (), *, res
         raise ConfigError(f"{cfg.data.root}: the training split is empty")
 
     cache, cache_file, needs = None, None, cache_needs(cfg)
-    if needs["terms"]:
+    if needs.terms:
         cache, cache_file, needs = open_checked_cache(cfg, records)
     info = cache_record(cache, cache_file, needs)
     run_dir = Path(cfg.run_dir)
     if resume:
         check_resume_config(run_dir, cfg, info)
 
-    table = cache.identity_table() if cache is not None and needs["need_table"] else None
-    teacher_dim = cache.meta.embedding_dim if cache is not None else None
-    if cfg.distill.lut.enabled and teacher_dim != cfg.model.embedding_dim:
-        raise CacheContractError(
-            f"distill.lut uses the teacher identity table as the OIM table, so "
-            f"model.embedding_dim ({cfg.model.embedding_dim}) must equal the teacher feature "
-            f"size in the cache ({teacher_dim}): set model.embedding_dim: {teacher_dim}")
+    table = cache.identity_table() if cache is not None and needs.teacher_table else None
     model = build_student(cfg.model, cfg.distill, data.train_identities(),
-                          teacher_identity_table=table, teacher_embedding_dim=teacher_dim)
+                          teacher_identity_table=table,
+                          teacher_embedding_dim=cache.meta.embedding_dim if cache else None)
 
-    dataset = StudentDataset(records, cache_path=cache_file if needs["keys"] else None,
-                             cache_keys=needs["keys"],
+    dataset = StudentDataset(records, cache_path=cache_file if needs.keys else None,
+                             cache_keys=list(needs.keys),
                              flip_prob=0.5 if cfg.data.flip else 0.0,
                              min_size=cfg.model.min_size, max_size=cfg.model.max_size,
                              seed=t.seed)
@@ -232,7 +221,7 @@ def train_student(config_path: str | Path, overrides: Sequence[str] = (), *, res
                                 gamma=t.gamma)
     trainer = Trainer(model, optimizer, loader, run_dir, step_fn=student_step,
                       max_epochs=t.epochs, scheduler=scheduler, grad_clip=t.grad_clip,
-                      device=dev, amp_dtype="bfloat16" if t.amp else None,
+                      device=dev, amp=t.amp,
                       log_every=t.log_every, config_dict=to_dict(cfg), distributed=distributed,
                       progress=progress)
     if trainer.is_main:

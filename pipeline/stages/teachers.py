@@ -71,7 +71,7 @@ def train_detector(cfg: TeacherConfig, *, resume: bool = False, progress: bool =
     trainer = Trainer(model, optimizer, loader, Path(cfg.out_dir) / "detector",
                       step_fn=detector_step, max_epochs=d.epochs, scheduler=scheduler,
                       grad_clip=d.grad_clip, device=device,
-                      amp_dtype="bfloat16" if d.amp else None, config_dict=to_dict(cfg),
+                      amp=d.amp, config_dict=to_dict(cfg),
                       progress=progress, tensorboard=False)
     trainer.train(resume=resume)
     return _export(trainer, model, cfg.checkpoint("detector"), cfg)
@@ -124,7 +124,7 @@ def train_reid(cfg: TeacherConfig, *, resume: bool = False, progress: bool = Tru
                       step_fn=make_reid_step(r.label_smoothing, r.triplet_margin,
                                              r.triplet_weight),
                       max_epochs=r.epochs, scheduler=scheduler, device=device,
-                      amp_dtype="bfloat16" if r.amp else None, config_dict=to_dict(cfg),
+                      amp=r.amp, config_dict=to_dict(cfg),
                       progress=progress, tensorboard=False,
                       keep_every_epoch=False)  # many short epochs: checkpoint_last.pt only
     trainer.train(resume=resume)

@@ -206,7 +206,7 @@ def _gallery_info(g: Gallery) -> dict:
                         "start": float(times.min()) if timed else None,
                         "end": float(times.max()) if timed else None})
     return {"gallery": str(g.directory), "frames": g.num_frames, "detections": g.num_detections,
-            "model": vars(g.model), "index": {"kind": g.index_kind,
+            "model": g.model.to_dict(), "index": {"kind": g.index_kind,
                                                "approximate": g.approximate},
             "cameras": cameras}
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pipeline.errors import UserError
-from pipeline.runtime.settings import proportional_max_size
+from pipeline.config.model import check_input_size, proportional_max_size
+from pipeline.errors import SettingError, UserError
 
 RUNTIMES = ("torch", "onnx")           # what a student can run in (evaluate --runtime)
 ONNX_FORMAT = "person-search-onnx/1"   # the format onnx_export.py writes
@@ -101,12 +101,21 @@ class OnnxSearcher:
     def set_input_size(self, min_size: float, max_size: float | None = None) -> None:
         """Resize frames so the shorter side is ``min_size`` (the longer at most ``max_size``,
         by default in the exported model's max/min proportion)."""
-        if min_size <= 0 or (max_size is not None and max_size < min_size):
-            raise ValueError(f"input size needs 0 < min_size <= max_size, got {min_size}, "
-                             f"{max_size}")
+        check_input_size(min_size, max_size)
         self.min_size = float(min_size)
         self.max_size = float(max_size) if max_size is not None else float(
             proportional_max_size(min_size, self.trained_min_size, self.trained_max_size))
+
+    @property
+    def input_size(self) -> tuple[float, float]:
+        return self.min_size, self.max_size
+
+    def set_proposals(self, count: int) -> None:
+        """The count is fixed in the file: only that count is accepted."""
+        if int(count) != self.proposals:
+            raise SettingError(f"{self.path} scores {self.proposals} proposals, fixed at export "
+                               f"(cli.py export --proposals {count} makes a file that scores "
+                               f"{count})")
 
     def _feeds(self, image: np.ndarray, boxes: np.ndarray | None = None) -> dict:
         if image.ndim != 3 or image.shape[0] != 3:

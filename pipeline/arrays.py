@@ -1,11 +1,22 @@
-"""Helpers every store of detections shares: unit-norm embeddings and UTF-8 text columns."""
+"""NumPy helpers every layer shares: the one tensor-to-NumPy conversion and unit-norm rows.
+
+Torch-free: a tensor is recognised by its ``detach`` method, so stores and scoring that never
+import PyTorch still accept what a network hands them."""
 from __future__ import annotations
 
-import h5py
 import numpy as np
 
-TEXT = h5py.string_dtype("utf-8")
 UNIT_NORM_TOLERANCE = 1e-5  # embeddings this close to unit norm are taken as normalised
+
+
+def to_numpy(x, cols: int | None = None, dtype=np.float32) -> np.ndarray:
+    """A NumPy copy of a tensor (any device, any float precision) or array-like, as ``dtype``
+    (None keeps it); shaped (-1, cols) when ``cols`` is given."""
+    if hasattr(x, "detach"):
+        x = x.detach()
+        x = (x.float() if x.is_floating_point() else x).cpu().numpy()
+    a = np.array(x, dtype=dtype) if dtype is not None else np.array(x)
+    return a.reshape(-1, cols) if cols else a
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -16,14 +27,3 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     norm = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]     # 50x faster than linalg.norm here
     rescale = (norm > 0) & (np.abs(norm - 1) > UNIT_NORM_TOLERANCE)
     return np.divide(x, norm, out=x, where=rescale)
-
-
-def text_column(values) -> np.ndarray:
-    """A list of str as an object array h5py writes with dtype :data:`TEXT`."""
-    return np.array([str(v) for v in values], dtype=object)
-
-
-def read_text(values) -> list[str]:
-    """An HDF5 string column (bytes or str items) -> list of str."""
-    return [x.decode("utf-8") if isinstance(x, bytes) else str(x)
-            for x in np.asarray(values).ravel()]

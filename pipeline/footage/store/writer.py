@@ -1,0 +1,254 @@
+"""Writing a gallery: segments of one index run per process, then one commit.
+
+Every file is written beside its final name and moved there whole (:mod:`pipeline.files`), and
+the manifest is replaced last, so a reader (or a run killed at any instant, ``kill -9``
+included) always finds the last complete state. A run first lists its segments in its pending
+file; :func:`commit` (after every process has finished) moves them into the manifest and brings
+the index up to date. A re-run skips every frame already in a committed or pending segment, so
+an interrupted run resumes where it stopped and a run over more sources embeds only what is
+new. Detection ids are row numbers in manifest order; they never change when sources are
+added.
+"""
+from __future__ import annotations
+
+import fcntl
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from cache.hdf5 import TEXT, read_text, text_column
+from pipeline.arrays import l2_normalize
+from pipeline.files import TEMP_GLOB, atomic_path, write_json_atomic
+from pipeline.runtime.faiss_index import INDEX_KINDS, build_index, extend_index, read_index, \
+    write_index
+from pipeline.runtime.types import Detections
+
+from .manifest import (LOCK, MANIFEST, PENDING, SCHEMA, SCHEMA_VERSION, SEGMENTS, GalleryError,
+                       IndexEntry, Manifest, PendingList, RunHeader, SegmentEntry, now,
+                       pending_files, read_manifest, read_pending)
+
+JPEG = h5py.vlen_dtype(np.uint8)
+DEFAULT_INDEX_KIND = "flat"
+
+
+@dataclass
+class FrameBlock:
+    """Frames and their detections: the content of one segment (shapes as in the manifest
+    module's docstring); ``detections`` are grouped per frame."""
+
+    sources: list[str]
+    frames: np.ndarray
+    times: np.ndarray
+    cameras: list[str]
+    widths: np.ndarray
+    heights: np.ndarray
+    previews: list[bytes]
+    detections: Detections
+
+    def __post_init__(self):
+        f = len(self.sources)
+        if not (len(self.frames) == len(self.times) == len(self.cameras) == len(self.widths)
+                == len(self.heights) == len(self.previews) == self.detections.num_groups == f):
+            raise ValueError("frame columns differ in length")
+
+    def keys(self) -> list[tuple[str, int]]:
+        return list(zip(self.sources, (int(i) for i in self.frames)))
+
+    def entry(self, file: str) -> SegmentEntry:
+        return SegmentEntry(file, len(self.sources), len(self.detections.scores),
+                            (self.sources[0], int(self.frames[0])))
+
+
+def write_segment(path: Path, block: FrameBlock, header: RunHeader) -> None:
+    """One segment file, written beside ``path`` and moved there when whole."""
+    det = block.detections
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["schema"], f.attrs["schema_version"] = SCHEMA, SCHEMA_VERSION
+        f.attrs["model_fingerprint"] = header.model.fingerprint
+        g = f.create_group("frames")
+        g.create_dataset("source", data=text_column(block.sources), dtype=TEXT)
+        g.create_dataset("index", data=np.asarray(block.frames, np.int64))
+        g.create_dataset("time", data=np.asarray(block.times, np.float64))
+        g.create_dataset("camera", data=text_column(block.cameras), dtype=TEXT)
+        g.create_dataset("width", data=np.asarray(block.widths, np.int32))
+        g.create_dataset("height", data=np.asarray(block.heights, np.int32))
+        g.create_dataset("offsets", data=np.asarray(det.offsets, np.int64))
+        previews = g.create_dataset("preview", (len(block.previews),), dtype=JPEG)
+        for i, jpeg in enumerate(block.previews):
+            previews[i] = np.frombuffer(jpeg, np.uint8)
+        d = f.create_group("detections")
+        d.create_dataset("boxes", data=np.asarray(det.boxes, np.float32).reshape(-1, 4))
+        d.create_dataset("scores", data=np.asarray(det.scores, np.float32).ravel())
+        d.create_dataset("embeddings", data=l2_normalize(det.embeddings.reshape(-1, det.dim)))
+
+
+def segment_keys(path: Path) -> list[tuple[str, int]]:
+    with h5py.File(path, "r") as f:
+        return list(zip(read_text(f["frames/source"][()]), f["frames/index"][()].tolist()))
+
+
+class _Lock:
+    """An exclusive lock on a file in the gallery: one writer per name at a time.
+
+    A POSIX record lock (``lockf``) belongs to the process, so it dies with it: decoding
+    workers forked while it is held do not keep it alive after a ``kill -9`` (a ``flock``
+    would be shared with them)."""
+
+    def __init__(self, directory: Path, name: str):
+        self.path = directory / name
+        self.file = open(self.path, "a")
+        try:
+            fcntl.lockf(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.close()
+            raise GalleryError(f"{directory}: another index run is writing this gallery") \
+                from None
+
+    def release(self) -> None:
+        fcntl.lockf(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def check_existing(directory: Path, header: RunHeader) -> None:
+    """The committed gallery and any unfinished run must use this model and settings."""
+    manifest = read_manifest(directory)
+    if manifest is not None:
+        manifest.header.check_compatible(directory, header)
+    for path in pending_files(directory):
+        read_pending(path).header.check_compatible(directory, header)
+
+
+class GalleryWriter:
+    """Adds segments for one process (``rank``) of an index run; :func:`commit` ends the run.
+
+    Opening checks the model and settings against the manifest (or the pending segments of
+    an unfinished first run) and takes this rank's lock."""
+
+    def __init__(self, directory, header: RunHeader, *, rank: int = 0):
+        self.directory, self.header, self.rank = Path(directory), header, int(rank)
+        for sub in (SEGMENTS, PENDING):
+            (self.directory / sub).mkdir(parents=True, exist_ok=True)
+        self._lock = _Lock(self.directory, f"{LOCK}.rank-{self.rank}")
+        try:
+            check_existing(self.directory, header)
+        except BaseException:
+            self._lock.release()
+            raise
+        self.pending_path = self.directory / PENDING / f"rank-{self.rank}.json"
+        self.pending = read_pending(self.pending_path) if self.pending_path.is_file() else \
+            PendingList(header)
+
+    def done(self) -> set[tuple[str, int]]:
+        """(source, frame) of every frame in a committed or pending segment (all ranks)."""
+        names = committed_segment_names(self.directory)
+        for path in pending_files(self.directory):
+            names |= {s.file for s in read_pending(path).segments}
+        keys: set[tuple[str, int]] = set()
+        for name in sorted(names):
+            keys.update(segment_keys(self.directory / SEGMENTS / name))
+        return keys
+
+    def add(self, block: FrameBlock) -> str:
+        """Write ``block`` as a segment and list it in this rank's pending file."""
+        if len(block.sources) == 0:
+            return ""
+        if block.detections.dim != self.header.embedding_dim:
+            raise GalleryError(f"embeddings are {block.detections.dim}-d, the gallery's are "
+                               f"{self.header.embedding_dim}-d")
+        name = f"seg-r{self.rank}-{uuid.uuid4().hex[:16]}.h5"
+        write_segment(self.directory / SEGMENTS / name, block, self.header)
+        self.pending.segments.append(block.entry(name))
+        write_json_atomic(self.pending_path, self.pending.to_dict())
+        return name
+
+    def close(self) -> None:
+        self._lock.release()
+
+
+def committed_segment_names(directory: Path) -> set[str]:
+    m = read_manifest(directory)
+    return {s.file for s in m.segments} if m else set()
+
+
+def commit(directory, header: RunHeader, *, index_kind: str | None = None) -> Manifest:
+    """End an index run: move every pending segment into the manifest (sorted by their first
+    frame, so an interrupted and an uninterrupted run commit the same order), bring the FAISS
+    index up to date, replace the manifest, then tidy up. ``index_kind`` None keeps the
+    gallery's kind (flat for a new gallery). Returns the new manifest."""
+    directory = Path(directory)
+    if index_kind is not None and index_kind not in INDEX_KINDS:
+        raise GalleryError(f"index kind must be one of {INDEX_KINDS}, got {index_kind!r}")
+    lock = _Lock(directory, LOCK)
+    try:
+        old = read_manifest(directory)
+        if old is not None:
+            old.header.check_compatible(directory, header)
+        kind = index_kind or (old.index.kind if old else DEFAULT_INDEX_KIND)
+        segments = list(old.segments) if old else []
+        known = {s.file for s in segments}
+        new = sorted((s for p in pending_files(directory) for s in read_pending(p).segments
+                      if s.file not in known), key=lambda s: s.first)
+        segments += new
+        index = _update_index(directory, old.index if old else None, segments, kind)
+        manifest = Manifest(header, tuple(segments), index, old.created if old else now(), now())
+        write_json_atomic(directory / MANIFEST, manifest.to_dict())
+        _tidy(directory, manifest)
+        return manifest
+    finally:
+        lock.release()
+
+
+def _update_index(directory: Path, entry: IndexEntry | None, segments: list[SegmentEntry],
+                  kind: str) -> IndexEntry:
+    """The index entry for ``segments``: the old file when nothing changed, the old index
+    plus the new rows for flat / HNSW, else a fresh build (IVF retrains its lists)."""
+    total = sum(s.detections for s in segments)
+    if entry and entry.kind == kind and entry.detections == total:
+        return entry
+    generation = entry.generation + 1 if entry else 1
+    name = f"index-{generation}.faiss"
+    reuse = (entry and entry.kind == kind and kind != "ivf"
+             and (directory / entry.file).is_file())
+    if reuse:
+        index = read_index(directory / entry.file)
+        extend_index(index, _embeddings_from(directory, segments, entry.detections))
+    else:
+        index = build_index(_embeddings_from(directory, segments, 0), kind)
+    write_index(index, directory / name)
+    return IndexEntry(name, kind, kind != "flat", total, generation)
+
+
+def _embeddings_from(directory: Path, segments: list[SegmentEntry], start: int) -> np.ndarray:
+    """Embeddings of detection rows start: in manifest order."""
+    parts, row = [], 0
+    dim = None
+    for s in segments:
+        with h5py.File(directory / SEGMENTS / s.file, "r") as f:
+            emb = f["detections/embeddings"]
+            dim = emb.shape[1]
+            if row + s.detections > start:
+                parts.append(emb[max(0, start - row):])
+        row += s.detections
+    if not parts:
+        return np.zeros((0, dim or 1), np.float32)
+    return np.ascontiguousarray(np.concatenate(parts), np.float32)
+
+
+def _tidy(directory: Path, manifest: Manifest) -> None:
+    """After a commit: drop pending lists, segments no manifest lists (a run killed between
+    writing a segment and listing it), old index files and temporaries."""
+    for p in pending_files(directory):
+        p.unlink()
+    keep = {s.file for s in manifest.segments}
+    for p in (directory / SEGMENTS).iterdir():
+        if p.name not in keep:
+            p.unlink()
+    for p in directory.glob("index-*.faiss"):
+        if p.name != manifest.index.file:
+            p.unlink()
+    for folder in (directory, directory / SEGMENTS, directory / PENDING):
+        for p in folder.glob(TEMP_GLOB):
+            p.unlink()
