@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import resource
 import shlex
@@ -74,6 +75,19 @@ def report_peak_memory(fn):
     return wrapper
 
 
+class FiniteFloat(click.FloatRange):
+    """A number option that refuses nan and inf (click's FLOAT takes both, and a NaN compares
+    false with every bound, so it would pass any range): a one-line usage error instead."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 @click.group()
 def cli():
     """Person search with knowledge distillation from a precomputed teacher cache."""
@@ -134,7 +148,7 @@ def _size_option(ctx, param, value):
               help="image WIDTHxHEIGHT")
 @click.option("--cameras", type=click.IntRange(min=2), default=3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=12.0,
+@click.option("--seconds", type=FiniteFloat(min=0, min_open=True), default=12.0,
               show_default=True, help="video: length of each camera's video")
 @click.option("--fps", type=click.IntRange(min=1), default=4, show_default=True,
               help="video: frames per second")
@@ -351,7 +365,7 @@ GALLERY_CHOICES = [str(n) for n in (*GALLERY_SIZES, FULL_GALLERY)]
               help=f"CUHK-SYSU protocol gallery (default 100; {FULL_GALLERY} = whole pool); "
                    f"PRW: {FULL_GALLERY} only")
 @click.option("--multi-view", is_flag=True, help="PRW: only frames from other cameras")
-@click.option("--det-thresh", type=float, default=0.5, show_default=True)
+@click.option("--det-thresh", type=FiniteFloat(), default=0.5, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--per-query", type=click.Path(dir_okay=False), default=None, help="CSV per query")
 @click.option("--visualize", type=int, default=0, help="write N query pictures + cmc.png")
@@ -458,14 +472,14 @@ def _shard_option(value: str) -> tuple[int, int]:
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--camera", default=None,
               help="camera name for every source (default: first sub-folder, or file stem)")
-@click.option("--every", type=click.FloatRange(min=0, min_open=True), default=1.0,
+@click.option("--every", type=FiniteFloat(min=0, min_open=True), default=1.0,
               show_default=True, help="seconds between sampled video frames")
 @click.option("--index", "index_kind", type=click.Choice(INDEX_KINDS), default=None,
               help="FAISS index: flat = exact (a new gallery's default); ivf / hnsw = "
                    "approximate, for very large galleries; ivfpq = compressed codes, lists on "
                    "disk, exact re-scoring, for galleries beyond RAM (default: keep the "
                    "gallery's)")
-@click.option("--min-score", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--min-score", type=FiniteFloat(0, 1), default=0.5, show_default=True,
               help="keep detections scoring at least this")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
               help="frames per model forward")
@@ -523,9 +537,9 @@ def index_cmd(gallery_dir, model, sources, camera, every, index_kind, min_score,
               help="search again from detection ID of an earlier result")
 @click.option("--top", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--camera", "cameras", multiple=True, help="only these cameras (repeatable)")
-@click.option("--from", "start", type=float, default=None, metavar="SECONDS",
+@click.option("--from", "start", type=FiniteFloat(), default=None, metavar="SECONDS",
               help="only frames at or after this time")
-@click.option("--to", "end", type=float, default=None, metavar="SECONDS",
+@click.option("--to", "end", type=FiniteFloat(), default=None, metavar="SECONDS",
               help="only frames at or before this time")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results",
               show_default=True, help="folder for results.json, results.csv, results.html")

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from pipeline.data.footage import (FootageError, FootageFrames, find_sources, group_frames,
-                                   load_frames, plan_frames, preview_jpeg, video_sample_points)
+                                   load_frames, plan_frames, preview_jpeg, sample_points,
+                                   video_timeline)
 from pipeline.data.synthetic.video import (ANNOTATIONS, make_synthetic_video,
                                            read_footage_truth)
 from pipeline.data.synthetic.world import SyntheticWorldError, plan_world, prw_pids
@@ -77,12 +78,14 @@ def test_release_sources_are_the_test_frames_with_cameras(synthetic_prw):
 
 def test_video_sampling_keeps_frame_index_and_time(tmp_path):
     path = str(write_video(tmp_path / "v.mp4", fps=4, count=20))
-    assert [(i, t) for i, _, t in video_sample_points(path, 1.0)] == \
+    assert [(i, t) for i, _, t in sample_points(video_timeline(path), 1.0)] == \
         [(0, 0.0), (4, 1.0), (8, 2.0), (12, 3.0), (16, 4.0)]
-    assert [i for i, _, _ in video_sample_points(path, 0.6)] == [0, 2, 5, 7, 10, 12, 14, 17]
-    assert [i for i, _, _ in video_sample_points(path, 0.01)] == list(range(20))  # each once
+    assert [i for i, _, _ in sample_points(video_timeline(path), 0.6)] == \
+        [0, 2, 5, 7, 10, 12, 14, 17]
+    assert [i for i, _, _ in sample_points(video_timeline(path), 0.01)] == \
+        list(range(20))  # each once
     with pytest.raises(FootageError, match="positive"):
-        video_sample_points(path, 0)
+        sample_points(video_timeline(path), 0)
 
 
 @pytest.mark.parametrize("name,codec", [("v.avi", "mpeg4"), ("v.mkv", "libx264"),
@@ -104,8 +107,9 @@ def test_decoded_frames_are_the_sampled_ones_in_any_group(tmp_path):
     for ref, rgb in zip(refs[3:7] + refs[:1], frames):
         assert np.abs(rgb.reshape(-1, 3).mean(0) - COLOURS[ref.frame]).max() < 6, ref.frame
     dataset = FootageFrames(refs, group_frames(refs, video_group=4))
-    assert [len(dataset[k]) for k in range(len(dataset))] == [4, 4, 2]
-    position, image, preview = dataset[1][0]
+    assert [len(dataset[k][0]) for k in range(len(dataset))] == [4, 4, 2]
+    assert all(dataset[k][1] is None for k in range(len(dataset)))   # nothing lost
+    position, image, preview = dataset[1][0][0]
     assert position == 4 and image.shape == (3, 48, 64)
     assert Image.open(__import__("io").BytesIO(preview)).size == (64, 48)
 
@@ -149,7 +153,7 @@ def test_synthetic_footage_annotations_match_the_videos(synthetic_footage):
     w, h = TINY_VIDEO["size"]
     for name, video in truth.videos.items():
         path = str(synthetic_footage / name)
-        points = video_sample_points(path, 1e-3)  # every frame
+        points = sample_points(video_timeline(path), 1e-3)  # every frame
         assert [i for i, _, _ in points] == sorted(video["frames"])
         assert [t for _, _, t in points] == pytest.approx(
             [video["frames"][i]["time"] for i in sorted(video["frames"])])

@@ -7,16 +7,17 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from PIL import Image
+
+from pipeline.data.image_files import load_rgb
+from pipeline.data.records import DatasetError
 
 TOP_HITS = 10
 
 
 def _image(path):
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except OSError:
+        return load_rgb(path)
+    except DatasetError:   # a picture of the results is drawn even when one frame is gone
         return np.zeros((64, 64, 3), np.uint8)
 
 

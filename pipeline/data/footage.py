@@ -10,10 +10,14 @@ seconds from the video's first frame). Sources come from a SOURCE argument:
 - a video or image file; its camera is ``camera`` or the file's stem;
 - ``prw:ROOT`` / ``cuhk-sysu:ROOT``: that release's test frames (camera ``c1`` ... for PRW).
 
-Frames are planned first (:func:`plan_frames`: a video's packets are demuxed, not decoded, to
+Frames are planned first (:func:`plan_source`: a video's packets are demuxed, not decoded, to
 find each sampled frame's index and timestamp) and decoded later by
 :class:`FootageFrames`, a torch ``Dataset`` meant for a ``DataLoader`` with workers, so
-decoding runs off the main process. Paths are kept as absolute paths (``os.path.abspath``),
+decoding runs off the main process. A damaged video keeps every frame that decodes: a
+recording cut off mid-way (fewer packets than its header announces) is decoded once while
+planning, to plan only the frames that are there, and its plan says how much is lost
+("cam3.mp4: 22 of ~45 frames, stream ends early"); a packet that does not decode costs its
+frames only, which :class:`FootageFrames` reports. Paths are kept as absolute paths (``os.path.abspath``),
 which is what the gallery stores as a frame's source.
 """
 from __future__ import annotations
@@ -22,6 +26,7 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import av
 import numpy as np
@@ -117,15 +122,31 @@ def _release_sources(release: str, root: str) -> list[Source]:
 
 # ------------------------------------------------------------------------------ planning
 
-def plan_frames(source: Source, every: float = DEFAULT_EVERY) -> list[FrameRef]:
+@dataclass(frozen=True)
+class SourcePlan:
+    """The frames of one source to index, and what of it cannot be: ``lost`` names the file
+    and says how much ("cam3.mp4: 22 of ~45 frames, stream ends early"), None when whole."""
+
+    refs: list[FrameRef]
+    lost: str | None = None
+
+
+def plan_source(source: Source, every: float = DEFAULT_EVERY) -> SourcePlan:
     """The frames of ``source`` to index: the image itself, or a video sampled every ``every``
-    seconds (the frame nearest each multiple of ``every``; each frame at most once)."""
+    seconds (the frame nearest each multiple of ``every``; each frame at most once) among the
+    frames that decode. FootageError when nothing of it can be read."""
     if source.kind == "image":
         image_size(source.path)  # the header must read; pixels are decoded later
-        return [FrameRef(source.path, 0, None, source.camera, "image")]
-    points = video_sample_points(source.path, every)
-    return [FrameRef(source.path, index, time, source.camera, "video", pts)
-            for index, pts, time in points]
+        return SourcePlan([FrameRef(source.path, 0, None, source.camera, "image")])
+    timeline = video_timeline(source.path)
+    refs = [FrameRef(source.path, index, time, source.camera, "video", pts)
+            for index, pts, time in sample_points(timeline, every)]
+    return SourcePlan(refs, timeline.lost)
+
+
+def plan_frames(source: Source, every: float = DEFAULT_EVERY) -> list[FrameRef]:
+    """The frames :func:`plan_source` plans, without what was lost."""
+    return plan_source(source, every).refs
 
 
 def _open(path: str):
@@ -139,71 +160,138 @@ def _open(path: str):
     return container
 
 
-def video_timestamps(path: str) -> tuple[np.ndarray, float]:
-    """Every frame's pts in presentation order (from the packets, nothing decoded) and the
-    stream's time base in seconds."""
+@dataclass(frozen=True)
+class VideoTimeline:
+    """Every frame of a video to sample from, and what of the video is lost."""
+
+    pts: np.ndarray           # (N,) int64 pts of the frames that decode, presentation order
+    index: np.ndarray         # (N,) int64 their frame numbers (counting every packet's frame)
+    time_base: float          # seconds per pts unit
+    lost: str | None = None   # "PATH: 22 of ~45 frames, stream ends early"; None when whole
+
+
+def video_timeline(path: str) -> VideoTimeline:
+    """The frames of a video from its packets (nothing decoded) when the video is whole. When
+    it is not (fewer packets than its header announces, or the packets stop with an error:
+    a cut-off recording), every frame is decoded once, to keep each one that decodes."""
     container = _open(path)
     try:
         stream = container.streams.video[0]
-        pts = [p.pts for p in container.demux(stream) if p.pts is not None and p.size]
-        if not pts:  # no packet timestamps (some AVI files): decode to count
+        packets, cut_short = _packet_pts(container, stream)
+        expected = _announced_frames(container, stream)
+        pts = packets
+        if cut_short or not packets or len(packets) < expected:
             container.seek(0)
-            pts = [f.pts for f in container.decode(stream) if f.pts is not None]
-        return np.unique(np.asarray(pts, np.int64)), float(stream.time_base)
-    except av.error.FFmpegError as e:
-        raise FootageError(f"{path}: video does not decode ({e})") from None
+            pts = [f.pts for f in _decoded(container, stream) if f.pts is not None]
+        pts = np.unique(np.asarray(pts, np.int64))
+        every_frame = np.union1d(pts, np.asarray(packets, np.int64))
     finally:
         container.close()
+    if len(pts) == 0:
+        raise FootageError(f"{path}: no frame of the video decodes")
+    lost = None
+    if cut_short or len(pts) < expected:
+        lost = f"{path}: {len(pts)} of ~{max(expected, len(pts) + 1)} frames, stream ends early"
+    return VideoTimeline(pts, np.searchsorted(every_frame, pts), float(stream.time_base), lost)
 
 
-def video_sample_points(path: str, every: float) -> list[tuple[int, int, float]]:
-    """(frame index, pts, time in s) of the frames nearest 0, every, 2*every, ..."""
+def _packet_pts(container, stream) -> tuple[list[int], bool]:
+    """pts of every packet with data, and whether demuxing stopped on an error."""
+    pts = []
+    try:
+        for p in container.demux(stream):
+            if p.pts is not None and p.size:
+                pts.append(p.pts)
+    except av.error.FFmpegError:
+        return pts, True
+    return pts, False
+
+
+def _announced_frames(container, stream) -> int:
+    """How many frames the header says the video has: the frame count when the container
+    keeps one (MP4, MOV), else duration x frame rate less a frame's rounding; 0 if unknown."""
+    if stream.frames:
+        return int(stream.frames)
+    seconds = (float(stream.duration * stream.time_base) if stream.duration
+               else container.duration / av.time_base if container.duration else 0.0)
+    rate = float(stream.average_rate or 0)
+    return max(0, int(seconds * rate) - 1)
+
+
+def _decoded(container, stream) -> Iterator[av.VideoFrame]:
+    """The frames of ``stream`` from where the container stands, skipping packets that do
+    not decode (the frames around a damaged one may) and ending at a cut-off file's end."""
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.error.FFmpegError:   # the file ends mid-packet: flush what is decoded
+            packet = None
+        try:
+            frames = packet.decode() if packet is not None else stream.codec_context.decode(None)
+        except av.error.FFmpegError:
+            continue
+        yield from frames
+        if packet is None:
+            return
+
+
+def sample_points(timeline: VideoTimeline, every: float) -> list[tuple[int, int, float]]:
+    """(frame index, pts, time in s) of the timeline's frames nearest 0, every, 2*every, ..."""
     if not every > 0:
         raise FootageError(f"sampling interval must be positive, got {every}")
-    pts, base = video_timestamps(path)
-    if len(pts) == 0:
-        raise FootageError(f"{path}: video holds no frames")
-    times = (pts - pts[0]) * base
+    pts = timeline.pts
+    times = (pts - pts[0]) * timeline.time_base
     targets = np.arange(0.0, times[-1] + 1e-9, every)   # never past the last frame
     right = np.clip(np.searchsorted(times, targets), 0, len(times) - 1)
     left = np.clip(right - 1, 0, len(times) - 1)
     nearest = np.where(np.abs(times[left] - targets) <= np.abs(times[right] - targets),
                        left, right)
-    return [(int(i), int(pts[i]), float(times[i])) for i in np.unique(nearest)]
+    return [(int(timeline.index[i]), int(pts[i]), float(times[i])) for i in np.unique(nearest)]
 
 
 # ------------------------------------------------------------------------------ decoding
 
-def decode_video_frames(path: str, pts_wanted: list[int]) -> list[np.ndarray]:
-    """(H, W, 3) uint8 RGB frames with the given pts (ascending), after one seek."""
-    wanted = sorted(pts_wanted)
+def decode_video_frames(path: str, pts_wanted: list[int]) -> dict[int, np.ndarray]:
+    """(H, W, 3) uint8 RGB frames with the given pts, after one seek, by pts: those that
+    decode (a damaged packet costs its frames, not the others)."""
+    wanted = set(pts_wanted)
+    last = max(wanted)
     found: dict[int, np.ndarray] = {}
     container = _open(path)
     try:
         stream = container.streams.video[0]
-        container.seek(wanted[0], stream=stream, backward=True, any_frame=False)
-        for frame in container.decode(stream):
-            if frame.pts is None:
-                continue
-            if frame.pts in pts_wanted and frame.pts not in found:
+        container.seek(min(wanted), stream=stream, backward=True, any_frame=False)
+        for frame in _decoded(container, stream):
+            if frame.pts in wanted and frame.pts not in found:
                 found[frame.pts] = frame.to_ndarray(format="rgb24")
-            if frame.pts >= wanted[-1]:
+            if frame.pts is not None and frame.pts >= last:
                 break
-    except av.error.FFmpegError as e:
+    except av.error.FFmpegError as e:   # the seek itself fails
         raise FootageError(f"{path}: video does not decode ({e})") from None
     finally:
         container.close()
-    missing = [p for p in wanted if p not in found]
-    if missing:
-        raise FootageError(f"{path}: frame at pts {missing[0]} did not decode")
-    return [found[p] for p in pts_wanted]
+    return found
+
+
+def read_frames(refs: list[FrameRef]) -> list[np.ndarray | None]:
+    """Frames of ONE source in the order given: (H, W, 3) uint8 RGB, None for a video frame
+    that does not decode. FootageError / DatasetError when the file cannot be read at all."""
+    if refs[0].kind == "image":
+        return [load_rgb(r.source) for r in refs]
+    found = decode_video_frames(refs[0].source, [r.pts for r in refs])
+    return [found.get(r.pts) for r in refs]
 
 
 def load_frames(refs: list[FrameRef]) -> list[np.ndarray]:
-    """Decode frames of ONE source: (H, W, 3) uint8 RGB each, in the order given."""
-    if refs[0].kind == "image":
-        return [load_rgb(r.source) for r in refs]
-    return decode_video_frames(refs[0].source, [r.pts for r in refs])
+    """Frames of ONE source, each one: FootageError when one does not decode."""
+    frames = read_frames(refs)
+    for ref, frame in zip(refs, frames):
+        if frame is None:
+            raise FootageError(f"{ref.source}: frame {ref.frame} does not decode")
+    return frames
 
 
 def preview_jpeg(rgb: np.ndarray, max_side: int = PREVIEW_MAX_SIDE) -> bytes:
@@ -236,9 +324,11 @@ def group_frames(refs: list[FrameRef], video_group: int = VIDEO_GROUP) -> list[l
 
 
 class FootageFrames(Dataset):
-    """Item k = group k of :func:`group_frames`: a list of (position in ``refs``, image
-    (3, H, W) uint8 tensor, preview JPEG bytes). Decoding and JPEG encoding happen in the
-    DataLoader worker that fetches the item."""
+    """Item k = group k of :func:`group_frames`: (a list of (position in ``refs``, image
+    (3, H, W) uint8 tensor, preview JPEG bytes) for every frame that decodes, what was lost
+    or None). Decoding and JPEG encoding happen in the DataLoader worker that fetches the
+    item; a file that does not decode is reported, not fatal, and its message crosses the
+    worker boundary as text."""
 
     def __init__(self, refs: list[FrameRef], groups: list[list[int]], previews: bool = True):
         self.refs, self.groups, self.previews = refs, groups, previews
@@ -248,7 +338,18 @@ class FootageFrames(Dataset):
 
     def __getitem__(self, k: int):
         positions = self.groups[k]
-        arrays = load_frames([self.refs[i] for i in positions])
-        return [(i, torch.from_numpy(a).permute(2, 0, 1).contiguous(),
-                 preview_jpeg(a) if self.previews else b"")
-                for i, a in zip(positions, arrays)]
+        refs = [self.refs[i] for i in positions]
+        try:
+            arrays = read_frames(refs)
+        except DatasetError as e:   # FootageError, or an image that does not decode
+            return [], str(e)
+        items = [(i, torch.from_numpy(a).permute(2, 0, 1).contiguous(),
+                  preview_jpeg(a) if self.previews else b"")
+                 for i, a in zip(positions, arrays) if a is not None]
+        lost = [r for r, a in zip(refs, arrays) if a is None]
+        return items, (_lost_frames(lost) if lost else None)
+
+
+def _lost_frames(refs: list[FrameRef]) -> str:
+    frames = ", ".join(str(r.frame) for r in refs)
+    return f"{refs[0].source}: {len(refs)} frame(s) do not decode (frame {frames})"

@@ -8,7 +8,6 @@ is in the gallery: the person cannot appear twice in one frame.
 """
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,8 +15,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from pipeline.data.image_files import read_rgb
+from pipeline.data.records import DatasetError
 from pipeline.errors import UserError
 from pipeline.data.synthetic.video import box_iou_one
 from pipeline.footage.appearances import (DEFAULT_RANKING, AppearanceHit, Appearances,
@@ -72,22 +73,12 @@ def check_box(box, width: int, height: int) -> None:
 
 
 def read_picture(data: bytes | str | Path, name: str = "query picture") -> np.ndarray:
-    """(H, W, 3) uint8 RGB from a file path or raw bytes; QueryError when unreadable."""
+    """(H, W, 3) uint8 RGB from a file path or raw bytes, read as every frame is
+    (:func:`pipeline.data.image_files.read_rgb`); QueryError when unreadable."""
     try:
-        source = io.BytesIO(data) if isinstance(data, bytes) else open(data, "rb")
-    except OSError as e:
-        raise QueryError(f"{name}: cannot be read ({e.strerror or e})") from None
-    try:
-        with source, Image.open(source) as im:
-            if im.width * im.height > MAX_IMAGE_PIXELS:
-                raise QueryError(f"{name}: {im.width}x{im.height} is too large a picture")
-            return np.array(im.convert("RGB"))
-    except UnidentifiedImageError:
-        raise QueryError(f"{name}: not a picture this toolkit can read") from None
-    except (OSError, Image.DecompressionBombError, ValueError) as e:
-        if isinstance(e, QueryError):
-            raise
-        raise QueryError(f"{name}: the picture does not decode ({e})") from None
+        return read_rgb(data, name, MAX_IMAGE_PIXELS)
+    except DatasetError as e:
+        raise QueryError(str(e)) from None
 
 
 def query_from_picture(embedder, rgb: np.ndarray, box=None, image_path: str | None = None) -> Query:

@@ -5,12 +5,14 @@ the gallery's own files (stored previews, tables, the FAISS index). No route tak
 path: frames and detections are named by their integer ids, so nothing outside the gallery
 and the static folder can be served. Bad input gets a 4xx with a one-line ``detail``:
 an unknown frame, detection or camera (404), an unreadable upload or a box outside the
-picture (400), a gallery made by another model than the one given (409), a too large upload
-(413). Unexpected failures answer 500 with a one-line message, never a traceback.
+picture (400), a time that is not a finite number (422 in a query string, 400 in a form), a
+gallery made by another model than the one given (409), a too large upload (413, answered
+before the body is taken in: :mod:`pipeline.footage.app.limits`). Unexpected failures answer 500 with a one-line message, never a traceback.
 """
 from __future__ import annotations
 
 import base64
+import math
 import threading
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from fastapi import FastAPI, File, Form, HTTPException, Query as Param, Request,
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from pipeline.footage.app.limits import BodyLimit
 from pipeline.footage.ranking import DEFAULT_TOP, SearchFilter
 from pipeline.footage.pictures import detection_crop
 from pipeline.footage.report import results_payload
@@ -31,6 +34,7 @@ from pipeline.footage.search import (QueryError, parse_box, query_from_hit,
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+FORM_BYTES = 64 * 1024         # a request body may hold this much beside the picture
 MAX_TOP = 500
 FRAME_PAGE = 500               # most frames one /api/frames answer lists
 
@@ -63,12 +67,19 @@ class _GalleryHolder:
         return self._embedder
 
 
+def _seconds():
+    """A time in a query string: finite, else 422 (one object per parameter: FastAPI writes
+    each parameter's name into its own)."""
+    return Param(None, allow_inf_nan=False)
+
+
 def create_app(gallery_dir, *, model: str | None = None, device: str = "cpu") -> FastAPI:
     """The app over ``gallery_dir`` (GalleryError now when it is not a gallery)."""
     holder = _GalleryHolder(Path(gallery_dir), model, device)
     app = FastAPI(title="person search", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _errors(app)
+    app.add_middleware(BodyLimit, limit=MAX_UPLOAD_BYTES + FORM_BYTES)
 
     @app.get("/", include_in_schema=False)
     def page():
@@ -79,8 +90,8 @@ def create_app(gallery_dir, *, model: str | None = None, device: str = "cpu") ->
         return _gallery_info(holder.get())
 
     @app.get("/api/frames")
-    def frames(camera: str | None = None, start: float | None = None,
-               end: float | None = None, offset: int = Param(0, ge=0),
+    def frames(camera: str | None = None, start: float | None = _seconds(),
+               end: float | None = _seconds(), offset: int = Param(0, ge=0),
                limit: int = Param(200, ge=1, le=FRAME_PAGE)):
         g = holder.get()
         SearchFilter((camera,) if camera else (), start, end).check(g)
@@ -113,8 +124,8 @@ def create_app(gallery_dir, *, model: str | None = None, device: str = "cpu") ->
 
     @app.get("/api/search")
     def search_hit(hit: int, top: int = Param(DEFAULT_TOP, ge=1, le=MAX_TOP),
-                   camera: str | None = None, start: float | None = None,
-                   end: float | None = None):
+                   camera: str | None = None, start: float | None = _seconds(),
+                   end: float | None = _seconds()):
         g = holder.get()
         _check_detection(g, hit)
         query = query_from_hit(g, hit)
@@ -167,9 +178,12 @@ def _number(text: str, name: str) -> float | None:
     if not text.strip():
         return None
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
-        raise QueryError(f"{name} must be a number of seconds, got {text!r}") from None
+        number = math.nan
+    if not math.isfinite(number):
+        raise QueryError(f"{name} must be a finite number of seconds, got {text!r}")
+    return number
 
 
 def _check_frame(g: Gallery, frame_id: int) -> None:
