@@ -85,6 +85,14 @@ def create_app(gallery_dir, *, model: str | None = None, device: str = "cpu") ->
     def page():
         return FileResponse(STATIC / "index.html")
 
+    _browsing(app, holder)
+    _searching(app, holder)
+    return app
+
+
+def _browsing(app: FastAPI, holder: _GalleryHolder) -> None:
+    """The gallery, its frames, their pictures and the crops of their people."""
+
     @app.get("/api/gallery")
     def gallery_info():
         return _gallery_info(holder.get())
@@ -122,6 +130,10 @@ def create_app(gallery_dir, *, model: str | None = None, device: str = "cpu") ->
         _check_detection(g, det)
         return Response(detection_crop(g, det), media_type="image/jpeg")
 
+
+def _searching(app: FastAPI, holder: _GalleryHolder) -> None:
+    """Search from a stored detection, or from an uploaded picture (and a box in it)."""
+
     @app.get("/api/search")
     def search_hit(hit: int, top: int = Param(DEFAULT_TOP, ge=1, le=MAX_TOP),
                    camera: str | None = None, start: float | None = _seconds(),
@@ -149,8 +161,6 @@ def create_app(gallery_dir, *, model: str | None = None, device: str = "cpu") ->
             query = query_from_picture(holder.embedder, rgb,
                                        parse_box(box) if box.strip() else None)
         return _results(g, query, top, filt)
-
-    return app
 
 
 #: the HTTP status of each error a request can meet (the most specific class wins)
