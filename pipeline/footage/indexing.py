@@ -137,23 +137,6 @@ class _Chunk:
             previews=self.previews, detections=Detections.concatenate(self.results, self.dim))
 
 
-class _SkipBadFiles(torch.utils.data.Dataset):
-    """Items as (group, error message or None): a file that does not decode is skipped (and
-    retried by the next run), not fatal, and its error crosses the worker boundary as text."""
-
-    def __init__(self, frames: FootageFrames):
-        self.frames = frames
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def __getitem__(self, k: int):
-        try:
-            return self.frames[k], None
-        except DatasetError as e:
-            return [], str(e)
-
-
 def index_footage(gallery_dir, model, sources, *, camera: str | None = None,
                   every: float = DEFAULT_EVERY, device: str = "cpu",
                   batch_size: int = DEFAULT_BATCH, workers: int = 2,
@@ -216,7 +199,7 @@ def _run(writer, searcher, dev, todo, batch_size, workers, min_score, dim, chunk
     for c, chunk in enumerate(chunks):
         k += len(chunk)
         last_group_of_chunk[k - 1] = c
-    loader = DataLoader(_SkipBadFiles(FootageFrames(todo, groups)), batch_size=None,
+    loader = DataLoader(FootageFrames(todo, groups), batch_size=None,
                         num_workers=workers, pin_memory=dev.type == "cuda",
                         persistent_workers=False)
     bar = tqdm(total=len(todo), unit=" frames", desc="indexing", disable=not progress,
@@ -224,7 +207,7 @@ def _run(writer, searcher, dev, todo, batch_size, workers, min_score, dim, chunk
     frames_new = dets_new = 0
     current = _Chunk(searcher, dev, batch_size, min_score, dim, bf16)
     try:
-        for g, (items, error) in enumerate(loader):
+        for g, (items, error) in enumerate(loader):   # error: what did not decode, or None
             if error:
                 tqdm.write(f"skipping {error}", file=sys.stderr)
             for position, image, preview in items:
