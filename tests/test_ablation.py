@@ -154,8 +154,8 @@ def test_gt_gallery_mode_measures_reid_alone(synthetic_prw, tmp_path):
     gt = run_searcher(searcher, data, tmp_path / "g.h5", device="cpu", progress=False,
                       gallery_mode="gt")
     res = read_results(gt, data)
-    assert len(res.scores) == sum(len(r.boxes) for r in data.gallery)
-    assert (res.scores == 1).all()
+    assert len(res.gallery.scores) == sum(len(r.boxes) for r in data.gallery)
+    assert (res.gallery.scores == 1).all()
     assert evaluate_search(data, res, progress=False).metrics["mAP"] == 1.0
     with pytest.raises(ValueError, match="gallery_mode"):
         run_searcher(searcher, data, tmp_path / "x.h5", device="cpu", gallery_mode="oracle")
