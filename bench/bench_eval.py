@@ -40,6 +40,7 @@ from pipeline.data.records import ImageRecord, PersonSearchData, QueryRecord  # 
 from pipeline.benchmark.evaluator import SearchEvaluator  # noqa: E402
 from pipeline.benchmark.reference import reference_evaluate  # noqa: E402
 from pipeline.benchmark.results_file import SearchResults, read_results  # noqa: E402
+from pipeline.runtime.types import Detections  # noqa: E402
 from prw_sized import write_prw_sized  # noqa: E402
 
 PRW_SECTION = "## Evaluation speed: the PRW-sized case"
@@ -135,8 +136,7 @@ def phases(data_root: Path, results_path: Path) -> tuple[dict, dict]:
 def reference_seconds(data, res, fast_ap, fast_rank, n: int) -> float:
     """Reference time for all queries, from its first n (numbers asserted identical)."""
     subset = PersonSearchData(data.dataset, data.root, [], data.gallery, data.queries[:n])
-    part = SearchResults(res.offsets, res.boxes, res.scores, res.embeddings,
-                         res.query_boxes[:n], res.query_embeddings[:n])
+    part = SearchResults(res.gallery, res.query_boxes[:n], res.query_embeddings[:n])
     t0 = time.perf_counter()
     ref = reference_evaluate(subset, part)
     seconds = (time.perf_counter() - t0) * len(data.queries) / n
@@ -212,9 +212,10 @@ def make_world(num_boxes: int, num_queries: int, seed: int = 0):
     noise = rng.integers(-GRID, GRID + 1, (len(pos), DIM), dtype=np.int8) / GRID
     keep = rng.random((len(pos), DIM)) < 0.7           # positives resemble their query
     emb[pos] = np.where(keep, q_emb[flat_pids[pos]], noise)
-    res = SearchResults(np.arange(frames + 1, dtype=np.int64) * BOXES_PER_FRAME, boxes,
-                        rng.uniform(0.3, 1, t).astype(np.float32), emb,
-                        np.array([q.box for q in queries]), q_emb.astype(np.float32))
+    gallery = Detections(np.arange(frames + 1, dtype=np.int64) * BOXES_PER_FRAME,
+                         boxes.astype(np.float32), rng.uniform(0.3, 1, t).astype(np.float32), emb)
+    res = SearchResults(gallery, np.array([q.box for q in queries], np.float32),
+                        q_emb.astype(np.float32))
     return data, res
 
 
@@ -225,7 +226,7 @@ def run_size(num_boxes, num_queries, ref_queries):
     ev.process(res)
     out = ev.evaluate()
     fast = time.perf_counter() - t0
-    row = {"boxes": len(res.scores), "frames": len(data.gallery), "queries": num_queries,
+    row = {"boxes": len(res.gallery.scores), "frames": len(data.gallery), "queries": num_queries,
            "fast_s": fast, "mAP": out.metrics["mAP"], "top1": out.metrics["top1"]}
     if ref_queries:
         n = min(ref_queries, num_queries)

@@ -62,8 +62,7 @@ def build(cfg: StudentConfig, *, use_cache: bool):
                           teacher_embedding_dim=cache.meta.embedding_dim if cache else None)
     keys = list(needs.keys) if use_cache else []
     dataset = StudentDataset(data.train, cache_path=path if keys else None, cache_keys=keys,
-                             flip_prob=0.5 if cfg.data.flip else 0.0, min_size=cfg.model.min_size,
-                             max_size=cfg.model.max_size, seed=cfg.train.seed)
+                             flip_prob=0.5 if cfg.data.flip else 0.0, seed=cfg.train.seed)
     loader = build_train_loader(dataset, batch_size=cfg.train.batch_size,
                                 collate_fn=collate_detection, workers=cfg.data.workers,
                                 seed=cfg.train.seed)

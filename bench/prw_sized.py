@@ -21,6 +21,7 @@ import scipy.io
 from PIL import Image
 
 from pipeline.benchmark.results_file import write_results
+from pipeline.runtime.types import Detections
 
 TRAIN_FRAMES, TEST_FRAMES, QUERIES, DETECTIONS = 5_704, 6_112, 2_057, 81_915
 TEST_IDENTITIES, CAMERAS, WIDTH, HEIGHT, DIM = 450, 6, 1920, 1080, 256
@@ -129,8 +130,9 @@ def _write_results(path: Path, rng, test, world):
     q_boxes = [np.r_[world["frames"][f][0][j, :2].clip(0),
                      world["frames"][f][0][j, :2].clip(0) + world["frames"][f][0][j, 2:]]
                for f, j in world["queries"]]
-    write_results(path, "prw", [f"{n}.jpg" for n in test],
-                  np.r_[0, np.cumsum([len(b) for b in boxes])], np.concatenate(boxes),
-                  np.concatenate(scores), emb.astype(np.float32),
+    gallery = Detections(np.r_[0, np.cumsum([len(b) for b in boxes])],
+                         np.concatenate(boxes).astype(np.float32),
+                         np.concatenate(scores).astype(np.float32), emb.astype(np.float32))
+    write_results(path, "prw", [f"{n}.jpg" for n in test], gallery,
                   [f"{test[f]}.jpg" for f, _ in world["queries"]], np.array(q_boxes),
                   q_emb.astype(np.float32))

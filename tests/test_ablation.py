@@ -121,7 +121,7 @@ class IdentitySearcher:
                        for b, p in zip(r.boxes, r.pids)}
         pids = sorted({p for p in self.pid_of.values() if p >= 0})
         self.axis = {p: i for i, p in enumerate(pids)}
-        self.dim = len(pids) + 1
+        self.dim = self.embedding_dim = len(pids) + 1
 
     @staticmethod
     def box_key(box):

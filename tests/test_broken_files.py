@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from cli import cli
 from pipeline.models.checkpoint import CHECKPOINT_FORMAT
 from pipeline.benchmark.results_file import write_results
+from pipeline.runtime.types import Detections
 from teacher_helpers import TINY_TEACHER
 from tiny_cache import write_tiny_cache, write_tiny_prw
 
@@ -36,8 +37,8 @@ def world(tmp_path_factory):
                 "model_class": "x.Y", "model_args": {}}, base / "good.pt")
     good["checkpoint"] = base / "good.pt"
     good["results"] = write_results(
-        base / "good_results.h5", "prw", [r.name for r in data.gallery], [0, 0, 0],
-        np.zeros((0, 4)), np.zeros(0), np.zeros((0, 8)), [q.image for q in data.queries],
+        base / "good_results.h5", "prw", [r.name for r in data.gallery],
+        Detections.empty(8, len(data.gallery)), [q.image for q in data.queries],
         np.stack([q.box for q in data.queries]), np.ones((len(data.queries), 8)))
     return {"base": base, "root": root, "data": data, "good": good}
 

@@ -14,7 +14,8 @@ from pipeline.benchmark.metrics import (adaptive_iou_threshold, average_precisio
                                          match_detections_all)
 from pipeline.benchmark.reference import reference_evaluate
 from pipeline.runtime import similarity
-from pipeline.benchmark.results_file import (Detections, ResultsFileError, SearchResults,
+from pipeline.runtime.types import Detections
+from pipeline.benchmark.results_file import (ResultsFileError, SearchResults,
                                            read_results, write_results)
 
 NAN4 = [np.nan] * 4
@@ -30,11 +31,20 @@ def emb(sim):
     return [sim, np.sqrt(1 - sim * sim)]
 
 
+def search_results(offsets, boxes, scores, embeddings, query_boxes, query_embeddings,
+                   context=None) -> SearchResults:
+    return SearchResults(Detections(np.asarray(offsets, np.int64),
+                                    np.asarray(boxes, np.float32).reshape(-1, 4),
+                                    np.asarray(scores, np.float32), np.asarray(embeddings)),
+                         np.asarray(query_boxes, np.float32),
+                         np.asarray(query_embeddings, np.float32), context)
+
+
 def results(per_image, query_boxes, query_emb):
     """per_image: list of [(box, score, sim), ...] per gallery image (dataset order)."""
     off = np.r_[0, np.cumsum([len(d) for d in per_image])]
     flat = [d for dets in per_image for d in dets]
-    return SearchResults(off, np.array([d[0] for d in flat], np.float32).reshape(-1, 4),
+    return search_results(off, np.array([d[0] for d in flat], np.float32).reshape(-1, 4),
                          np.array([d[1] for d in flat], np.float32),
                          np.array([emb(d[2]) for d in flat], np.float32).reshape(-1, 2),
                          np.array(query_boxes, np.float32), np.array(query_emb, np.float32))
@@ -109,9 +119,9 @@ def test_prw_multi_view_drops_the_query_camera():
 
 def test_adaptive_threshold_needed_for_small_box():
     data, res = prw_world()
-    res.boxes[3] = [0, 0, 10, 21]            # IoU with [0,0,10,10] = 100/210 < 0.5 but >= 0.25
+    res.gallery.boxes[3] = [0, 0, 10, 21]            # IoU with [0,0,10,10] = 100/210 < 0.5 but >= 0.25
     assert evaluate_search(data, res, progress=False).count_tp[0] == 2
-    res.boxes[3] = [0, 0, 10, 41]            # IoU 100/410 < 0.25 -> B no longer found
+    res.gallery.boxes[3] = [0, 0, 10, 41]            # IoU 100/410 < 0.25 -> B no longer found
     assert evaluate_search(data, res, progress=False).count_tp[0] == 1
 
 
@@ -203,8 +213,8 @@ def cbgm_prw_world(with_context=True):
                     [([90, 0, 110, 40], 0.9, unit(0.3, 0, 0.9))]])
     context = detections([[([0, 0, 20, 41], 0.95, OTHER), (right, 0.9, MATE),
                            ([70, 0, 90, 40], 0.3, OTHER)]]) if with_context else None
-    return data, SearchResults(g.offsets, g.boxes, g.scores, g.embeddings,
-                               np.array([left], np.float32), np.array([Q], np.float32), context)
+    return data, SearchResults(g, np.array([left], np.float32), np.array([Q], np.float32),
+                               context)
 
 
 @pytest.mark.parametrize("options, ap, rank", [
@@ -257,8 +267,7 @@ def test_cbgm_cuhk_by_hand():
     g = detections([[(box, 0.9, Q), (other, 0.9, MATE)], [(box, 0.9, [0.8, 0.6, 0])],
                     [(box, 0.9, [0.6, 0.8, 0]), (other, 0.9, MATE)],
                     [(box, 0.9, unit(0.7, 0.71 ** 0.5, 0)), (other, 0.9, MATE)]])
-    res = SearchResults(g.offsets, g.boxes, g.scores, g.embeddings,
-                        np.array([box], np.float32), np.array([Q], np.float32))
+    res = SearchResults(g, np.array([box], np.float32), np.array([Q], np.float32))
     for size, plain, matched in ((100, 0.5, 1.0), (-1, 1 / 3, 1.0)):
         for cbgm, ap in ((False, plain), (True, matched)):
             ev = evaluate_search(data, res, gallery_size=size, cbgm=cbgm, progress=False)
@@ -366,7 +375,7 @@ def random_world(rng, dataset, images=40, queries=15, dim=6):
         boxes.append(b)
         off.append(off[-1] + len(b))
     # embeddings on a coarse grid: dot products exact in float32 and many ties
-    res = SearchResults(np.array(off), np.concatenate(boxes).astype(np.float32),
+    res = search_results(np.array(off), np.concatenate(boxes).astype(np.float32),
                         rng.uniform(0, 1, off[-1]).astype(np.float32),
                         (rng.integers(-2, 3, (off[-1], dim)) / 4).astype(np.float32),
                         np.array([q.box for q in qs]),
@@ -418,33 +427,43 @@ def random_context(rng, data, res, dim=6):
 
 # ------------------------------------------------------------------ results file
 
+GALLERY_KEYS = ("offsets", "boxes", "scores", "embeddings")
+
+
 def write_world(path, data, res, **change):
+    """The results file of ``res``; ``change``: write_results arguments to replace, and
+    gallery datasets (offsets, boxes, ...) written as given, however malformed."""
     args = dict(dataset=data.dataset, gallery_images=[r.name for r in data.gallery],
-                offsets=res.offsets, boxes=res.boxes, scores=res.scores,
-                embeddings=res.embeddings, query_images=[q.image for q in data.queries],
+                gallery=res.gallery, query_images=[q.image for q in data.queries],
                 query_boxes=res.query_boxes, query_embeddings=res.query_embeddings)
-    args.update(change)
-    return write_results(path, **args)
+    args.update({k: v for k, v in change.items() if k not in GALLERY_KEYS})
+    path = write_results(path, **args)
+    with h5py.File(path, "a") as f:
+        for key in GALLERY_KEYS:
+            if key in change:
+                del f[f"gallery/{key}"]
+                f[f"gallery/{key}"] = change[key]
+    return path
 
 
 def test_results_round_trip_reorders_and_normalises(tmp_path):
     data, res = prw_world()
     order = [3, 0, 4, 2, 1]
-    per = [np.arange(res.offsets[i], res.offsets[i + 1]) for i in order]
+    per = [np.arange(res.gallery.offsets[i], res.gallery.offsets[i + 1]) for i in order]
     rows = np.concatenate(per)
-    scaled = res.embeddings[rows] * 3
+    scaled = res.gallery.embeddings[rows] * 3
     scaled[0] = 0                                       # a zero vector stays zero
     path = write_world(tmp_path / "r.h5", data, res,
                        gallery_images=[data.gallery[i].name for i in order],
-                       offsets=np.r_[0, np.cumsum([len(p) for p in per])], boxes=res.boxes[rows],
-                       scores=res.scores[rows], embeddings=scaled.astype(np.float16))
+                       offsets=np.r_[0, np.cumsum([len(p) for p in per])], boxes=res.gallery.boxes[rows],
+                       scores=res.gallery.scores[rows], embeddings=scaled.astype(np.float16))
     back = read_results(path, data)
-    assert back.offsets.tolist() == res.offsets.tolist()
-    np.testing.assert_array_equal(back.boxes, res.boxes)
-    np.testing.assert_array_equal(back.scores, res.scores)
-    zero = res.offsets[3]                               # image 3's first detection
-    assert np.all(back.embeddings[zero] == 0)
-    norms = np.linalg.norm(np.delete(back.embeddings, zero, 0), axis=1)
+    assert back.gallery.offsets.tolist() == res.gallery.offsets.tolist()
+    np.testing.assert_array_equal(back.gallery.boxes, res.gallery.boxes)
+    np.testing.assert_array_equal(back.gallery.scores, res.gallery.scores)
+    zero = res.gallery.offsets[3]                               # image 3's first detection
+    assert np.all(back.gallery.embeddings[zero] == 0)
+    norms = np.linalg.norm(np.delete(back.gallery.embeddings, zero, 0), axis=1)
     np.testing.assert_allclose(norms, 1, atol=1e-6)
     assert evaluate_search(data, back, progress=False).ap == pytest.approx([0.5, 0], abs=1e-3)
 
@@ -453,7 +472,7 @@ def test_results_schema_2_context_group_round_trip_and_schema_1_still_read(tmp_p
     data, res = cbgm_prw_world()
     c = res.context
     path = write_world(tmp_path / "r.h5", data, res,
-                       context=(c.offsets, c.boxes, c.scores, c.embeddings * 2))
+                       context=Detections(c.offsets, c.boxes, c.scores, c.embeddings * 2))
     with h5py.File(path) as f:
         assert f.attrs["schema"] == "person-search-results/2" and "query/context_boxes" in f
     back = read_results(path, data)
@@ -487,7 +506,7 @@ def test_bad_context_group_refused(tmp_path, edit, match):
     data, res = cbgm_prw_world()
     c = res.context
     path = write_world(tmp_path / "r.h5", data, res,
-                       context=(c.offsets, c.boxes, c.scores, c.embeddings))
+                       context=c)
     with h5py.File(path, "a") as f:
         edit(f)
     with pytest.raises(ResultsFileError, match=match):
@@ -526,10 +545,10 @@ def test_bad_attributes_refused(tmp_path, edit, match):
 
 
 @pytest.mark.parametrize("change, match", [
-    (lambda r: {"offsets": r.offsets[[0, 2, 1, 3, 4, 5]]}, "offsets"),
-    (lambda r: {"offsets": np.r_[r.offsets[:-1], r.offsets[-1] - 1]}, "offsets"),
-    (lambda r: {"embeddings": np.where(np.arange(len(r.scores))[:, None] == 2, np.nan,
-                                       r.embeddings)}, "NaN"),
+    (lambda r: {"offsets": r.gallery.offsets[[0, 2, 1, 3, 4, 5]]}, "offsets"),
+    (lambda r: {"offsets": np.r_[r.gallery.offsets[:-1], r.gallery.offsets[-1] - 1]}, "offsets"),
+    (lambda r: {"embeddings": np.where(np.arange(len(r.gallery.scores))[:, None] == 2, np.nan,
+                                       r.gallery.embeddings)}, "NaN"),
     (lambda r: {"query_embeddings": np.ones((2, 3))}, "D must equal"),
     (lambda r: {"gallery_images": ["q.jpg", "A.jpg", "B.jpg", "C.jpg", "E.jpg"]}, "missing"),
     (lambda r: {"gallery_images": ["q.jpg", "A.jpg", "B.jpg", "C.jpg", "A.jpg"]}, "more than once"),
@@ -537,10 +556,10 @@ def test_bad_attributes_refused(tmp_path, edit, match):
     (lambda r: {"query_images": ["q.jpg", "A.jpg"]}, "query 1"),
     (lambda r: {"query_boxes": r.query_boxes[:1], "query_images": ["q.jpg"],
                 "query_embeddings": r.query_embeddings[:1]}, "2 queries"),
-    (lambda r: {"boxes": r.boxes[:, :3]}, "boxes"),
+    (lambda r: {"boxes": r.gallery.boxes[:, :3]}, "boxes"),
     (lambda r: {"gallery_images": ["q.jpg", "A.jpg", "B.jpg", "C.jpg", "D.jpg", "X.jpg"],
-                "offsets": np.r_[r.offsets, r.offsets[-1]]}, "not in the test set"),
-    (lambda r: {"scores": np.where(np.arange(len(r.scores)) == 1, np.nan, r.scores)}, "NaN"),
+                "offsets": np.r_[r.gallery.offsets, r.gallery.offsets[-1]]}, "not in the test set"),
+    (lambda r: {"scores": np.where(np.arange(len(r.gallery.scores)) == 1, np.nan, r.gallery.scores)}, "NaN"),
 ])
 def test_bad_contents_refused(tmp_path, change, match):
     data, res = prw_world()
@@ -563,9 +582,10 @@ def test_cli_evaluate_on_synthetic_prw(synthetic_prw, tmp_path):
     zero = np.zeros(len(pids))
     boxes = np.concatenate([r.boxes for r in data.gallery])
     embs = np.array([onehot.get(int(p), zero) for r in data.gallery for p in r.pids])
-    path = write_results(tmp_path / "r.h5", "prw", [r.name for r in data.gallery],
-                         np.r_[0, np.cumsum([len(r.boxes) for r in data.gallery])], boxes,
-                         np.ones(len(boxes)), embs, [q.image for q in data.queries],
+    gallery = Detections(np.r_[0, np.cumsum([len(r.boxes) for r in data.gallery])], boxes,
+                         np.ones(len(boxes), np.float32), embs.astype(np.float32))
+    path = write_results(tmp_path / "r.h5", "prw", [r.name for r in data.gallery], gallery,
+                         [q.image for q in data.queries],
                          np.array([q.box for q in data.queries]),
                          np.array([onehot[q.pid] for q in data.queries]))
     out = CliRunner().invoke(cli.cli, [
@@ -599,7 +619,7 @@ def test_cli_evaluate_on_synthetic_prw(synthetic_prw, tmp_path):
 
 def test_tied_duplicates_in_one_image_the_later_is_correct():
     data, res = prw_world()
-    res.embeddings[1] = res.embeddings[2]        # A's two duplicates now both have sim 0.95
+    res.gallery.embeddings[1] = res.gallery.embeddings[2]        # A's two duplicates now both have sim 0.95
     ev = evaluate_search(data, res, progress=False)
     # classic argsort()[::-1]: among equal sims the later detection comes first, so it is the
     # correct one and ranks first. Group {0.95}: 1 correct of 2 -> precision 1/2; then
@@ -618,7 +638,7 @@ class GroundTruthSearcher:
         self.records = list(data.gallery)                # detect() is called in gallery order
         self.query_pids = [q.pid for q in data.queries]  # embed_boxes() in query order
         self.axis = {p: i for i, p in enumerate(pids)}
-        self.dim = len(pids) + 1
+        self.dim = self.embedding_dim = len(pids) + 1
         self.embedded = []
 
     def _embed(self, pids):
@@ -655,7 +675,7 @@ def test_run_searcher_writes_a_valid_results_file(synthetic_prw, tmp_path):
     path = run_searcher(searcher, data, tmp_path / "r.h5", device="cpu", batch_size=3,
                         amp=True, progress=False)
     res = read_results(path, data)           # validates names, counts, query boxes
-    assert len(res.scores) == sum(len(r.boxes) for r in data.gallery)
+    assert len(res.gallery.scores) == sum(len(r.boxes) for r in data.gallery)
     ev = evaluate_search(data, res, progress=False)
     assert ev.metrics["mAP"] == 1.0 and ev.metrics["det_recall"] == 1.0
     # query boxes were embedded in whole pixels; each query's context is its image's detections
@@ -708,7 +728,7 @@ def perfect_results(data):
     for q in data.queries:
         rec = next(r for r in data.gallery if r.name == q.image)
         query_pid[id(q)] = int(rec.pids[np.argmin(np.abs(rec.boxes - q.box).sum(1))])
-    return SearchResults(np.r_[0, np.cumsum([len(r.boxes) for r in data.gallery])],
+    return search_results(np.r_[0, np.cumsum([len(r.boxes) for r in data.gallery])],
                          np.concatenate([r.boxes for r in data.gallery]),
                          np.ones(len(embs), np.float32), embs,
                          np.array([q.box for q in data.queries], np.float32),
@@ -732,8 +752,8 @@ def test_cli_refuses_a_bad_results_file_cleanly(synthetic_prw, tmp_path):
     data = read_dataset("prw", synthetic_prw)
     res = perfect_results(data)
     path = write_results(tmp_path / "r.h5", "cuhk-sysu", [r.name for r in data.gallery],
-                         res.offsets, res.boxes, res.scores, res.embeddings,
-                         [q.image for q in data.queries], res.query_boxes, res.query_embeddings)
+                         res.gallery, [q.image for q in data.queries], res.query_boxes,
+                         res.query_embeddings)
     out = CliRunner().invoke(cli.cli, ["evaluate", "--dataset", "prw", "--root",
                                        str(synthetic_prw), "--results", str(path)])
     assert out.exit_code == 1 and "Traceback" not in out.output

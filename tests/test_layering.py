@@ -178,3 +178,19 @@ def test_the_check_catches_an_upward_import(tmp_path):
     assert ("pipeline.models.student", False) in names
     assert ("cache", True) in names
     assert layer_of("pipeline.models.student") > layer_of("pipeline.data.bad")
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_product_functions_read_at_once():
+    """No function (or method) of the product code is longer than a screen."""
+    long = []
+    for path in project_modules():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines})")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(long)

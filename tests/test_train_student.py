@@ -139,7 +139,7 @@ def test_what_each_variant_needs_from_the_cache():
     assert set(n.keys) == {"gt_features", "proposal_boxes", "proposal_logits",
                            "proposal_refined_boxes", "jitter_boxes", "jitter_features"}
     assert not needs(ALL_TERMS, flip=False).flip
-    assert needs(("feature",))["keys"] == ["gt_features"]
+    assert needs(("feature",)).keys == ("gt_features",)
 
 
 # ------------------------------------------------------------------------------ the contract

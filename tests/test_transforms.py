@@ -6,8 +6,7 @@ from PIL import Image
 
 from pipeline.data.records import UNLABELED, ImageRecord
 from pipeline.data.torch_dataset import DetectionDataset, collate_detection
-from pipeline.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, hflip_sample,
-                                      normalize_image, resize_sample, resize_scale)
+from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, hflip_sample, normalize_image
 
 
 def sample(h=20, w=30):
@@ -30,27 +29,6 @@ def test_hflip_hand_computed_and_twice_is_identity():
     for k in s:
         assert torch.equal(back[k], s[k]), k
     assert torch.equal(s["boxes"][0], torch.tensor([2.0, 3.0, 10.0, 15.0]))  # input untouched
-
-
-def test_resize_scale_both_limiting_sides():
-    assert resize_scale(100, 150, 200, 1000) == pytest.approx(2.0)       # shorter side rules
-    assert resize_scale(100, 400, 200, 600) == pytest.approx(1.5)        # longer side capped
-    assert resize_scale(240, 320, None, None) == 1.0
-    assert resize_scale(240, 320, None, 160) == pytest.approx(0.5)
-    with pytest.raises(ValueError):
-        resize_scale(0, 10, 5, 10)
-
-
-def test_resize_moves_every_box_key():
-    s = sample(20, 30)
-    r = resize_sample(s, 40, 1000)
-    assert r["image"].shape == (3, 40, 60) and r["scale"] == pytest.approx(2.0)
-    for k in ("boxes", "proposal_boxes"):
-        assert torch.allclose(r[k], s[k] * 2), k
-    assert r["jitter_boxes"].shape == (0, 4)
-    capped = resize_sample(s, 40, 45)
-    assert capped["image"].shape == (3, 30, 45) and capped["scale"] == pytest.approx(1.5)
-    assert torch.allclose(capped["proposal_boxes"], s["proposal_boxes"] * 1.5)
 
 
 def test_normalize_image():
@@ -80,18 +58,18 @@ class WithExtra(DetectionDataset):
                 "flag": torch.tensor([float(flipped)])}
 
 
-def test_dataset_items_flip_resize_and_hook(records):
+def test_dataset_items_flip_and_hook(records):
     plain = DetectionDataset(records)
     image, t = plain[0]
     assert image.shape == (3, 48, 64) and image.dtype == torch.float32 and image.max() <= 1
     assert t["boxes"].dtype == torch.float32 and torch.equal(t["boxes"], torch.from_numpy(records[0].boxes))
     assert t["pids"].tolist() == [7, UNLABELED] and t["labels"].tolist() == [1, 1]
     assert (t["name"], t["image_index"], t["flipped"], t["orig_size"]) == ("im0.jpg", 0, False, (48, 64))
-    ds = WithExtra(records, flip_prob=1.0, min_size=96, max_size=1000)
+    ds = WithExtra(records, flip_prob=1.0)
     image, t = ds[0]
-    assert image.shape == (3, 96, 128) and t["flipped"] and t["scale"] == pytest.approx(2.0)
-    assert torch.equal(t["boxes"], torch.tensor([[88.0, 10.0, 120.0, 80.0], [28.0, 4.0, 68.0, 60.0]]))
-    assert torch.equal(t["teacher_boxes"], torch.tensor([[122.0, 4.0, 126.0, 8.0]]))
+    assert image.shape == (3, 48, 64) and t["flipped"]                 # the model resizes
+    assert torch.equal(t["boxes"], torch.tensor([[44.0, 5.0, 60.0, 40.0], [14.0, 2.0, 34.0, 30.0]]))
+    assert torch.equal(t["teacher_boxes"], torch.tensor([[61.0, 2.0, 63.0, 4.0]]))
     assert t["flag"].item() == 1.0
 
 
@@ -107,11 +85,11 @@ def test_flip_decisions_deterministic_per_seed_and_epoch(records):
 
 
 def test_zero_box_image_and_collate(records):
-    ds = DetectionDataset(records, flip_prob=1.0, min_size=24, max_size=100)
+    ds = DetectionDataset(records, flip_prob=1.0)
     image, t = ds[1]
     assert t["boxes"].shape == (0, 4) and t["pids"].shape == (0,) and t["labels"].shape == (0,)
     images, targets = collate_detection([ds[0], ds[1]])
-    assert len(images) == len(targets) == 2 and images[0].shape == (3, 24, 32)
+    assert len(images) == len(targets) == 2 and images[0].shape == (3, 48, 64)
     assert [x["image_index"] for x in targets] == [0, 1]
     loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_detection)
     images, targets = next(iter(loader))
@@ -121,5 +99,6 @@ def test_zero_box_image_and_collate(records):
 def test_dataset_on_synthetic_prw(synthetic_prw):
     from pipeline.data import read_dataset
     data = read_dataset("prw", synthetic_prw)
-    image, t = DetectionDataset(data.train, min_size=60, max_size=200)[0]
-    assert image.shape == (3, 60, 80) and len(t["boxes"]) == len(data.train[0].boxes)
+    image, t = DetectionDataset(data.train)[0]
+    assert image.shape == (3, data.train[0].height, data.train[0].width)
+    assert len(t["boxes"]) == len(data.train[0].boxes)

@@ -25,7 +25,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from pipeline.benchmark.metrics import box_iou
-from pipeline.benchmark.results_file import Detections, SearchResults
+from pipeline.benchmark.results_file import SearchResults
+from pipeline.runtime.types import Detections
 
 CONTEXT_NMS_IOU = 0.5
 DEFAULT_K = {"cuhk-sysu": (10, 3), "prw": (30, 4)}
@@ -47,11 +48,9 @@ def gallery_context(results: SearchResults, query_images: list[str],
     """Context from the gallery detections of each query's image, for files without a context
     group (both datasets' query images are test images, detected like any other)."""
     index = {n: i for i, n in enumerate(gallery_names)}
-    rows = [np.arange(results.offsets[index[n]], results.offsets[index[n] + 1])
-            if n in index else np.zeros(0, np.int64) for n in query_images]
-    flat = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    return Detections(np.r_[0, np.cumsum([len(r) for r in rows])].astype(np.int64),
-                      results.boxes[flat], results.scores[flat], results.embeddings[flat])
+    g = results.gallery
+    return Detections.concatenate([g.select([index[n]]) if n in index else Detections.empty(g.dim, 1)
+                                   for n in query_images], g.dim)
 
 
 def top_positions(sims: np.ndarray, k: int) -> np.ndarray:

@@ -50,11 +50,12 @@ class KeptDetections:
 
     @classmethod
     def from_results(cls, results: SearchResults, det_thresh: float) -> "KeptDetections":
-        image = results.image_of_detection()
-        keep = results.scores >= det_thresh
-        counts = np.bincount(image[keep], minlength=len(results.offsets) - 1)
+        g = results.gallery
+        image = g.group_of_row()
+        keep = g.scores >= det_thresh
+        counts = np.bincount(image[keep], minlength=g.num_groups)
         return cls(np.r_[0, np.cumsum(counts)].astype(np.int64),
-                   results.boxes[keep].astype(np.float64), results.embeddings[keep], image[keep])
+                   g.boxes[keep].astype(np.float64), g.embeddings[keep], image[keep])
 
     def rows_of(self, images: np.ndarray) -> np.ndarray:
         """Row indices of the detections of ``images``, concatenated in that order."""
@@ -338,10 +339,10 @@ class SearchEvaluator:
                 gt = gt[rec.pids != UNLABELED]
                 if len(gt) == 0:
                     continue          # the classic code skips images without labeled persons
-            sl = slice(res.offsets[i], res.offsets[i + 1])
+            sl = res.gallery.group(i)
             gts.append(gt)
-            dets.append(res.boxes[sl])
-            scores.append(res.scores[sl])
+            dets.append(res.gallery.boxes[sl])
+            scores.append(res.gallery.scores[sl])
         return detection_ap_recall(gts, dets, scores, score_thresh=self.detection_score_thresh,
                                    iou_thresh=DETECTION_IOU, matching=self.detection_matching)
 

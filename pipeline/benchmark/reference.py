@@ -73,24 +73,25 @@ def query_gallery(data: PersonSearchData, i: int, gallery_size: int | None, mult
 
 def kept_detections(results: SearchResults, g: int, det_thresh: float):
     """(boxes, embeddings) of gallery image g with score >= det_thresh."""
-    rows = slice(results.offsets[g], results.offsets[g + 1])
-    keep = results.scores[rows] >= det_thresh
-    return results.boxes[rows][keep], results.embeddings[rows][keep]
+    rows = results.gallery.group(g)
+    keep = results.gallery.scores[rows] >= det_thresh
+    return results.gallery.boxes[rows][keep], results.gallery.embeddings[rows][keep]
 
 
 def context(data, results, i: int, q: QueryRecord, names: list[str], det_thresh: float, k2: int,
             boxes: str) -> np.ndarray:
     """The query person's embedding, then up to k2 - 1 other people of its own image."""
     if results.context is not None:
-        rows = slice(results.context.offsets[i], results.context.offsets[i + 1])
+        rows = results.context.group(i)
         own = (results.context.boxes[rows], results.context.scores[rows],
                results.context.embeddings[rows])
     elif q.image in names:
         g = names.index(q.image)
-        rows = slice(results.offsets[g], results.offsets[g + 1])
-        own = (results.boxes[rows], results.scores[rows], results.embeddings[rows])
+        rows = results.gallery.group(g)
+        own = (results.gallery.boxes[rows], results.gallery.scores[rows],
+               results.gallery.embeddings[rows])
     else:
-        own = (np.zeros((0, 4)), np.zeros(0), np.zeros((0, results.embeddings.shape[1])))
+        own = (np.zeros((0, 4)), np.zeros(0), np.zeros((0, results.gallery.dim)))
     query_box = choose(q.box, q.published_box, data.dataset, boxes)[0]
     people = [results.query_embeddings[i]]
     for j in np.argsort(-own[1], kind="stable"):

@@ -14,7 +14,7 @@ Schema 1 (no context group) is still read.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -26,6 +26,7 @@ from pipeline.data.records import DatasetError, PersonSearchData
 from cache.hdf5 import TEXT, read_text, text_column
 from pipeline.arrays import l2_normalize
 from pipeline.files import atomic_path
+from pipeline.runtime.types import Detections
 
 SCHEMA = "person-search-results/2"
 READABLE_SCHEMAS = ("person-search-results/1", SCHEMA)
@@ -44,63 +45,41 @@ class ResultsFileError(DatasetError):
 
 
 @dataclass
-class Detections:
-    """Detections grouped by image (or by query): group i holds rows offsets[i]:offsets[i+1]."""
-
-    offsets: np.ndarray          # (N+1,) int64
-    boxes: np.ndarray            # (T,4) float32
-    scores: np.ndarray           # (T,) float32
-    embeddings: np.ndarray       # (T,D) float32, L2-normalised
-
-    def group(self, i: int) -> slice:
-        return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
-
-
-@dataclass
 class SearchResults:
-    """Detections per gallery image in ``data.gallery`` order, embeddings L2-normalised;
-    ``context``: the detections of each query's own image, per query (None when absent)."""
+    """``gallery``: the detections per gallery image in ``data.gallery`` order; the query boxes
+    and embeddings in query order; ``context``: the detections of each query's own image, per
+    query (None when absent). Embeddings L2-normalised."""
 
-    offsets: np.ndarray          # (M+1,) int64
-    boxes: np.ndarray            # (T,4) float32
-    scores: np.ndarray           # (T,) float32
-    embeddings: np.ndarray       # (T,D) float32
+    gallery: Detections
     query_boxes: np.ndarray      # (Q,4) float32
     query_embeddings: np.ndarray  # (Q,D) float32
     context: Detections | None = None
 
-    def image_of_detection(self) -> np.ndarray:
-        """(T,) gallery image index of every detection."""
-        return np.repeat(np.arange(len(self.offsets) - 1), np.diff(self.offsets))
 
-    def gallery(self) -> Detections:
-        return Detections(self.offsets, self.boxes, self.scores, self.embeddings)
-
-
-def write_results(path, dataset: str, gallery_images, offsets, boxes, scores, embeddings,
-                  query_images, query_boxes, query_embeddings, context=None) -> Path:
+def write_results(path, dataset: str, gallery_images, gallery: Detections, query_images,
+                  query_boxes, query_embeddings, context: Detections | None = None) -> Path:
     """Write a results file (shapes as in the module docstring), atomically (a temporary file
-    renamed into place). ``context``: None or (offsets, boxes, scores, embeddings) per query."""
+    renamed into place). ``context``: the detections of each query's own image, or None."""
     path = Path(path)
     with atomic_path(path) as partial, h5py.File(partial, "w") as f:
         f.attrs["schema"], f.attrs["dataset"] = SCHEMA, dataset
         g = f.create_group("gallery")
         g.create_dataset("images", data=text_column(gallery_images), dtype=TEXT)
-        g.create_dataset("offsets", data=np.asarray(offsets, np.int64))
-        g.create_dataset("boxes", data=_boxes(boxes))
-        g.create_dataset("scores", data=np.asarray(scores, np.float32).ravel())
-        g.create_dataset("embeddings", data=_floats(embeddings))
+        _write_detections(g, "", gallery)
         q = f.create_group("query")
         q.create_dataset("images", data=text_column(query_images), dtype=TEXT)
         q.create_dataset("boxes", data=_boxes(query_boxes))
         q.create_dataset("embeddings", data=_floats(query_embeddings))
         if context is not None:
-            c_offsets, c_boxes, c_scores, c_embeddings = context
-            q.create_dataset("context_offsets", data=np.asarray(c_offsets, np.int64))
-            q.create_dataset("context_boxes", data=_boxes(c_boxes))
-            q.create_dataset("context_scores", data=np.asarray(c_scores, np.float32).ravel())
-            q.create_dataset("context_embeddings", data=_floats(c_embeddings))
+            _write_detections(q, "context_", context)
     return path
+
+
+def _write_detections(group, prefix: str, d: Detections) -> None:
+    group.create_dataset(prefix + "offsets", data=np.asarray(d.offsets, np.int64))
+    group.create_dataset(prefix + "boxes", data=_boxes(d.boxes))
+    group.create_dataset(prefix + "scores", data=np.asarray(d.scores, np.float32).ravel())
+    group.create_dataset(prefix + "embeddings", data=_floats(d.embeddings))
 
 
 def _floats(a) -> np.ndarray:
@@ -161,16 +140,10 @@ def _validate(arr: dict, path: Path, data: PersonSearchData) -> SearchResults:
     _check_queries(q_images, q_boxes, q_emb, data, fail)
     context = _detections(arr, "query/context_", len(q_images), fail,
                           gallery.embeddings.shape[1]) if CONTEXT_KEYS[0] in arr else None
-    if np.array_equal(order, np.arange(len(order))):    # written in the dataset's order
-        return SearchResults(gallery.offsets, gallery.boxes, gallery.scores,
-                             l2_normalize(gallery.embeddings), q_boxes, l2_normalize(q_emb), context)
-    counts = np.diff(gallery.offsets)[order]
-    starts = gallery.offsets[order]
-    rows = np.arange(counts.sum()) + np.repeat(starts - (np.cumsum(counts) - counts), counts) \
-        if len(order) else np.zeros(0, np.int64)
-    return SearchResults(np.r_[0, np.cumsum(counts)].astype(np.int64), gallery.boxes[rows],
-                         gallery.scores[rows], l2_normalize(gallery.embeddings[rows]), q_boxes,
-                         l2_normalize(q_emb), context)
+    if not np.array_equal(order, np.arange(len(order))):    # not in the dataset's order
+        gallery = gallery.select(order)
+    gallery = replace(gallery, embeddings=l2_normalize(gallery.embeddings))
+    return SearchResults(gallery, q_boxes, l2_normalize(q_emb), context)
 
 
 def _detections(arr: dict, prefix: str, groups: int, fail, dim: int | None = None) -> Detections:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.arrays import to_numpy
 from pipeline.data.images import load_image
 from pipeline.data.published_boxes import PUBLISHED, choose
 from pipeline.data.records import PersonSearchData
@@ -24,6 +25,7 @@ from pipeline.runtime.onnx.runtime import RUNTIMES
 from pipeline.runtime.loading import load_searcher
 from pipeline.models.precision import autocast
 from pipeline.runtime.searcher import Searcher
+from pipeline.runtime.types import Detections
 
 
 class RuntimeChoiceError(UserError, ValueError):
@@ -71,53 +73,51 @@ def run_searcher(searcher: Searcher, data: PersonSearchData, out_path, *, device
     query image outside the gallery), write the results file. ``amp``: bf16 autocast on CUDA."""
     if gallery_mode not in RESULTS_FILES:
         raise ValueError(f"gallery_mode {gallery_mode!r}; expected one of {sorted(RESULTS_FILES)}")
-    gallery = data.gallery
+    gallery, queries = data.gallery, data.queries
     records = {r.name: r for r in (*data.gallery, *data.train)}
-    paths = {name: r.path for name, r in records.items()}
+    gt_boxes = None if gallery_mode == "detect" else \
+        (lambda r: choose(r.boxes, r.published_boxes, data.dataset, boxes))
+    found = {r.name: i for i, r in enumerate(gallery)}
+    outside = sorted({q.image for q in queries} - set(found))
     with torch.no_grad(), autocast(device, amp):
-        gt_boxes = None if gallery_mode == "detect" else \
-            (lambda r: choose(r.boxes, r.published_boxes, data.dataset, boxes))
         dets = _detect_all(searcher, gallery, device, batch_size, progress, "gallery", gt_boxes)
-        found = {r.name: i for i, r in enumerate(gallery)}
-        outside = sorted({q.image for q in data.queries} - set(found))
         extra = _detect_all(searcher, [records[n] for n in outside], device, batch_size,
                             progress, "query images", gt_boxes)
-        q_embs = []
-        queries = data.queries
-        for s in tqdm(range(0, len(queries), batch_size), desc="queries", disable=not progress):
-            batch = queries[s:s + batch_size]
-            images = [_load_image(paths[q.image], device) for q in batch]
-            qb = [torch.as_tensor(choose(q.box, q.published_box, data.dataset, boxes),
-                                  dtype=torch.float32, device=device) for q in batch]
-            q_embs += [e.float().cpu().numpy() for e in searcher.embed_boxes(images, qb)]
-    dim = next((e.shape[1] for _, _, e in dets + extra if e.ndim == 2 and e.shape[1]), None) \
-        or next((e.shape[1] for e in q_embs if e.ndim == 2 and e.shape[1]), 1)
-    outside_index = {n: i for i, n in enumerate(outside)}
-    context = [dets[found[q.image]] if q.image in found else extra[outside_index[q.image]]
-               for q in queries]
-    return write_results(
-        out_path, data.dataset, [r.name for r in gallery], *_stack(dets, dim),
-        [q.image for q in queries], np.array([q.box for q in queries]).reshape(-1, 4),
-        np.concatenate(q_embs).reshape(-1, dim) if q_embs else np.zeros((0, dim)),
-        context=_stack(context, dim))
+        q_embs = _embed_queries(searcher, data, records, device, batch_size, progress, boxes)
+    both = Detections.concatenate([dets, extra], searcher.embedding_dim)
+    at = {**found, **{n: len(gallery) + i for i, n in enumerate(outside)}}
+    return write_results(out_path, data.dataset, [r.name for r in gallery], dets,
+                         [q.image for q in queries],
+                         np.array([q.box for q in queries]).reshape(-1, 4), q_embs,
+                         context=both.select([at[q.image] for q in queries]))
+
+
+def _embed_queries(searcher: Searcher, data: PersonSearchData, records: dict, device,
+                   batch_size: int, progress: bool, boxes: str) -> np.ndarray:
+    """(Q, D) embeddings of every query box (in the ``boxes`` convention), in query order."""
+    out, queries = [], data.queries
+    for s in tqdm(range(0, len(queries), batch_size), desc="queries", disable=not progress):
+        batch = queries[s:s + batch_size]
+        images = [_load_image(records[q.image].path, device) for q in batch]
+        qb = [torch.as_tensor(choose(q.box, q.published_box, data.dataset, boxes),
+                              dtype=torch.float32, device=device) for q in batch]
+        out += [to_numpy(e, searcher.embedding_dim) for e in searcher.embed_boxes(images, qb)]
+    return np.concatenate(out) if out else np.zeros((0, searcher.embedding_dim), np.float32)
 
 
 def _detect_all(searcher, records: list, device, batch_size: int, progress: bool, desc: str,
-                gt_boxes=None):
-    """[(boxes (N,4), scores (N,), embeddings (N,D)) numpy] per image record, in order;
-    ``gt_boxes`` (record -> (N,4) array): those boxes stand in for the detections."""
-    out = []
+                gt_boxes=None) -> Detections:
+    """The detections of every image record, in order; ``gt_boxes`` (record -> (N,4) array):
+    those boxes stand in for the detections."""
+    parts = []
     for s in tqdm(range(0, len(records), batch_size), desc=desc,
                   disable=not progress or not records):
         batch = records[s:s + batch_size]
         images = [_load_image(r.path, device) for r in batch]
         found = searcher.detect(images) if gt_boxes is None else \
             _ground_truth_detections(searcher, images, [gt_boxes(r) for r in batch], device)
-        for det in found:
-            out.append((det["boxes"].float().cpu().numpy().reshape(-1, 4),
-                        det["scores"].float().cpu().numpy().ravel(),
-                        det["embeddings"].float().cpu().numpy()))
-    return out
+        parts.append(Detections.from_outputs(found, searcher.embedding_dim))
+    return Detections.concatenate(parts, searcher.embedding_dim)
 
 
 def _ground_truth_detections(searcher: Searcher, images, gt_boxes, device) -> list[dict]:
@@ -127,13 +127,3 @@ def _ground_truth_detections(searcher: Searcher, images, gt_boxes, device) -> li
     embs = searcher.embed_boxes(images, boxes)
     return [{"boxes": b, "scores": torch.ones(len(b)), "embeddings": e}
             for b, e in zip(boxes, embs)]
-
-
-def _stack(dets: list, dim: int) -> tuple:
-    """Per-image detections -> (offsets, boxes, scores, embeddings) of the results file."""
-    counts = [len(b) for b, _, _ in dets]
-    return (np.r_[0, np.cumsum(counts)].astype(np.int64),
-            np.concatenate([b for b, _, _ in dets]) if dets else np.zeros((0, 4)),
-            np.concatenate([s for _, s, _ in dets]) if dets else np.zeros(0),
-            np.concatenate([e.reshape(-1, dim) for _, _, e in dets]) if dets
-            else np.zeros((0, dim)))

@@ -1,14 +1,16 @@
 """The torch detection dataset over :class:`ImageRecord` lists, and its collate function.
 
-An item is ``(image, target)``: image (3, H, W) float32 in [0, 1] after the optional flip and
-resize; target a dict with
-    "boxes" (N, 4) float32 x1, y1, x2, y2 in the returned image's pixels,
+An item is ``(image, target)``: image (3, H, W) float32 in [0, 1] at the file's size, after
+the optional flip; target a dict with
+    "boxes" (N, 4) float32 x1, y1, x2, y2 in the image's pixels,
     "pids" (N,) int64 raw dataset identities (UNLABELED = -1), "labels" (N,) int64 ones,
     "image_index" int, "name" str, "flipped" bool, "orig_size" (H, W) of the file,
-    "scale" float (returned image / original image), plus any extra keys of the hook.
+    plus any extra keys of the hook.
 Extension hook: a subclass overrides :meth:`DetectionDataset.extra_targets` to add sample keys
-for (index, flipped) in ORIGINAL image coordinates; every key ending in "boxes" is then flipped
-and resized exactly like the image.
+for (index, flipped) in image coordinates; every key ending in "boxes" is then flipped exactly
+like the image. Resizing is the model's (its transform moves every "*boxes" key with the
+image, by the one rule torchvision's detection transform uses and the ONNX graph repeats), so
+an image is resized once.
 """
 from __future__ import annotations
 
@@ -20,23 +22,20 @@ from torch.utils.data import Dataset
 
 from .images import load_image
 from .records import ImageRecord
-from .transforms import hflip_sample, resize_sample
+from .transforms import hflip_sample
 
 RESERVED_KEYS = ("image", "boxes", "pids", "labels", "image_index", "name", "flipped",
-                 "orig_size", "scale")
+                 "orig_size")
 
 
 class DetectionDataset(Dataset):
     """Person-detection dataset with deterministic flips (per seed, epoch and index)."""
 
-    def __init__(self, records: Sequence[ImageRecord], *, flip_prob: float = 0.0,
-                 min_size: int | None = None, max_size: int | None = None, seed: int = 0):
+    def __init__(self, records: Sequence[ImageRecord], *, flip_prob: float = 0.0, seed: int = 0):
         if not 0.0 <= flip_prob <= 1.0:
             raise ValueError(f"flip_prob must lie in [0, 1], got {flip_prob}")
         self.records = list(records)
         self.flip_prob = float(flip_prob)
-        self.min_size = min_size
-        self.max_size = max_size
         self.seed = int(seed)
         self.epoch = 0
 
@@ -75,14 +74,12 @@ class DetectionDataset(Dataset):
         sample.update(extra)
         if flipped:
             sample = hflip_sample(sample)
-        if self.min_size is not None or self.max_size is not None:
-            sample = resize_sample(sample, self.min_size, self.max_size)
         image = sample.pop("image")
         pids = torch.from_numpy(np.asarray(record.pids, np.int64).reshape(-1).copy())
         target = {"boxes": sample.pop("boxes"), "pids": pids,
                   "labels": torch.ones(len(pids), dtype=torch.int64),
                   "image_index": int(index), "name": record.name, "flipped": flipped,
-                  "orig_size": orig_size, "scale": float(sample.pop("scale", 1.0))}
+                  "orig_size": orig_size}
         target.update(sample)
         return image, target
 

@@ -3,12 +3,12 @@
 A sample is ``{"image": (3, H, W) float tensor, <key ending in "boxes">: (N, 4) float tensor
 x1, y1, x2, y2 in pixels of that image, ...}``. Every geometric transform moves EVERY key that
 ends in ``"boxes"`` exactly like the image, so cached teacher boxes follow the ground truth.
+(Resizing is the model's transform, :mod:`pipeline.models.transform`.)
 Other keys pass through untouched. Transforms return a new dict; inputs are not modified.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 #: ImageNet channel statistics (RGB, images in [0, 1]) used by torchvision's pretrained backbones.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,43 +55,6 @@ def hflip_sample(sample: dict) -> dict:
     out["image"] = image.flip(-1)
     for key in box_keys(sample):
         out[key] = flip_boxes(_as_boxes(key, sample[key]), width)
-    return out
-
-
-def resize_scale(height: int, width: int, min_size: int | None, max_size: int | None) -> float:
-    """Scale that brings the shorter side to ``min_size`` without the longer side passing
-    ``max_size`` (torchvision's GeneralizedRCNNTransform rule). ``None`` leaves that limit off;
-    both ``None`` gives 1.0."""
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image size must be positive, got {height}x{width} (H x W)")
-    for name, value in (("min_size", min_size), ("max_size", max_size)):
-        if value is not None and value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
-    scale = 1.0 if min_size is None else min_size / min(height, width)
-    if max_size is not None and max(height, width) * scale > max_size:
-        scale = max_size / max(height, width)
-    return float(scale)
-
-
-def resize_sample(sample: dict, min_size: int | None, max_size: int | None) -> dict:
-    """Resize the image (bilinear) by :func:`resize_scale` and scale every ``*boxes`` key.
-
-    The new size is ``round(H * scale) x round(W * scale)``; boxes are scaled by the exact
-    per-axis ratios new/old so they stay on the resized pixel grid. Records ``"scale"`` (float,
-    the nominal scale; multiply original coordinates by it, divide predictions by it)."""
-    image = _check_image(sample)
-    height, width = image.shape[-2:]
-    scale = resize_scale(height, width, min_size, max_size)
-    new_h, new_w = max(1, int(round(height * scale))), max(1, int(round(width * scale)))
-    out = dict(sample)
-    if (new_h, new_w) != (height, width):
-        out["image"] = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear",
-                                     align_corners=False)[0]
-    ratios = torch.tensor([new_w / width, new_h / height] * 2)
-    for key in box_keys(sample):
-        boxes = _as_boxes(key, sample[key])
-        out[key] = boxes * ratios.to(boxes.dtype) if boxes.is_floating_point() else boxes * ratios
-    out["scale"] = float(scale) * float(sample.get("scale", 1.0))
     return out
 
 

@@ -33,12 +33,9 @@ from pipeline.models.transform import PersonSearchTransform, boxes_to_original, 
     set_input_size
 
 MODEL_ARGS_VERSION = 1
-#: state-dict prefixes of training-only parts (the distiller; before it left the heads, its
-#: terms were roi_heads.<term>_distill), dropped when a trained student is loaded for use
-TRAINING_ONLY = ("distiller.", "roi_heads.feature_distill.", "roi_heads.relation_distill.",
-                 "roi_heads.detector_distill.", "roi_heads.jitter_distill.")
-#: model-config keys renamed since checkpoints were first written: old -> new
-RENAMED_MODEL_KEYS = {"freeze_at": "frozen_stages"}
+#: state-dict prefix of the training-only part (the distiller), dropped when a trained student
+#: is loaded for use
+TRAINING_ONLY = "distiller."
 
 
 class RPNHeadFloat32(RPNHead):
@@ -202,13 +199,13 @@ def build_network(m: ModelConfig, oim: OIMLoss, model_args: dict | None = None
 
 
 def model_config_from_args(model_args: dict) -> ModelConfig:
-    """The network's config from a checkpoint's ``model_args`` (renamed keys upgraded; weights
+    """The network's config from a checkpoint's ``model_args`` (weights
     come from the checkpoint, so no ImageNet file is needed)."""
     if not isinstance(model_args, dict) or model_args.get("version") != MODEL_ARGS_VERSION:
         raise ValueError(f"not student model_args (version {MODEL_ARGS_VERSION}): {model_args!r}"
                          [:300])
-    cfg = {RENAMED_MODEL_KEYS.get(k, k): v for k, v in model_args["model"].items()}
-    return from_dict(ModelConfig, {**cfg, "pretrained": False, "weights_path": None})
+    return from_dict(ModelConfig, {**model_args["model"], "pretrained": False,
+                                   "weights_path": None})
 
 
 def load_student(checkpoint: str | Path, device: str | torch.device = "cpu") -> PersonSearchNet:

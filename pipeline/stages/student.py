@@ -178,6 +178,18 @@ def check_resume_config(run_dir: Path, cfg: StudentConfig, cache_info: dict) -> 
 
 # ------------------------------------------------------------------------------ the command
 
+def _student_loader(cfg: StudentConfig, records, cache_file, needs: TermNeeds, distributed: bool,
+                    dev):
+    """Training images with the cached targets the terms read (flipped half of the time)."""
+    t = cfg.train
+    dataset = StudentDataset(records, cache_path=cache_file if needs.keys else None,
+                             cache_keys=list(needs.keys),
+                             flip_prob=0.5 if cfg.data.flip else 0.0, seed=t.seed)
+    return build_train_loader(dataset, batch_size=t.batch_size, collate_fn=collate_detection,
+                              workers=cfg.data.workers, seed=t.seed, distributed=distributed,
+                              pin_memory=dev.type == "cuda")
+
+
 def train_student(config_path: str | Path, overrides: Sequence[str] = (), *, resume: bool = False,
                   device: str | None = None, progress: bool = True) -> Path:
     """Train one student; returns its run directory."""
@@ -206,14 +218,7 @@ def train_student(config_path: str | Path, overrides: Sequence[str] = (), *, res
                           teacher_identity_table=table,
                           teacher_embedding_dim=cache.meta.embedding_dim if cache else None)
 
-    dataset = StudentDataset(records, cache_path=cache_file if needs.keys else None,
-                             cache_keys=list(needs.keys),
-                             flip_prob=0.5 if cfg.data.flip else 0.0,
-                             min_size=cfg.model.min_size, max_size=cfg.model.max_size,
-                             seed=t.seed)
-    loader = build_train_loader(dataset, batch_size=t.batch_size, collate_fn=collate_detection,
-                                workers=cfg.data.workers, seed=t.seed, distributed=distributed,
-                                pin_memory=dev.type == "cuda")
+    loader = _student_loader(cfg, records, cache_file, needs, distributed, dev)
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, schedule=t.schedule, iters_per_epoch=len(loader),
                                 epochs=t.epochs, warmup_iters=t.warmup_iters,
@@ -221,9 +226,8 @@ def train_student(config_path: str | Path, overrides: Sequence[str] = (), *, res
                                 gamma=t.gamma)
     trainer = Trainer(model, optimizer, loader, run_dir, step_fn=student_step,
                       max_epochs=t.epochs, scheduler=scheduler, grad_clip=t.grad_clip,
-                      device=dev, amp=t.amp,
-                      log_every=t.log_every, config_dict=to_dict(cfg), distributed=distributed,
-                      progress=progress)
+                      device=dev, amp=t.amp, log_every=t.log_every, config_dict=to_dict(cfg),
+                      distributed=distributed, progress=progress)
     if trainer.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         info["written"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
