@@ -507,7 +507,9 @@ def index_cmd(gallery_dir, model, sources, camera, every, index_kind, min_score,
     """Detect and embed every person in SOURCE... (image folders, videos, prw:ROOT,
     cuhk-sysu:ROOT) into a searchable gallery. Resumes an interrupted run; a re-run embeds
     only new frames. --size/--proposals/--bf16 are recorded: later runs and queries use the
-    same. Prints the gallery folder last."""
+    same. Unreadable sources are skipped and cut-off videos keep the frames that decode, both
+    listed at the end; exits 1 (and makes no gallery) when nothing could be indexed. Prints
+    the gallery folder last."""
     from pipeline.footage.indexing import index_footage  # optional: PyTorch
     r = index_footage(gallery_dir, model, sources, camera=camera, every=every,
                       device=device, batch_size=batch_size, workers=workers,
@@ -516,6 +518,8 @@ def index_cmd(gallery_dir, model, sources, camera, every, index_kind, min_score,
                       settings=RunSettings(size, proposals, bf16), shard=shard)
     for problem in r.skipped:
         click.echo(f"skipped: {problem}", err=True)
+    for problem in r.partial:
+        click.echo(f"partly indexed: {problem}", err=True)
     if r.rank != 0:  # under torchrun process 0 reports for all
         return
     click.echo(f"indexed {r.frames_new} new frames of {r.frames_planned} ({r.detections_new} "

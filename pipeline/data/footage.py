@@ -325,10 +325,10 @@ def group_frames(refs: list[FrameRef], video_group: int = VIDEO_GROUP) -> list[l
 
 class FootageFrames(Dataset):
     """Item k = group k of :func:`group_frames`: (a list of (position in ``refs``, image
-    (3, H, W) uint8 tensor, preview JPEG bytes) for every frame that decodes, what was lost
-    or None). Decoding and JPEG encoding happen in the DataLoader worker that fetches the
-    item; a file that does not decode is reported, not fatal, and its message crosses the
-    worker boundary as text."""
+    (3, H, W) uint8 tensor, preview JPEG bytes) for every frame of the group that decodes,
+    why the file does not decode at all or None). Decoding and JPEG encoding happen in the
+    DataLoader worker that fetches the item; a file that does not decode is not fatal (the
+    caller reports it), and its message crosses the worker boundary as text."""
 
     def __init__(self, refs: list[FrameRef], groups: list[list[int]], previews: bool = True):
         self.refs, self.groups, self.previews = refs, groups, previews
@@ -338,18 +338,10 @@ class FootageFrames(Dataset):
 
     def __getitem__(self, k: int):
         positions = self.groups[k]
-        refs = [self.refs[i] for i in positions]
         try:
-            arrays = read_frames(refs)
+            arrays = read_frames([self.refs[i] for i in positions])
         except DatasetError as e:   # FootageError, or an image that does not decode
             return [], str(e)
-        items = [(i, torch.from_numpy(a).permute(2, 0, 1).contiguous(),
-                  preview_jpeg(a) if self.previews else b"")
-                 for i, a in zip(positions, arrays) if a is not None]
-        lost = [r for r, a in zip(refs, arrays) if a is None]
-        return items, (_lost_frames(lost) if lost else None)
-
-
-def _lost_frames(refs: list[FrameRef]) -> str:
-    frames = ", ".join(str(r.frame) for r in refs)
-    return f"{refs[0].source}: {len(refs)} frame(s) do not decode (frame {frames})"
+        return [(i, torch.from_numpy(a).permute(2, 0, 1).contiguous(),
+                 preview_jpeg(a) if self.previews else b"")
+                for i, a in zip(positions, arrays) if a is not None], None

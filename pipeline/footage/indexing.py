@@ -9,11 +9,17 @@ at any point loses at most the chunk in flight. Chunks
 and batches are cut the same way whether a run starts fresh or resumes, so a resumed run
 ends with the same detections as an uninterrupted one.
 
+Damaged sources cost only what is damaged: an unreadable file is skipped, a cut-off video
+keeps every frame that decodes; the report lists both (``skipped``: nothing of it got in;
+``partial``: how much it lost). A run of which nothing could be indexed (every source failed)
+raises :class:`NothingIndexedError` and leaves no gallery behind if it was to create one.
+
 Under ``torchrun`` (WORLD_SIZE > 1) process r indexes sources r::world into its own pending
 segments; after a barrier process 0 commits everything into one gallery and one index.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -26,8 +32,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.data.footage import (DEFAULT_EVERY, VIDEO_GROUP, FootageFrames, FrameRef,
-                                   find_sources, group_frames, plan_frames)
+                                   find_sources, group_frames, plan_source)
 from pipeline.data.records import DatasetError
+from pipeline.errors import UserError
 from pipeline.engine import distributed as dist_utils
 from pipeline.footage.store import FrameBlock, GalleryWriter, RunHeader, commit
 from pipeline.models.precision import autocast
@@ -40,6 +47,11 @@ DEFAULT_BATCH = 4
 DEFAULT_CHUNK = 64            # frames per committed segment
 # tqdm's default turns a rate under 1/s into s/frame; footage people think in frames/s
 PROGRESS_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"
+LISTED_FRAMES = 5             # lost frame numbers named per source in the run's summary
+
+
+class NothingIndexedError(UserError, RuntimeError):
+    """Every source of an index run failed: nothing was added (and no gallery was made)."""
 
 
 @dataclass
@@ -54,7 +66,8 @@ class IndexReport:
     gallery_detections: int = 0
     index_kind: str = ""
     approximate: bool = False
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)   # sources of which nothing got in
+    partial: list[str] = field(default_factory=list)   # sources that lost some frames
     rank: int = 0                      # this process under torchrun (0 commits and reports)
 
     @property
@@ -71,17 +84,23 @@ def gather_sources(specs, camera: str | None) -> list:
     return [seen[p] for p in sorted(seen)]
 
 
-def plan(sources, every: float, progress: bool) -> tuple[list[FrameRef], list[str]]:
-    """Frames of every source; unreadable sources are reported and skipped."""
-    refs, skipped = [], []
+def plan(sources, every: float, progress: bool) -> tuple[list[FrameRef], list[str], list[str]]:
+    """Frames of every source, the sources skipped (unreadable) and those that lose frames
+    (a cut-off video), each reported as it is found."""
+    refs, skipped, partial = [], [], []
     for s in tqdm(sources, desc="planning", unit="source", disable=not progress or
                   len(sources) < 50):
         try:
-            refs += plan_frames(s, every)
+            source_plan = plan_source(s, every)
         except DatasetError as e:   # FootageError, or an image that does not decode
             skipped.append(str(e))
             tqdm.write(f"skipping {e}", file=sys.stderr)
-    return refs, skipped
+            continue
+        refs += source_plan.refs
+        if source_plan.lost:
+            partial.append(source_plan.lost)
+            tqdm.write(f"partly: {source_plan.lost}", file=sys.stderr)
+    return refs, skipped, partial
 
 
 def chunk_groups(refs: list[FrameRef], groups: list[list[int]], chunk_frames: int):
@@ -137,6 +156,36 @@ class _Chunk:
             previews=self.previews, detections=Detections.concatenate(self.results, self.dim))
 
 
+@dataclass
+class _Losses:
+    """What the decoding workers could not deliver, per source: why the file does not decode
+    at all, or which of its planned frames did not decode."""
+
+    errors: dict[str, str] = field(default_factory=dict)
+    frames: dict[str, list[int]] = field(default_factory=dict)
+    indexed: set[str] = field(default_factory=set)
+
+    def add(self, refs: list[FrameRef], delivered: list[bool], error: str | None) -> None:
+        for ref, got in zip(refs, delivered):
+            if got:
+                self.indexed.add(ref.source)
+            else:
+                self.frames.setdefault(ref.source, []).append(ref.frame)
+                if error:
+                    self.errors.setdefault(ref.source, error)
+
+    def messages(self) -> tuple[list[str], list[str]]:
+        """(sources of which no frame got in, sources that lost some), one line each."""
+        skipped, partial = [], []
+        for source, lost in sorted(self.frames.items()):
+            named = ", ".join(map(str, lost[:LISTED_FRAMES])) + (", ..." if len(lost) >
+                                                                   LISTED_FRAMES else "")
+            text = self.errors.get(source) or (f"{source}: {len(lost)} planned frame(s) do "
+                                               f"not decode (frame {named})")
+            (partial if source in self.indexed else skipped).append(text)
+        return skipped, partial
+
+
 def index_footage(gallery_dir, model, sources, *, camera: str | None = None,
                   every: float = DEFAULT_EVERY, device: str = "cpu",
                   batch_size: int = DEFAULT_BATCH, workers: int = 2,
@@ -159,19 +208,24 @@ def index_footage(gallery_dir, model, sources, *, camera: str | None = None,
     searcher, info = load_model(model, dev)
     apply_settings(searcher, settings)
     header = RunHeader(replace(info, settings=settings), searcher.embedding_dim, min_score)
+    existed = Path(gallery_dir).exists()
     writer = GalleryWriter(gallery_dir, header, rank=rank)
     try:
-        refs, skipped = plan(all_sources[rank::world], every, progress and rank == 0)
+        refs, skipped, partial = plan(all_sources[rank::world], every, progress and rank == 0)
         done = writer.done()
         todo = [r for r in refs if (r.source, r.frame) not in done]
-        frames_new, dets_new = _run(writer, searcher, dev, todo, batch_size, workers,
-                                    min_score, header.embedding_dim, chunk_frames,
-                                    progress and rank == 0, after_chunk, settings.bf16)
+        frames_new, dets_new, losses = _run(writer, searcher, dev, todo, batch_size, workers,
+                                            min_score, header.embedding_dim, chunk_frames,
+                                            progress and rank == 0, after_chunk, settings.bf16)
     finally:
         writer.close()
-    planned, frames_new, dets_new = _sum_over_processes([len(refs), frames_new, dets_new], dev)
+    not_decoded, lost = losses.messages()
+    planned, frames_new, dets_new, wanted = _sum_over_processes(
+        [len(refs), frames_new, dets_new, len(todo)], dev)
     report = IndexReport(Path(gallery_dir), len(all_sources), planned, frames_new, dets_new,
-                         0.0, skipped=skipped, rank=rank)
+                         0.0, skipped=skipped + not_decoded, partial=partial + lost, rank=rank)
+    if frames_new == 0 and wanted == planned:   # none of it is in the gallery, before or now
+        _nothing_indexed(Path(gallery_dir), existed, report, rank)
     if rank == 0:
         manifest = commit(gallery_dir, header, index_kind=index_kind)
         report.gallery_frames, report.gallery_detections = manifest.frames, manifest.detections
@@ -179,6 +233,19 @@ def index_footage(gallery_dir, model, sources, *, camera: str | None = None,
     dist_utils.barrier()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _nothing_indexed(directory: Path, existed: bool, report: IndexReport, rank: int) -> None:
+    """Every source failed: a gallery this run created is removed again (an empty gallery
+    would look like a success to a script), and the run ends with NothingIndexedError."""
+    dist_utils.barrier()
+    if rank == 0 and not existed:
+        shutil.rmtree(directory, ignore_errors=True)
+    first = report.skipped[0] if report.skipped else "no frames were planned"
+    more = f" (+{len(report.skipped) - 1} more, listed above)" if len(report.skipped) > 1 else ""
+    kept = "the gallery is unchanged" if existed else "no gallery was written"
+    raise NothingIndexedError(f"nothing could be indexed from {report.sources} source(s): "
+                              f"{first}{more}; {kept}")
 
 
 def _sum_over_processes(counts: list[int], device) -> list[int]:
@@ -191,7 +258,7 @@ def _sum_over_processes(counts: list[int], device) -> list[int]:
 
 
 def _run(writer, searcher, dev, todo, batch_size, workers, min_score, dim, chunk_frames,
-         progress, after_chunk, bf16) -> tuple[int, int]:
+         progress, after_chunk, bf16) -> tuple[int, int, _Losses]:
     groups = group_frames(todo, min(VIDEO_GROUP, chunk_frames))  # a group never spans chunks
     chunks = chunk_groups(todo, groups, chunk_frames)
     last_group_of_chunk = {}
@@ -199,12 +266,12 @@ def _run(writer, searcher, dev, todo, batch_size, workers, min_score, dim, chunk
     for c, chunk in enumerate(chunks):
         k += len(chunk)
         last_group_of_chunk[k - 1] = c
-    loader = DataLoader(FootageFrames(todo, groups), batch_size=None,
-                        num_workers=workers, pin_memory=dev.type == "cuda",
-                        persistent_workers=False)
+    loader = DataLoader(FootageFrames(todo, groups), batch_size=None, num_workers=workers,
+                        pin_memory=dev.type == "cuda", persistent_workers=False)
     bar = tqdm(total=len(todo), unit=" frames", desc="indexing", disable=not progress,
                smoothing=0.1, bar_format=PROGRESS_FORMAT)
     frames_new = dets_new = 0
+    losses = _Losses()
     current = _Chunk(searcher, dev, batch_size, min_score, dim, bf16)
     try:
         for g, (items, error) in enumerate(loader):   # error: what did not decode, or None
@@ -212,6 +279,8 @@ def _run(writer, searcher, dev, todo, batch_size, workers, min_score, dim, chunk
                 tqdm.write(f"skipping {error}", file=sys.stderr)
             for position, image, preview in items:
                 current.add(todo[position], image, preview)
+            delivered = {position for position, _, _ in items}
+            losses.add([todo[i] for i in groups[g]], [i in delivered for i in groups[g]], error)
             bar.update(len(groups[g]))
             if g in last_group_of_chunk:
                 block = current.block()
@@ -223,4 +292,4 @@ def _run(writer, searcher, dev, todo, batch_size, workers, min_score, dim, chunk
                     after_chunk(frames_new)
     finally:
         bar.close()
-    return frames_new, dets_new
+    return frames_new, dets_new, losses

@@ -1,0 +1,94 @@
+"""Media as it comes from cameras and phones, made here: a recording cut off at several
+offsets keeps every frame that decodes and says how much it lost; unreadable sources are
+listed by name; a run of which nothing could be indexed exits non-zero and leaves no gallery;
+the gallery still opens and searches afterwards."""
+import av
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+from footage_helpers import index_args
+from pipeline.data.footage import find_sources, plan_source, read_frames
+from pipeline.footage.store import open_gallery
+
+FRAMES, FPS = 45, 15
+
+
+def recording(path, frames=FRAMES, fps=FPS, size=(64, 48)):
+    """An H.264 MP4 with its index first (faststart, as phones write them) and noisy frames,
+    so every frame's packet is large and a cut lands inside the frame data."""
+    container = av.open(str(path), "w", options={"movflags": "faststart"})
+    stream = container.add_stream("libx264", rate=fps)
+    stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+    stream.codec_context.gop_size = 10
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        rgb = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+def sound(path):
+    """A container without a video stream: a second of silence."""
+    container = av.open(str(path), "w")
+    stream = container.add_stream("pcm_s16le", rate=8000, layout="mono")
+    frame = av.AudioFrame.from_ndarray(np.zeros((1, 8000), np.int16), format="s16",
+                                       layout="mono")
+    frame.sample_rate = 8000
+    for packet in [*stream.encode(frame), *stream.encode()]:
+        container.mux(packet)
+    container.close()
+    return path
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 0.8])
+def test_a_cut_off_recording_keeps_every_frame_that_decodes(tmp_path, fraction):
+    data = recording(tmp_path / "whole.mp4").read_bytes()
+    cut = tmp_path / "cam3.mp4"
+    cut.write_bytes(data[:int(len(data) * fraction)])
+    plan = plan_source(find_sources(str(cut))[0], every=1 / FPS)
+    kept = len(plan.refs)
+    assert 0.5 * fraction * FRAMES < kept < fraction * FRAMES + 2
+    assert plan.lost == f"{cut}: {kept} of ~{FRAMES} frames, stream ends early"
+    assert all(frame is not None for frame in read_frames(plan.refs))   # each one decodes
+
+
+def test_index_lists_partial_and_skipped_sources_and_searches(tmp_path,
+                                                             random_student_checkpoint):
+    footage = tmp_path / "footage"
+    footage.mkdir()
+    data = recording(tmp_path / "whole.mp4", frames=12, fps=4).read_bytes()
+    (footage / "cam3.mp4").write_bytes(data[:len(data) // 2])
+    (footage / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    sound(footage / "sound.mkv")
+    gallery = tmp_path / "g"
+    r = CliRunner().invoke(cli, index_args(gallery, random_student_checkpoint, footage))
+    assert r.exit_code == 0, r.output
+    assert "partly indexed: " in r.output and "cam3.mp4: " in r.output
+    assert "stream ends early" in r.output
+    skipped = [line for line in r.output.splitlines() if line.startswith("skipped: ")]
+    assert any("broken.jpg" in line for line in skipped), r.output
+    assert any("sound.mkv: holds no video stream" in line for line in skipped), r.output
+    g = open_gallery(gallery)
+    assert g.num_frames > 0 and set(g.frame_source) == {str(footage / "cam3.mp4")}
+    r = CliRunner().invoke(cli, ["search", "--gallery", str(gallery), "--hit", "0",
+                                 "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+
+
+def test_nothing_indexed_exits_non_zero_and_makes_no_gallery(tmp_path,
+                                                             random_student_checkpoint):
+    footage = tmp_path / "footage"
+    footage.mkdir()
+    (footage / "a.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (footage / "b.mp4").write_bytes(b"not a video")
+    gallery = tmp_path / "g"
+    r = CliRunner().invoke(cli, index_args(gallery, random_student_checkpoint, footage))
+    assert r.exit_code == 1, r.output
+    assert "nothing could be indexed" in r.output and "no gallery was written" in r.output
+    assert not gallery.exists()
