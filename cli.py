@@ -38,6 +38,7 @@ from pipeline.runtime.onnx.runtime import RUNTIMES
 from pipeline.footage.appearances import DEFAULT_RANKING, RANKINGS
 from pipeline.footage.search import SEARCH_BY, search_command
 from pipeline.footage.store import gallery_summary, merge_galleries, open_gallery
+from pipeline.footage.track_store import make_track_table, upgrade_gallery
 
 # The commands that run a network import their implementation (and with it PyTorch, about
 # 2-4 s) when they run, each such line marked "optional": --help, the scoring of a results
@@ -595,10 +596,21 @@ def gallery_group():
 def gallery_merge_cmd(out, inputs, index_kind):
     """Merge the galleries IN... (same model and settings, different footage, e.g. made with
     `index --shard-of K/N`) into a new gallery OUT; prints OUT last."""
-    m = merge_galleries(out, inputs, index_kind=index_kind)
+    m = merge_galleries(out, inputs, index_kind=index_kind, tracks=make_track_table)
     click.echo(f"merged {len(inputs)} galleries: {m.frames} frames, {m.detections} people, "
                f"{m.index.kind} index")
     click.echo(str(out))
+
+
+@gallery_group.command("upgrade")
+@click.argument("directory", type=click.Path(file_okay=False))
+@friendly_errors
+def gallery_upgrade_cmd(directory):
+    """Bring the gallery at DIRECTORY to this version: a gallery made before galleries stored
+    tracks gets them, linked from its stored detections (no model runs)."""
+    m, changed = upgrade_gallery(directory)
+    click.echo(f"{directory}: {'linked' if changed else 'already has'} {m.tracks.tracks} tracks "
+               f"of {m.detections} people")
 
 
 @gallery_group.command("info")
@@ -620,6 +632,10 @@ def gallery_info_cmd(directory, as_json):
     click.echo(f"model: {info['model']['kind']} {info['model']['name']}")
     click.echo(f"index: {index['kind']} ({'approximate' if index['approximate'] else 'exact'}"
                f"{', ' + params if params else ''})")
+    tracks = info["tracks"]
+    click.echo(f"tracks: {tracks['tracks']} ({tracks['kind']} index, {tracks['pooling']} pooling)"
+               if tracks else f"tracks: none (made by an older version; `python cli.py gallery "
+               f"upgrade {directory}` adds them)")
     click.echo("bytes: " + ", ".join(f"{k} {v:,}" for k, v in info["bytes"].items()))
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from conftest import TINY_PRW
 from pipeline.footage.store import FrameBlock, GalleryWriter, RunHeader, commit
+from pipeline.footage.track_store import make_track_table
 from pipeline.runtime.types import Detections, ModelInfo
 
 # the tiny PRW world's people walking past its 3 cameras: 6 s at 2 fps, 160x120
@@ -63,12 +64,12 @@ def fake_block(sources, frames, *, times=None, cameras=None, per_frame=2, dim=8,
 
 
 def fake_gallery(directory: Path, blocks, *, kind="flat", dim=8, model=FAKE_MODEL) -> Path:
-    """A committed gallery of the given FrameBlocks."""
+    """A committed gallery of the given FrameBlocks, with its tracks."""
     w = GalleryWriter(directory, RunHeader(model, dim, 0.5))
     for b in blocks:
         w.add(b)
     w.close()
-    commit(directory, RunHeader(model, dim, 0.5), index_kind=kind)
+    commit(directory, RunHeader(model, dim, 0.5), index_kind=kind, tracks=make_track_table)
     return directory
 
 

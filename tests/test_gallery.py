@@ -11,9 +11,9 @@ from footage_helpers import FAKE_MODEL, fake_block, fake_gallery
 from pipeline.runtime.faiss_index import build_index, search_index
 from pipeline.footage.ranking import SearchFilter, find
 from pipeline.footage.report import camera_timelines, write_results
-from pipeline.footage.store import (MANIFEST, SEGMENTS, GalleryError, GalleryWriter,
-                                    MissingItemError, ModelMismatchError, RunHeader, commit,
-                                    open_gallery)
+from pipeline.footage.store import (MANIFEST, SCHEMA_VERSION, SEGMENTS, GalleryError,
+                                    GalleryWriter, MissingItemError, ModelMismatchError,
+                                    RunHeader, commit, open_gallery)
 from pipeline.arrays import l2_normalize
 from pipeline.runtime.types import ModelInfo, RunSettings
 
@@ -265,7 +265,7 @@ def test_a_version_1_gallery_is_read_and_rewritten_by_the_next_commit(tmp_path):
     assert g.model.settings == RunSettings(48, 5, True) and g.num_frames == 3
     commit(d, RunHeader(g.model, 8, 0.5))
     rewritten = json.loads((d / MANIFEST).read_text())
-    assert rewritten["version"] == 2
+    assert rewritten["version"] == SCHEMA_VERSION
     assert rewritten["model"]["settings"] == {"size": 48, "proposals": 5, "bf16": True}
     with pytest.raises(ModelMismatchError, match="size=48 proposals=5 bf16"):
         commit(d, RunHeader(FAKE_MODEL, 8, 0.5))

@@ -46,7 +46,8 @@ NO_NETWORK = ("cache", "pipeline.arrays", "pipeline.files", "pipeline.runtime.ty
               "pipeline.footage.store", "pipeline.footage.ranking", "pipeline.footage.search",
               "pipeline.footage.report", "pipeline.footage.pictures",
               "pipeline.footage.scoring", "pipeline.footage.tracks",
-              "pipeline.footage.appearances", "pipeline.footage.rerank")
+              "pipeline.footage.appearances", "pipeline.footage.rerank",
+              "pipeline.footage.track_store")
 NETWORK_MODULES = ("torch", "torchvision", "onnxruntime")
 
 

@@ -5,6 +5,10 @@ An appearance pools its detections' embeddings (:data:`POOLINGS`, measured in
 score, ``mean`` weighs them alike, ``best`` keeps the best-scoring detection's alone. Its best
 detection (highest score) is the picture a page shows. Detections in no track (never confirmed
 by the tracker) are in no appearance; ``search --by detection`` still finds them.
+
+A gallery stores its appearances (each commit links and pools them,
+:mod:`pipeline.footage.track_store`) with a FAISS index over them: a search reads them
+(:func:`gallery_appearances`) and links nothing.
 """
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ import numpy as np
 from pipeline.arrays import l2_normalize
 from pipeline.footage.ranking import DEFAULT_TOP, SearchFilter, allowed_frames
 from pipeline.footage.rerank import expand_query, k_reciprocal_rerank
-from pipeline.footage.store import Gallery, GalleryError
+from pipeline.footage.store import Gallery, GalleryError, read_track_index, read_track_table
+from pipeline.runtime.faiss_index import search_index
 from pipeline.footage.tracks import link_tracks
 
 POOLINGS = ("score", "mean", "best")
@@ -27,7 +32,8 @@ class Appearances:
     """``track_of`` (T,) each detection's appearance (-1: none); per appearance (A rows):
     ``members`` its detection rows in time order, ``embeddings`` (A, D) unit norm, ``best``
     its best detection, ``camera`` its camera's position in ``gallery.cameras``, ``start`` /
-    ``end`` seconds (NaN for still images)."""
+    ``end`` seconds (NaN for still images); ``index`` the gallery's FAISS index over
+    ``embeddings`` when they are the stored ones (None: rank them exhaustively)."""
 
     track_of: np.ndarray
     members: list[np.ndarray]
@@ -36,6 +42,7 @@ class Appearances:
     camera: np.ndarray
     start: np.ndarray
     end: np.ndarray
+    index: object = None
 
     def __len__(self) -> int:
         return len(self.members)
@@ -56,10 +63,8 @@ def build_appearances(gallery: Gallery, embeddings: np.ndarray, track_of: np.nda
     """The gallery's appearances from its (T, D) detection ``embeddings`` and its tracks
     (:func:`~pipeline.footage.tracks.link_tracks` when not given)."""
     track_of = link_tracks(gallery) if track_of is None else np.asarray(track_of, np.int64)
-    count = int(track_of.max()) + 1 if len(track_of) else 0
-    order = np.argsort(track_of, kind="stable")
-    bounds = np.searchsorted(track_of[order], np.arange(count + 1))
-    members = [order[bounds[a]:bounds[a + 1]] for a in range(count)]
+    members = members_of(track_of, int(track_of.max()) + 1 if len(track_of) else 0)
+    count = len(members)
     dim = embeddings.shape[1] if embeddings.ndim == 2 else gallery.embedding_dim
     pooled = np.zeros((count, dim), np.float32)
     best = np.zeros(count, np.int64)
@@ -73,10 +78,30 @@ def build_appearances(gallery: Gallery, embeddings: np.ndarray, track_of: np.nda
     return Appearances(track_of, members, pooled, best, camera, start, end)
 
 
-def gallery_appearances(gallery: Gallery, how: str = DEFAULT_POOLING) -> Appearances:
-    """Every appearance of ``gallery`` (its embeddings read from the segments)."""
-    return build_appearances(gallery, gallery.embeddings(np.arange(gallery.num_detections)),
-                             how=how)
+def members_of(track_of: np.ndarray, count: int) -> list[np.ndarray]:
+    """Each of the ``count`` tracks' detection rows, in row (time) order."""
+    order = np.argsort(track_of, kind="stable")
+    bounds = np.searchsorted(track_of[order], np.arange(count + 1))
+    return [order[bounds[a]:bounds[a + 1]] for a in range(count)]
+
+
+class NoTracksError(GalleryError):
+    """The gallery was made before galleries stored tracks."""
+
+
+def gallery_appearances(gallery: Gallery) -> Appearances:
+    """Every appearance ``gallery`` stores, with its FAISS index."""
+    entry = gallery.manifest.tracks
+    if entry is None:
+        raise NoTracksError(f"gallery {gallery.directory} was made by an older version and has "
+                            f"no tracks: run `python cli.py gallery upgrade {gallery.directory}` "
+                            "(it links them from the stored detections, without the model)")
+    table = read_track_table(gallery.directory, entry)
+    camera = {c: i for i, c in enumerate(gallery.cameras)}
+    return Appearances(table.track_of, members_of(table.track_of, len(table)),
+                       table.embeddings, table.best,
+                       np.array([camera[c] for c in table.camera], np.int64), table.start,
+                       table.end, read_track_index(gallery.directory, entry))
 
 
 # ------------------------------------------------------------------------------ search
@@ -127,9 +152,12 @@ def find_appearances(gallery: Gallery, apps: Appearances, query: np.ndarray,
     frames_ok = allowed_frames(gallery, filt)
     ok = np.array([frames_ok[gallery.detection_frame[m]].any() for m in apps.members], bool)
     ok[np.asarray(list(exclude), np.int64)] = False
-    candidates = np.flatnonzero(ok)
-    scores = ranking_scores(query, apps.embeddings[candidates], ranking)
-    order = candidates[np.argsort(-scores, kind="stable")][:top]
+    if ranking == "plain" and apps.index is not None:
+        order = search_index(apps.index, query, top, ok)[1]
+    else:
+        candidates = np.flatnonzero(ok)
+        scores = ranking_scores(query, apps.embeddings[candidates], ranking)
+        order = candidates[np.argsort(-scores, kind="stable")][:top]
     return [_appearance_hit(gallery, apps, int(a), float(apps.embeddings[a] @ query), rank)
             for rank, a in enumerate(order, start=1)]
 

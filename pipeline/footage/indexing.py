@@ -4,8 +4,9 @@ Sources are planned in the main process (video packets demuxed, nothing decoded)
 not yet in the gallery are decoded by DataLoader workers in groups
 (:class:`pipeline.data.footage.FootageFrames`), detected in batches of frames of one size
 (bf16 autocast on CUDA) and written to the gallery one chunk of about ``chunk_frames``
-frames at a time (a pending segment each; the run's end commits them all), so a run killed
-at any point loses at most the chunk in flight. Chunks
+frames at a time (a pending segment each; the run's end commits them all and links the
+detections into tracks, :mod:`pipeline.footage.track_store`), so a run killed at any point
+loses at most the chunk in flight. Chunks
 and batches are cut the same way whether a run starts fresh or resumes, so a resumed run
 ends with the same detections as an uninterrupted one.
 
@@ -37,6 +38,7 @@ from pipeline.data.records import DatasetError
 from pipeline.errors import UserError
 from pipeline.engine import distributed as dist_utils
 from pipeline.footage.store import FrameBlock, GalleryWriter, RunHeader, commit
+from pipeline.footage.track_store import make_track_table
 from pipeline.models.precision import autocast
 from pipeline.runtime.loading import load_model
 from pipeline.runtime.settings import apply_settings
@@ -227,7 +229,7 @@ def index_footage(gallery_dir, model, sources, *, camera: str | None = None,
     if frames_new == 0 and wanted == planned:   # none of it is in the gallery, before or now
         _nothing_indexed(Path(gallery_dir), existed, report, rank)
     if rank == 0:
-        manifest = commit(gallery_dir, header, index_kind=index_kind)
+        manifest = commit(gallery_dir, header, index_kind=index_kind, tracks=make_track_table)
         report.gallery_frames, report.gallery_detections = manifest.frames, manifest.detections
         report.index_kind, report.approximate = manifest.index.kind, manifest.index.approximate
     dist_utils.barrier()

@@ -3,9 +3,11 @@
 commits them, :mod:`.reader` opens a committed gallery."""
 from .manifest import (MANIFEST, PENDING, SCHEMA, SCHEMA_VERSION, SEGMENTS, GalleryError, Manifest, MissingItemError,
                        ModelMismatchError, RunHeader, check_same_model, read_manifest)
-from .reader import Gallery, gallery_summary, open_gallery
+from .reader import Gallery, gallery_summary, open_gallery, read_gallery
+from .tracks_file import TrackMaker, TrackTable, read_track_index, read_track_table
 from .writer import FrameBlock, GalleryWriter, commit, merge_galleries
 
 __all__ = ["MANIFEST", "PENDING", "SCHEMA", "SCHEMA_VERSION", "SEGMENTS", "FrameBlock", "Gallery", "GalleryError", "GalleryWriter",
-           "Manifest", "MissingItemError", "ModelMismatchError", "RunHeader", "check_same_model",
-           "commit", "gallery_summary", "merge_galleries", "open_gallery", "read_manifest"]
+           "Manifest", "MissingItemError", "ModelMismatchError", "RunHeader", "TrackMaker", "TrackTable",
+           "check_same_model", "commit", "gallery_summary", "merge_galleries", "open_gallery",
+           "read_gallery", "read_manifest", "read_track_index", "read_track_table"]

@@ -22,10 +22,14 @@ Layout of a gallery folder (schema ``person-search-gallery``, version :data:`SCH
   the factory string and the training sample's size), one ``codes-N.faiss`` per commit (the
   codes of the rows it added) and ``lists-N.faiss`` + ``lists-N.ivfdata``, every code merged
   into inverted lists on disk that a search maps read-only.
+- ``tracks-N.h5`` + ``tracks-N.faiss`` (:mod:`.tracks_file`, the manifest's ``tracks``
+  entry): each detection's track (one person's visit to one camera), a table of the tracks
+  with one pooled embedding each, and a FAISS index over those embeddings.
 - ``pending/rank-R.json``: the segments an unfinished run of process R has written.
 
 Version 1 (before run settings were a typed entry: ``"size=750 proposals=100 bf16"``) is read
-as it is and rewritten as version 2 by the next ``index`` run.
+as it is and rewritten by the next ``index`` run. Versions 1 and 2 (before tracks were stored)
+read as a gallery with no tracks; the next commit (``index``, ``gallery upgrade``) adds them.
 """
 from __future__ import annotations
 
@@ -38,8 +42,8 @@ from pipeline.errors import UserError
 from pipeline.runtime.types import ModelInfo
 
 SCHEMA = "person-search-gallery"
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "gallery.json"
 SEGMENTS = "segments"
 PENDING = "pending"
@@ -98,6 +102,27 @@ class IndexEntry:
 
 
 @dataclass(frozen=True)
+class TracksEntry:
+    """The tracks file and the FAISS index over its pooled embeddings (:mod:`.tracks_file`)."""
+
+    file: str
+    index: str
+    kind: str                     # the index's kind (flat for an ivfpq gallery's tracks)
+    tracks: int
+    detections: int               # the detections it covers: the whole gallery
+    generation: int
+    pooling: str
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TracksEntry":
+        return cls(str(d["file"]), str(d["index"]), str(d["kind"]), int(d["tracks"]),
+                   int(d["detections"]), int(d["generation"]), str(d["pooling"]))
+
+
+@dataclass(frozen=True)
 class RunHeader:
     """What every writer of a gallery must agree on: the model and the detection settings.
     A pending list starts with it; so does the manifest."""
@@ -135,6 +160,7 @@ class Manifest:
     created: str
     updated: str
     version: int = SCHEMA_VERSION
+    tracks: TracksEntry | None = None    # None: made before tracks were stored (version < 3)
 
     @property
     def model(self) -> ModelInfo:
@@ -156,13 +182,15 @@ class Manifest:
         return {"schema": SCHEMA, "version": SCHEMA_VERSION, **self.header.to_dict(),
                 "segments": [s.to_dict() for s in self.segments], "frames": self.frames,
                 "detections": self.detections, "index": self.index.to_dict(),
+                "tracks": self.tracks.to_dict() if self.tracks else None,
                 "created": self.created, "updated": self.updated}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
         return cls(RunHeader.from_dict(d), tuple(SegmentEntry.from_dict(s) for s in d["segments"]),
                    IndexEntry.from_dict(d["index"]), str(d["created"]), str(d["updated"]),
-                   int(d["version"]))
+                   int(d["version"]),
+                   TracksEntry.from_dict(d["tracks"]) if d.get("tracks") else None)
 
     def updated_with(self, **changes) -> "Manifest":
         return replace(self, updated=now(), **changes)

@@ -16,6 +16,7 @@ from pipeline.runtime.types import ModelInfo
 from .manifest import (MANIFEST, SEGMENTS, GalleryError, Manifest, MissingItemError,
                        SegmentEntry, pending_files, read_manifest)
 from .ondisk import FOLDER, ivfpq_files, read_rows
+from .tracks_file import track_files
 
 
 @dataclass
@@ -131,25 +132,28 @@ def _bytes(paths) -> int:
 
 
 def disk_usage(directory: Path, manifest: Manifest) -> dict:
-    """Bytes on disk per part of a committed gallery: manifest, segments, index."""
+    """Bytes on disk per part of a committed gallery: manifest, segments, index, tracks."""
     index = manifest.index
     index_files = ([directory / index.file] if index.kind != "ivfpq" else
                    [directory / FOLDER / name for name in ivfpq_files(index)])
     return {"manifest": _bytes([directory / MANIFEST]),
             "segments": _bytes(directory / SEGMENTS / s.file for s in manifest.segments),
-            "index": _bytes(index_files)}
+            "index": _bytes(index_files),
+            "tracks": _bytes(directory / name for name in track_files(manifest.tracks))}
 
 
 def gallery_summary(g: Gallery) -> dict:
     """What `gallery info` prints and the app's header shows: counts, cameras, the model, the
-    index kind and parameters, bytes on disk per part."""
-    index = g.manifest.index
+    index kind and parameters, the tracks (None: none stored), bytes on disk per part."""
+    index, tracks = g.manifest.index, g.manifest.tracks
     return {"gallery": str(g.directory), "frames": g.num_frames,
             "detections": g.num_detections, "cameras": g.cameras,
             "model": g.model.to_dict(), "embedding_dim": g.embedding_dim,
             "index": {"kind": index.kind, "approximate": index.approximate,
                       "rescored": g.rescored, "generation": index.generation,
                       **index.params},
+            "tracks": None if tracks is None else {"tracks": tracks.tracks, "kind": tracks.kind,
+                                                   "pooling": tracks.pooling},
             "bytes": disk_usage(g.directory, g.manifest),
             "created": g.manifest.created, "updated": g.manifest.updated}
 
@@ -163,6 +167,12 @@ def open_gallery(directory) -> Gallery:
                 if directory.is_dir() and pending_files(directory) else "")
         raise GalleryError(f"{directory} is not a gallery: no {MANIFEST}{hint}; build one with "
                            "`python cli.py index --gallery DIR --model MODEL SOURCE...`")
+    return read_gallery(directory, m)
+
+
+def read_gallery(directory: Path, m: Manifest) -> Gallery:
+    """The gallery of the segments ``m`` lists (a manifest not written yet, or a part of one:
+    a commit reads the groups it links into tracks this way)."""
     cols = {k: [] for k in ("source", "index", "time", "camera", "width", "height", "counts",
                             "boxes", "scores")}
     for s in m.segments:

@@ -15,7 +15,7 @@ import fcntl
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -29,10 +29,13 @@ from pipeline.runtime.faiss_index import INDEX_KINDS, build_index, extend_index,
 from pipeline.runtime.types import Detections
 
 from .manifest import (LOCK, MANIFEST, PENDING, SCHEMA, SCHEMA_VERSION, SEGMENTS, GalleryError,
-                       IndexEntry, Manifest, PendingList, RunHeader, SegmentEntry, now,
-                       pending_files, read_manifest, read_pending)
+                       IndexEntry, Manifest, PendingList, RunHeader, SegmentEntry, TracksEntry,
+                       now, pending_files, read_manifest, read_pending)
 from .ondisk import FOLDER as ONDISK
 from .ondisk import ivfpq_files, update_ivfpq
+from .reader import read_gallery
+from .tracks_file import (TrackMaker, read_track_table, track_files, track_index_kind,
+                          write_track_table)
 
 JPEG = h5py.vlen_dtype(np.uint8)
 DEFAULT_INDEX_KIND = "flat"
@@ -177,11 +180,13 @@ def committed_segment_names(directory: Path) -> set[str]:
     return {s.file for s in m.segments} if m else set()
 
 
-def commit(directory, header: RunHeader, *, index_kind: str | None = None) -> Manifest:
+def commit(directory, header: RunHeader, *, index_kind: str | None = None,
+           tracks: TrackMaker | None = None) -> Manifest:
     """End an index run: move every pending segment into the manifest (sorted by their first
     frame, so an interrupted and an uninterrupted run commit the same order), bring the FAISS
-    index up to date, replace the manifest, then tidy up. ``index_kind`` None keeps the
-    gallery's kind (flat for a new gallery). Returns the new manifest."""
+    index and, with a ``tracks`` maker, the tracks up to date, replace the manifest, then tidy
+    up. ``index_kind`` None keeps the gallery's kind (flat for a new gallery). Returns the new
+    manifest."""
     directory = Path(directory)
     if index_kind is not None and index_kind not in INDEX_KINDS:
         raise GalleryError(f"index kind must be one of {INDEX_KINDS}, got {index_kind!r}")
@@ -198,6 +203,7 @@ def commit(directory, header: RunHeader, *, index_kind: str | None = None) -> Ma
         segments += new
         index = _update_index(directory, old.index if old else None, segments, kind)
         manifest = Manifest(header, tuple(segments), index, old.created if old else now(), now())
+        manifest = replace(manifest, tracks=_update_tracks(directory, manifest, old, tracks))
         write_json_atomic(directory / MANIFEST, manifest.to_dict())
         _tidy(directory, manifest)
         return manifest
@@ -229,6 +235,36 @@ def _update_index(directory: Path, entry: IndexEntry | None, segments: list[Segm
     return IndexEntry(name, kind, kind != "flat", total, generation)
 
 
+def _update_tracks(directory: Path, manifest: Manifest, old: Manifest | None,
+                   maker: TrackMaker | None) -> TracksEntry | None:
+    """The tracks entry for ``manifest``: the old one while it covers every detection and its
+    files are there (its index rebuilt when the kind changed), else a table from ``maker`` that links only the
+    groups with new frames; None without a maker (no tracks until a commit with one)."""
+    entry = old.tracks if old else None
+    kind = manifest.index.kind
+    if entry and entry.detections == manifest.detections and all(
+            (directory / name).is_file() for name in track_files(entry)):
+        if entry.kind == track_index_kind(kind):
+            return entry
+        table = read_track_table(directory, entry)      # the same tracks, another index kind
+    elif maker is None:
+        return None
+    else:
+        table = maker(read_gallery(directory, manifest), *_previous_tracks(directory, old))
+    return write_track_table(directory, table, kind, entry.generation + 1 if entry else 1)
+
+
+def _previous_tracks(directory: Path, old: Manifest | None):
+    """(the last commit's track table, its frame count), or (None, 0) when there is none to
+    build on (a gallery made before tracks were stored, or a tracks file lost)."""
+    if old is None or old.tracks is None:
+        return None, 0
+    try:
+        return read_track_table(directory, old.tracks), old.frames
+    except (GalleryError, OSError):
+        return None, 0
+
+
 def _embeddings_from(directory: Path, segments: list[SegmentEntry], start: int) -> np.ndarray:
     """Embeddings of detection rows start: in manifest order."""
     parts, row = [], 0
@@ -257,6 +293,9 @@ def _tidy(directory: Path, manifest: Manifest) -> None:
     for p in directory.glob("index-*.faiss"):
         if p.name != manifest.index.file:
             p.unlink()
+    for p in directory.glob("tracks-*"):
+        if p.name not in track_files(manifest.tracks):
+            p.unlink()
     needed = ivfpq_files(manifest.index)
     for p in (directory / ONDISK).glob("*"):
         if p.name not in needed:
@@ -266,11 +305,13 @@ def _tidy(directory: Path, manifest: Manifest) -> None:
             p.unlink()
 
 
-def merge_galleries(out, inputs, *, index_kind: str | None = None) -> Manifest:
+def merge_galleries(out, inputs, *, index_kind: str | None = None,
+                    tracks: TrackMaker | None = None) -> Manifest:
     """A new gallery at ``out`` holding every segment of the galleries ``inputs`` (made by the
     same model and settings, holding different frames: e.g. ``index --shard-of K/N`` parts),
-    committed into one index (``index_kind`` None: the first input's kind). Segments are
-    hard-linked when on the same file system, else copied."""
+    committed into one index (``index_kind`` None: the first input's kind) and, with a
+    ``tracks`` maker, linked into tracks. Segments are hard-linked when on the same file
+    system, else copied."""
     out, inputs = Path(out), [Path(p) for p in inputs]
     if read_manifest(out) is not None or pending_files(out):
         raise GalleryError(f"{out} already holds a gallery: merge into a new folder")
@@ -291,7 +332,7 @@ def merge_galleries(out, inputs, *, index_kind: str | None = None) -> Manifest:
         write_json_atomic(writer.pending_path, writer.pending.to_dict())
     finally:
         writer.close()
-    return commit(out, header, index_kind=index_kind or manifests[0].index.kind)
+    return commit(out, header, index_kind=index_kind or manifests[0].index.kind, tracks=tracks)
 
 
 def _input_manifest(path: Path) -> Manifest:
