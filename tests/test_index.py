@@ -20,7 +20,8 @@ from PIL import Image
 from cli import cli
 from footage_helpers import FOOTAGE_FRAMES as FRAMES, index_args, random_student
 from pipeline.data.footage import load_frames, plan_frames, find_sources
-from pipeline.footage.store import PENDING, open_gallery
+from pipeline.footage.store import PENDING, open_gallery, read_track_table
+from pipeline.footage.tracks import link_tracks
 from pipeline.runtime.types import RunSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +38,16 @@ def detections(gallery_dir):
     g = open_gallery(gallery_dir)
     keys = list(zip(g.frame_source, g.frame_index.tolist()))
     return keys, g.boxes, g.scores, g.embeddings(np.arange(g.num_detections)), g
+
+
+def assert_same_tracks(a_dir, b_dir):
+    """The same stored tracks: each detection's track id and the track table, exactly."""
+    a, b = (read_track_table(d, open_gallery(d).manifest.tracks) for d in (a_dir, b_dir))
+    assert len(a) > 0 and np.array_equal(a.track_of, b.track_of)
+    assert a.camera == b.camera and a.source == b.source
+    for column in ("start", "end", "frames", "best"):
+        np.testing.assert_array_equal(getattr(a, column), getattr(b, column))
+    np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-5)
 
 
 def assert_same_detections(a, b):
@@ -139,6 +150,9 @@ def test_new_sources_embed_only_new_frames(reference, synthetic_footage, student
     assert after[0][:FRAMES] == before[0] and len(after[0]) == FRAMES + 2
     np.testing.assert_array_equal(after[1][:n], before[1])   # old ids untouched
     assert after[4].frame_camera[-1] == "door" and after[4].frame_time_or_none(FRAMES) is None
+    old, new = (read_track_table(d, open_gallery(d).manifest.tracks) for d in (reference, gallery))
+    np.testing.assert_array_equal(new.track_of[:n], old.track_of)     # old tracks untouched
+    np.testing.assert_array_equal(new.track_of, link_tracks(after[4]))
     again = CliRunner().invoke(cli, index_args(gallery, student, synthetic_footage, stills))
     assert "indexed 0 new frames" in again.output
 
@@ -170,8 +184,8 @@ def _pending_segments(gallery: Path) -> int:
         return 0
 
 
-def test_kill_9_midway_then_resume_gives_the_same_detections(reference, synthetic_footage,
-                                                              student, tmp_path):
+def test_kill_9_midway_then_resume_gives_the_same_detections_and_tracks(
+        reference, synthetic_footage, student, tmp_path):
     gallery = tmp_path / "gallery"
     cmd = [sys.executable, str(ROOT / "cli.py"),
            *index_args(gallery, student, synthetic_footage, chunk=2)]
@@ -191,6 +205,7 @@ def test_kill_9_midway_then_resume_gives_the_same_detections(reference, syntheti
     assert out.returncode == 0, out.stderr
     assert f"indexed {FRAMES - 2 * done} new frames" in out.stdout  # the rest only
     assert_same_detections(detections(gallery), detections(reference))
+    assert_same_tracks(gallery, reference)
 
 
 def _ddp_worker(rank, world, port, gallery, model, sources):
@@ -215,6 +230,7 @@ def test_torchrun_shards_merge_into_the_same_gallery(reference, synthetic_footag
     segments = open_gallery(gallery).manifest.segments
     assert {s.file.split("-")[1] for s in segments} == {"r0", "r1"}   # both ranks wrote
     assert_same_detections(detections(gallery), detections(reference))
+    assert_same_tracks(gallery, reference)
 
 
 def test_run_settings_are_recorded_used_and_kept(synthetic_footage, student, tmp_path):
