@@ -154,3 +154,11 @@ def test_a_lost_tracks_file_is_made_again(tmp_path):
     assert CliRunner().invoke(cli, ["gallery", "upgrade", str(d)]).exit_code == 0
     assert_same_table(stored(d)[1], made)
     assert (stored(d)[1].track_of != NO_TRACK).all()
+
+
+def test_a_gallery_without_people_stores_no_tracks(tmp_path):
+    d = fake_gallery(tmp_path / "g", [fake_block(["/v/a.mp4"] * 3, [0, 1, 2], times=[0, 0.5, 1],
+                                                 per_frame=0, dim=DIM)], dim=DIM)
+    g, table = stored(d)
+    assert len(table) == 0 and len(table.track_of) == 0 and table.embeddings.shape == (0, DIM)
+    assert find_appearances(g, gallery_appearances(g), np.ones(DIM, np.float32)) == []

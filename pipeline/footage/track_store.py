@@ -85,8 +85,9 @@ def _link_group(gallery: Gallery, frames: np.ndarray, tracks: _Tracks) -> None:
     in_group = np.isin(full_row, mine)
     linked = link_tracks(part)
     linked[~in_group] = NO_TRACK           # other groups' frames in the same segments
-    ids, local = np.unique(linked, return_inverse=True)
-    local = np.where(linked == NO_TRACK, NO_TRACK, local - int(ids[0] == NO_TRACK))
+    kept = linked != NO_TRACK
+    local = np.full(len(linked), NO_TRACK, np.int64)
+    local[kept] = np.unique(linked[kept], return_inverse=True)[1]   # 0.. in first-row order
     embeddings = np.zeros((part.num_detections, gallery.embedding_dim), np.float32)
     embeddings[in_group] = part.embeddings(np.flatnonzero(in_group))
     apps = build_appearances(part, embeddings, local)
