@@ -162,3 +162,14 @@ def test_a_gallery_without_people_stores_no_tracks(tmp_path):
     g, table = stored(d)
     assert len(table) == 0 and len(table.track_of) == 0 and table.embeddings.shape == (0, DIM)
     assert find_appearances(g, gallery_appearances(g), np.ones(DIM, np.float32)) == []
+
+
+def test_upgrade_leaves_an_unfinished_run_to_index(tmp_path):
+    d = fake_gallery(tmp_path / "g", [_walk_block(**CAM1)], dim=DIM)
+    _as_version_2(d)
+    w = GalleryWriter(d, HEADER)
+    w.add(_walk_block(**CAM2))
+    w.close()
+    r = CliRunner().invoke(cli, ["gallery", "upgrade", str(d)])
+    assert r.exit_code != 0 and "unfinished" in r.output and len(r.output.splitlines()) == 1
+    assert open_gallery(d).manifest.tracks is None          # nothing committed
