@@ -3,6 +3,7 @@ got in, read by search (which links nothing), an older gallery upgraded without 
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -173,3 +174,31 @@ def test_upgrade_leaves_an_unfinished_run_to_index(tmp_path):
     r = CliRunner().invoke(cli, ["gallery", "upgrade", str(d)])
     assert r.exit_code != 0 and "unfinished" in r.output and len(r.output.splitlines()) == 1
     assert open_gallery(d).manifest.tracks is None          # nothing committed
+
+
+def test_a_commit_failing_at_any_file_keeps_the_last_tracks(tmp_path, monkeypatch):
+    """Fail the commit at each file it moves into place (index, tracks file, tracks index,
+    manifest): the gallery keeps its last complete tracks, and the next commit stores the
+    same tracks as one uninterrupted commit."""
+    once = fake_gallery(tmp_path / "once", [_walk_block(**CAM1), _walk_block(**CAM2)], dim=DIM)
+    d = fake_gallery(tmp_path / "g", [_walk_block(**CAM1)], dim=DIM)
+    _, first = stored(d)
+    w = GalleryWriter(d, HEADER)
+    w.add(_walk_block(**CAM2))
+    w.close()
+    real = os.replace
+    for step in range(4):
+        calls = []
+
+        def flaky(src, dst):
+            calls.append(dst)
+            if len(calls) > step:
+                raise OSError("disk gone")
+            return real(src, dst)
+        monkeypatch.setattr("pipeline.files.os.replace", flaky)
+        with pytest.raises(OSError):
+            commit(d, HEADER, tracks=make_track_table)
+        monkeypatch.undo()
+        assert_same_table(stored(d)[1], first)
+    commit(d, HEADER, tracks=make_track_table)
+    assert_same_table(stored(d)[1], stored(once)[1])
