@@ -199,6 +199,14 @@ def test_scores_tracks_with_motmetrics_and_appearance_search(tmp_path):
     score = score_appearances(gallery, apps, truth)
     assert score.queries == 12                # walker 1's detections (walker 2 is on one camera)
     assert score.top1 == 1.0 and score.mean_ap == 1.0
+    assert score.all_queries == 12 and score.all_top1 == 1.0
+    untracked = tracks.copy()
+    untracked[12:] = NO_TRACK                 # cam2's walk in no appearance: cam1's queries miss
+    apps = build_appearances(gallery, gallery.embeddings(np.arange(gallery.num_detections)),
+                             untracked)
+    score = score_appearances(gallery, apps, truth)
+    assert (score.queries, score.top1) == (6, 1.0)
+    assert (score.all_queries, score.all_top1) == (12, 0.5)
 
 
 def test_search_by_appearance_leaves_out_the_query_own_and_keeps_other_cameras(tmp_path):
