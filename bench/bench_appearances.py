@@ -37,7 +37,7 @@ from pipeline.footage.appearances import (DEFAULT_POOLING, POOLINGS, RANKINGS,  
 from pipeline.footage.scoring import score_appearances, score_footage, track_metrics  # noqa: E402
 from pipeline.footage.store import open_gallery  # noqa: E402
 from pipeline.footage.tracks import (motion_track_ids, motion_tracks,  # noqa: E402
-                                     split_by_appearance, stitch_fragments)
+                                     number_tracks, split_by_appearance, stitch_fragments)
 
 CLI = [sys.executable, str(ROOT / "cli.py")]
 STUDENT = ROOT / "work/runs/student-synthetic-r18-distilled/checkpoint_last.pt"
@@ -64,17 +64,9 @@ def linkings(gallery, embeddings: np.ndarray) -> dict[str, np.ndarray]:
     split = split_by_appearance(motion, embeddings, gallery.scores)
     stitched = stitch_fragments(split, motion, embeddings, gallery.scores,
                                 gallery.detection_frame)
-    return {"motion": motion_track_ids(gallery), "split": _renumber(split),
-            "split+stitch": _renumber(stitched)}
-
-
-def _renumber(ids: np.ndarray) -> np.ndarray:
-    """Ids 0.. in order of first detection row (as build_appearances expects: no gaps)."""
-    out = np.full(len(ids), -1, np.int64)
-    numbers: dict[int, int] = {}
-    for row in np.flatnonzero(ids >= 0):
-        out[row] = numbers.setdefault(int(ids[row]), len(numbers))
-    return out
+    return {"motion": motion_track_ids(gallery),
+            "split": number_tracks(split, motion.group_of),
+            "split+stitch": number_tracks(stitched, motion.group_of)}
 
 
 def measure(seed: int, every: float) -> dict[str, float]:

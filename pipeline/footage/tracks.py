@@ -137,13 +137,13 @@ def link_tracks(gallery) -> np.ndarray:
     fragments = split_by_appearance(motion, embeddings, gallery.scores)
     stitched = stitch_fragments(fragments, motion, embeddings, gallery.scores,
                                 gallery.detection_frame)
-    return _number_tracks(stitched, motion.group_of)
+    return number_tracks(stitched, motion.group_of)
 
 
 def motion_track_ids(gallery) -> np.ndarray:
     """(T,) ByteTrack's tracks alone, numbered as :func:`link_tracks` numbers its own."""
     motion = motion_tracks(gallery)
-    return _number_tracks(motion.local, motion.group_of)
+    return number_tracks(motion.local, motion.group_of)
 
 
 def split_by_appearance(motion: MotionTracks, embeddings: np.ndarray, scores: np.ndarray,
@@ -210,7 +210,7 @@ def _cosine(total: np.ndarray, embedding: np.ndarray) -> float:
     return float(total @ embedding / max(float(np.linalg.norm(total)), 1e-12))
 
 
-def _number_tracks(local: np.ndarray, group_of: np.ndarray) -> np.ndarray:
+def number_tracks(local: np.ndarray, group_of: np.ndarray) -> np.ndarray:
     """Per-group tracker ids -> one numbering over the gallery, by first detection row."""
     out = np.full(len(local), NO_TRACK, np.int64)
     ids: dict[tuple[int, int], int] = {}
