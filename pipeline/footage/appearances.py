@@ -55,7 +55,8 @@ def build_appearances(gallery: Gallery, embeddings: np.ndarray, track_of: np.nda
                       how: str = DEFAULT_POOLING) -> Appearances:
     """The gallery's appearances from its (T, D) detection ``embeddings`` and its tracks
     (:func:`~pipeline.footage.tracks.link_tracks` when not given)."""
-    track_of = link_tracks(gallery) if track_of is None else np.asarray(track_of, np.int64)
+    track_of = (link_tracks(gallery, embeddings) if track_of is None
+                else np.asarray(track_of, np.int64))
     count = int(track_of.max()) + 1 if len(track_of) else 0
     order = np.argsort(track_of, kind="stable")
     bounds = np.searchsorted(track_of[order], np.arange(count + 1))

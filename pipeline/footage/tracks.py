@@ -128,12 +128,13 @@ def motion_tracks(gallery) -> MotionTracks:
     return out
 
 
-def link_tracks(gallery) -> np.ndarray:
+def link_tracks(gallery, embeddings: np.ndarray | None = None) -> np.ndarray:
     """(T,) int64: each detection's track id (0.., numbered by first detection), or -1:
-    ByteTrack's motion tracks split and stitched by the detections' embeddings (module
-    docstring)."""
+    ByteTrack's motion tracks split and stitched by the detections' (T, D) ``embeddings``
+    (read from the gallery when not given; module docstring)."""
     motion = motion_tracks(gallery)
-    embeddings = gallery.embeddings(np.arange(gallery.num_detections))
+    if embeddings is None:
+        embeddings = gallery.embeddings(np.arange(gallery.num_detections))
     fragments = split_by_appearance(motion, embeddings, gallery.scores)
     stitched = stitch_fragments(fragments, motion, embeddings, gallery.scores,
                                 gallery.detection_frame)
@@ -188,16 +189,20 @@ def stitch_fragments(fragment_of: np.ndarray, motion: MotionTracks, embeddings: 
             members.setdefault(int(fragment_of[row]), []).append(row)
     out = np.full(len(fragment_of), NO_TRACK, np.int64)
     tracks: list[_Stitched] = []
+    active: list[int] = []                      # tracks of this group that may still continue
     for rows in members.values():
         total = (scores[rows, None] * embeddings[rows]).sum(0)
         frames = set(detection_frame[rows].tolist())
         start, group = motion.clock[rows[0]], int(motion.group_of[rows[0]])
-        fits = [(_cosine(t.total, l2_normalize(total[None])[0]), k) for k, t in enumerate(tracks)
-                if t.group == group and not (t.frames & frames) and start - t.end <= max_gap]
-        similarity, k = max(fits, key=lambda f: (f[0], -f[1]), default=(-1.0, len(tracks)))
+        active = [k for k in active if tracks[k].group == group and start - tracks[k].end <= max_gap]
+        pooled = l2_normalize(total[None])[0]
+        fits = [(_cosine(tracks[k].total, pooled), k) for k in active
+                if not tracks[k].frames & frames]
+        similarity, k = max(fits, key=lambda fit: fit[0], default=(-1.0, 0))  # ties: earliest
         if similarity < threshold:
             k = len(tracks)
             tracks.append(_Stitched(group, np.zeros_like(total), set(), start))
+            active.append(k)
         track = tracks[k]
         track.total, track.frames = track.total + total, track.frames | frames
         track.end = max(track.end, float(motion.clock[rows].max()))
