@@ -10,7 +10,7 @@ from pipeline.footage.ranking import SearchFilter
 from pipeline.footage.search import Query, QueryError, other_cameras_filter, search_command
 from pipeline.footage.scoring import _visit_ap, score_appearances, track_metrics
 from pipeline.footage.store import open_gallery
-from pipeline.footage.tracks import NO_TRACK, link_tracks
+from pipeline.footage.tracks import NO_TRACK, link_tracks, motion_track_ids
 from pipeline.runtime.types import Detections
 from tests.footage_helpers import fake_block, fake_gallery
 
@@ -73,6 +73,51 @@ def test_tracks_are_the_same_whatever_the_segments(tmp_path):
                                        _walk_block("/v/cam2.mp4", "cam2", [(30, 6)], seed=1)],
                                       dim=DIM))
     assert np.array_equal(link_tracks(split), link_tracks(whole))
+
+
+def _scripted_block(source, camera, people_per_frame, dt=0.25, dim=DIM, seed=0):
+    """One video whose frame f shows ``people_per_frame[f]``: (x, y, look) boxes 20x40 px,
+    embeddings one direction per look plus a little noise (a frame may show nobody)."""
+    g = np.random.default_rng(seed)
+    looks = np.eye(dim, dtype=np.float32)
+    n = len(people_per_frame)
+    flat = [person for people in people_per_frame for person in people]
+    block = fake_block([source] * n, range(n), times=np.arange(n) * dt, cameras=[camera] * n,
+                       per_frame=1, dim=dim, size=(320, 240))
+    block.detections = Detections(
+        np.cumsum([0] + [len(p) for p in people_per_frame]).astype(np.int64),
+        np.asarray([[x, y, x + 20, y + 40] for x, y, _ in flat], np.float32).reshape(-1, 4),
+        np.full(len(flat), 0.9, np.float32),
+        np.asarray([looks[k] + 0.05 * g.standard_normal(dim) for _, _, k in flat],
+                   np.float32).reshape(-1, dim))
+    return block
+
+
+def test_a_motion_track_that_changes_person_is_split(tmp_path):
+    """Person 0 walks out of a box path that person 1 walks on at once: ByteTrack links the
+    boxes into one track, the embeddings split it where the look changes."""
+    frames = [[(10 + 8 * f, 20, 0 if f < 4 else 1)] for f in range(8)]
+    gallery = open_gallery(fake_gallery(tmp_path / "g", [_scripted_block("/v/c.mp4", "cam1",
+                                                                          frames)], dim=DIM))
+    assert len(set(motion_track_ids(gallery).tolist())) == 1     # box motion alone: one track
+    tracks = link_tracks(gallery)
+    assert (tracks[:4] == tracks[0]).all() and (tracks[4:] == tracks[4]).all()
+    assert tracks[0] != tracks[4] and (tracks != NO_TRACK).all()
+
+
+def test_a_lost_walker_is_stitched_back_but_not_to_someone_else(tmp_path):
+    """Person 0 is hidden for 2 s (longer than ByteTrack waits), then walks on; person 1
+    appears only after the gap: person 0's two motion tracks are one track, person 1's not."""
+    walk = lambda f: (10 + 8 * f, 20, 0)  # noqa: E731
+    frames = ([[walk(f)] for f in range(4)] + [[] for _ in range(8)]
+              + [[walk(f), (200, 150, 1)] for f in range(12, 16)])
+    gallery = open_gallery(fake_gallery(tmp_path / "g", [_scripted_block("/v/c.mp4", "cam1",
+                                                                          frames)], dim=DIM))
+    person0 = np.array([0, 1, 2, 3, 4, 6, 8, 10])
+    assert len(set(motion_track_ids(gallery)[person0].tolist())) == 2
+    tracks = link_tracks(gallery)
+    assert len(set(tracks[person0].tolist())) == 1
+    assert set(tracks[[5, 7, 9, 11]].tolist()) == {tracks[5]} and tracks[5] != tracks[0]
 
 
 def test_appearances_pool_their_tracks(tmp_path):
@@ -154,6 +199,14 @@ def test_scores_tracks_with_motmetrics_and_appearance_search(tmp_path):
     score = score_appearances(gallery, apps, truth)
     assert score.queries == 12                # walker 1's detections (walker 2 is on one camera)
     assert score.top1 == 1.0 and score.mean_ap == 1.0
+    assert score.all_queries == 12 and score.all_top1 == 1.0
+    untracked = tracks.copy()
+    untracked[12:] = NO_TRACK                 # cam2's walk in no appearance: cam1's queries miss
+    apps = build_appearances(gallery, gallery.embeddings(np.arange(gallery.num_detections)),
+                             untracked)
+    score = score_appearances(gallery, apps, truth)
+    assert (score.queries, score.top1) == (6, 1.0)
+    assert (score.all_queries, score.all_top1) == (12, 0.5)
 
 
 def test_search_by_appearance_leaves_out_the_query_own_and_keeps_other_cameras(tmp_path):

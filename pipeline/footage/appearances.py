@@ -62,7 +62,8 @@ def build_appearances(gallery: Gallery, embeddings: np.ndarray, track_of: np.nda
                       how: str = DEFAULT_POOLING) -> Appearances:
     """The gallery's appearances from its (T, D) detection ``embeddings`` and its tracks
     (:func:`~pipeline.footage.tracks.link_tracks` when not given)."""
-    track_of = link_tracks(gallery) if track_of is None else np.asarray(track_of, np.int64)
+    track_of = (link_tracks(gallery, embeddings) if track_of is None
+                else np.asarray(track_of, np.int64))
     members = members_of(track_of, int(track_of.max()) + 1 if len(track_of) else 0)
     count = len(members)
     dim = embeddings.shape[1] if embeddings.ndim == 2 else gallery.embedding_dim

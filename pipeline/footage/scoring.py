@@ -16,6 +16,9 @@ of its detections cover, and a query (a walker's detection, or its track's poole
 asks for the walker's appearances on the OTHER cameras: top-1 (is the best one the walker's?)
 and mAP (each visit counts once, at the rank of its first appearance; further appearances of
 a visit already found are skipped; the relevant count is the visits the gallery detected).
+Those count only queries whose walker has an appearance on another camera, so they move with
+the tracks; ``all_top1`` asks every query the detection-level score asks (a walker detected on
+another camera) and counts one with no appearance of the walker there as a miss.
 """
 from __future__ import annotations
 
@@ -138,6 +141,8 @@ class AppearanceScore:
     queries: int
     top1: float                   # cross-camera: the best other-camera appearance is the walker's
     mean_ap: float
+    all_queries: int = 0          # the detection-level score's cross-camera queries
+    all_top1: float = 0.0         # top-1 over those (no appearance of the walker there: a miss)
 
 
 def appearance_labels(gallery: Gallery, apps: Appearances, labels: dict[int, int]) -> np.ndarray:
@@ -160,11 +165,13 @@ def score_appearances(gallery: Gallery, apps: Appearances, truth, *, pooled_quer
     labels = walker_detections(gallery, truth, min_iou)
     app_pid = appearance_labels(gallery, apps, labels)
     rank = rank or (lambda q, c: c @ q)
-    top1, aps = [], []
+    top1, aps, all_queries = [], [], 0
     for det, pid in labels.items():
         camera = gallery.frame_camera_id[int(gallery.detection_frame[det])]
         others = np.flatnonzero(apps.camera != camera)
         visits = {int(apps.camera[a]) for a in others if app_pid[a] == pid}
+        all_queries += _seen_on(labels, gallery, pid, tuple(
+            c for k, c in enumerate(gallery.cameras) if k != camera))
         if not visits:
             continue
         track = int(apps.track_of[det])
@@ -175,7 +182,8 @@ def score_appearances(gallery: Gallery, apps: Appearances, truth, *, pooled_quer
         aps.append(_visit_ap([(int(apps.camera[a]) if app_pid[a] == pid else None)
                               for a in order], len(visits)))
     return AppearanceScore(len(top1), float(np.mean(top1)) if top1 else 0.0,
-                           float(np.mean(aps)) if aps else 0.0)
+                           float(np.mean(aps)) if aps else 0.0, all_queries,
+                           float(np.sum(top1) / all_queries) if all_queries else 0.0)
 
 
 def _visit_ap(ranked_visits: list, relevant: int) -> float:

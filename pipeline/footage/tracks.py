@@ -12,15 +12,32 @@ an update a new tracklet's state is the box it was spawned from, so :class:`_Lin
 detection with exactly that box and hands it the track id once the tracker confirms it.
 Detections never confirmed stay in no track (id -1).
 
+Box motion alone links different people when sampling is sparse (``index --every 1``: walkers
+move most of a box width between indexed frames), so :func:`link_tracks` then uses the
+detections' embeddings (measured in ``bench/bench_appearances.py``; ``trackers`` 2.6.1 has no
+tracker that takes embeddings):
+
+1. *split*: walking a motion track in time order, a detection whose cosine similarity to the
+   score-weighted pool of the fragment so far is below :data:`SAME_PERSON` starts a new
+   fragment (the box moved onto someone else);
+2. *stitch*: in time order, each fragment joins the earlier track of its group whose pool it is
+   most similar to (at least :data:`SAME_PERSON`), when they share no frame and the gap between
+   them is at most :data:`STITCH_GAP_SECONDS` (a walker the tracker lost and restarted);
+   otherwise it starts a track.
+
 Tracks are a function of the stored detections alone, so a resumed or extended index run (the
 same detections) gives the same tracks. Track ids are numbered in the order of their first
 detection row.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import supervision as sv
 from trackers import ByteTrackTracker
+
+from pipeline.arrays import l2_normalize
 
 NO_TRACK = -1
 LOST_TRACK_SECONDS = 1.5       # a track missed this long ends (a person walked out)
@@ -28,6 +45,8 @@ NOMINAL_FPS = 30.0             # the tracker's frame-rate reference (budgets in 
 MIN_IOU = 0.1                  # box overlap needed to continue a track (sparse sampling moves boxes far)
 HIGH_SCORE = 0.6               # ByteTrack's first association stage; lower scores only continue
 START_SCORE = 0.6              # a detection this confident may start a track
+SAME_PERSON = 0.5              # cosine to a fragment's pool: below it, another person (split/stitch)
+STITCH_GAP_SECONDS = 5.0       # a lost walker's fragments this far apart may still be one track
 
 
 def new_tracker() -> ByteTrackTracker:
@@ -79,22 +98,124 @@ def track_groups(frame_source, frame_index, frame_time, frame_camera) -> list[li
             for _, rows in sorted(groups.items())]
 
 
-def link_tracks(gallery) -> np.ndarray:
-    """(T,) int64: each detection's track id (0.., numbered by first detection), or -1."""
-    local = np.full(gallery.num_detections, NO_TRACK, np.int64)
-    group_of = np.full(gallery.num_detections, -1, np.int64)
+@dataclass
+class MotionTracks:
+    """ByteTrack's output: ``local`` (T,) each detection's tracker id within its group (-1:
+    none), ``group_of`` (T,) its group, ``order`` the detection rows in tracking order (group
+    by group, each in time order), ``clock`` (T,) seconds on its group's time axis."""
+
+    local: np.ndarray
+    group_of: np.ndarray
+    order: list[int] = field(default_factory=list)
+    clock: np.ndarray | None = None
+
+
+def motion_tracks(gallery) -> MotionTracks:
+    """Each group's detections linked by ByteTrack on box motion alone."""
+    n = gallery.num_detections
+    out = MotionTracks(np.full(n, NO_TRACK, np.int64), np.full(n, -1, np.int64),
+                       clock=np.zeros(n, np.float64))
     for g, frames in enumerate(track_groups(gallery.frame_source, gallery.frame_index,
                                             gallery.frame_time, gallery.frame_camera)):
         linker = _Linker()
-        for f in frames:
+        for step, f in enumerate(frames):
             rows = gallery.detections_of(f)
-            group_of[rows] = g
-            linker.update(rows, gallery.boxes[rows], gallery.scores[rows],
-                          gallery.frame_time_or_none(f), local)
-    return _number_tracks(local, group_of)
+            time = gallery.frame_time_or_none(f)
+            out.group_of[rows] = g
+            out.clock[rows] = step / NOMINAL_FPS if time is None else time
+            out.order.extend(int(r) for r in rows)
+            linker.update(rows, gallery.boxes[rows], gallery.scores[rows], time, out.local)
+    return out
 
 
-def _number_tracks(local: np.ndarray, group_of: np.ndarray) -> np.ndarray:
+def link_tracks(gallery, embeddings: np.ndarray | None = None) -> np.ndarray:
+    """(T,) int64: each detection's track id (0.., numbered by first detection), or -1:
+    ByteTrack's motion tracks split and stitched by the detections' (T, D) ``embeddings``
+    (read from the gallery when not given; module docstring)."""
+    motion = motion_tracks(gallery)
+    if embeddings is None:
+        embeddings = gallery.embeddings(np.arange(gallery.num_detections))
+    fragments = split_by_appearance(motion, embeddings, gallery.scores)
+    stitched = stitch_fragments(fragments, motion, embeddings, gallery.scores,
+                                gallery.detection_frame)
+    return number_tracks(stitched, motion.group_of)
+
+
+def motion_track_ids(gallery) -> np.ndarray:
+    """(T,) ByteTrack's tracks alone, numbered as :func:`link_tracks` numbers its own."""
+    motion = motion_tracks(gallery)
+    return number_tracks(motion.local, motion.group_of)
+
+
+def split_by_appearance(motion: MotionTracks, embeddings: np.ndarray, scores: np.ndarray,
+                        threshold: float = SAME_PERSON) -> np.ndarray:
+    """(T,) fragment ids (-1: no track): each motion track cut where a detection's embedding
+    disagrees with the score-weighted pool of its fragment so far."""
+    out = np.full(len(motion.local), NO_TRACK, np.int64)
+    pools: dict[tuple[int, int], tuple[np.ndarray, int]] = {}   # motion track -> (sum, fragment)
+    fragments = 0
+    for row in motion.order:
+        if motion.local[row] == NO_TRACK:
+            continue
+        key = (int(motion.group_of[row]), int(motion.local[row]))
+        total, fragment = pools.get(key, (None, NO_TRACK))
+        if total is None or _cosine(total, embeddings[row]) < threshold:
+            total, fragment = np.zeros(embeddings.shape[1], np.float64), fragments
+            fragments += 1
+        pools[key] = (total + scores[row] * embeddings[row], fragment)
+        out[row] = fragment
+    return out
+
+
+@dataclass
+class _Stitched:
+    """A track being stitched: its pooled (unnormalised) embedding, frames and last time."""
+
+    group: int
+    total: np.ndarray
+    frames: set
+    end: float
+
+
+def stitch_fragments(fragment_of: np.ndarray, motion: MotionTracks, embeddings: np.ndarray,
+                     scores: np.ndarray, detection_frame: np.ndarray,
+                     threshold: float = SAME_PERSON,
+                     max_gap: float = STITCH_GAP_SECONDS) -> np.ndarray:
+    """(T,) track ids: fragments joined, in order of their first detection in time, to the
+    most similar earlier track of their group (module docstring)."""
+    members: dict[int, list[int]] = {}          # in order of each fragment's first detection
+    for row in motion.order:
+        if fragment_of[row] != NO_TRACK:
+            members.setdefault(int(fragment_of[row]), []).append(row)
+    out = np.full(len(fragment_of), NO_TRACK, np.int64)
+    tracks: list[_Stitched] = []
+    active: list[int] = []                      # tracks of this group that may still continue
+    for rows in members.values():
+        total = (scores[rows, None] * embeddings[rows]).sum(0)
+        frames = set(detection_frame[rows].tolist())
+        start, group = motion.clock[rows[0]], int(motion.group_of[rows[0]])
+        active = [k for k in active if tracks[k].group == group and start - tracks[k].end <= max_gap]
+        pooled = l2_normalize(total[None])[0]
+        fits = [(_cosine(tracks[k].total, pooled), k) for k in active
+                if not tracks[k].frames & frames]
+        similarity, k = max(fits, key=lambda fit: fit[0], default=(-1.0, 0))  # ties: earliest
+        if similarity < threshold:
+            k = len(tracks)
+            tracks.append(_Stitched(group, np.zeros_like(total), set(), start))
+            active.append(k)
+        track = tracks[k]
+        track.total, track.frames = track.total + total, track.frames | frames
+        track.end = max(track.end, float(motion.clock[rows].max()))
+        out[rows] = k
+    return out
+
+
+def _cosine(total: np.ndarray, embedding: np.ndarray) -> float:
+    """Cosine similarity of a pooled (unnormalised) sum with a unit-norm embedding."""
+    return float(total @ embedding / max(float(np.linalg.norm(total)), 1e-12))
+
+
+def number_tracks(local: np.ndarray, group_of: np.ndarray) -> np.ndarray:
     """Per-group tracker ids -> one numbering over the gallery, by first detection row."""
     out = np.full(len(local), NO_TRACK, np.int64)
     ids: dict[tuple[int, int], int] = {}
