@@ -3,9 +3,10 @@
 commits them, :mod:`.reader` opens a committed gallery."""
 from .manifest import (MANIFEST, PENDING, SCHEMA, SCHEMA_VERSION, SEGMENTS, GalleryError, Manifest, MissingItemError,
                        ModelMismatchError, RunHeader, check_same_model, read_manifest)
+from .damage import DamagedGalleryError
 from .reader import Gallery, gallery_summary, open_gallery
 from .writer import FrameBlock, GalleryWriter, commit, merge_galleries
 
-__all__ = ["MANIFEST", "PENDING", "SCHEMA", "SCHEMA_VERSION", "SEGMENTS", "FrameBlock", "Gallery", "GalleryError", "GalleryWriter",
+__all__ = ["MANIFEST", "PENDING", "SCHEMA", "SCHEMA_VERSION", "SEGMENTS", "DamagedGalleryError", "FrameBlock", "Gallery", "GalleryError", "GalleryWriter",
            "Manifest", "MissingItemError", "ModelMismatchError", "RunHeader", "check_same_model",
            "commit", "gallery_summary", "merge_galleries", "open_gallery", "read_manifest"]

@@ -183,7 +183,7 @@ class DroppedSegment:
 @dataclass(frozen=True)
 class RepairReport:
     directory: Path
-    rebuilt: bool
+    manifest: Manifest | None     # after the repair; None: nothing needed one
     dropped: tuple[DroppedSegment, ...]
     record: Path | None           # the JSON list of the frames to re-index
 
@@ -223,17 +223,17 @@ def repair_gallery(directory) -> RepairReport:
     if not report.repairable:
         raise GalleryError(f"{report.lines()[0]}: `gallery repair` needs the manifest")
     if report.ok:
-        return RepairReport(directory, False, (), None)
+        return RepairReport(directory, None, (), None)
     header = read_manifest(directory).header
     writer = GalleryWriter(directory, header)     # the lock of an index run's first rank
     try:
         dropped = tuple(_set_aside(directory, p.segment) for p in report.problems
                         if p.segment is not None)
         record = _write_record(directory, dropped) if dropped else None
-        commit(directory, header, rebuild_without=frozenset(d.entry.file for d in dropped))
+        manifest = commit(directory, header, rebuild_without=frozenset(d.entry.file for d in dropped))
     finally:
         writer.close()
-    return RepairReport(directory, True, dropped, record)
+    return RepairReport(directory, manifest, dropped, record)
 
 
 def _write_record(directory: Path, dropped: tuple[DroppedSegment, ...]) -> Path:
