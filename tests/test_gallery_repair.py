@@ -165,3 +165,16 @@ def test_verify_reads_every_dataset_and_repair_waits_for_an_index_run(tmp_path):
     assert r.dropped[0].frames == [{"source": "/v/a.mp4", "frame": i, "time": None}
                                    for i in range(4)]
     assert open_gallery(gallery).frame_source == ["/v/b.mp4"] * 4
+
+
+def test_a_damaged_manifest_is_named_and_not_repaired(tmp_path):
+    gallery = fake_gallery(tmp_path / "g", [fake_block(["/v/a.mp4"] * 2, range(2))])
+    ok = run("gallery", "verify", gallery, "--json")
+    assert ok.exit_code == 0 and json.loads(ok.output)["ok"] is True
+    (gallery / "gallery.json").write_text('{"schema": "person-search-gallery", "vers')
+    r = run("gallery", "verify", gallery, "--json")
+    assert r.exit_code == 1
+    assert json.loads(r.output)["problems"][0]["file"] == str(gallery / "gallery.json")
+    r = run("gallery", "repair", gallery)
+    assert r.exit_code == 1 and "gallery.json" in r.output and "needs the manifest" in r.output
+    assert len(r.output.strip().splitlines()) == 1
