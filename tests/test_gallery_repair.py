@@ -178,3 +178,11 @@ def test_a_damaged_manifest_is_named_and_not_repaired(tmp_path):
     r = run("gallery", "repair", gallery)
     assert r.exit_code == 1 and "gallery.json" in r.output and "needs the manifest" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_a_gallery_whose_every_segment_is_damaged_grows_again(tmp_path):
+    gallery = fake_gallery(tmp_path / "g", [fake_block(["/v/a.mp4"] * 2, range(2))])
+    (gallery / SEGMENTS / open_gallery(gallery).manifest.segments[0].file).write_bytes(b"x")
+    assert repair_gallery(gallery).manifest.detections == 0
+    grown = fake_gallery(gallery, [fake_block(["/v/a.mp4"] * 2, range(2))])   # index again
+    assert open_gallery(grown).index().ntotal == 4 and verify_gallery(grown).ok

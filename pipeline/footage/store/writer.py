@@ -225,7 +225,9 @@ def _update_index(directory: Path, entry: IndexEntry | None, segments: list[Segm
                                "index on: index footage with people first")
         return update_ivfpq(directory, None if fresh else entry, segments, generation)
     name = f"index-{generation}.faiss"
-    if entry and entry.kind == kind and not fresh and (directory / entry.file).is_file():
+    # an empty index is built again (made without any embedding, its dimension is a guess)
+    if entry and entry.kind == kind and not fresh and entry.detections and \
+            (directory / entry.file).is_file():
         with reading_index(directory, directory / entry.file):
             index = read_index(directory / entry.file)
         extend_index(index, _embeddings_from(directory, segments, entry.detections))
