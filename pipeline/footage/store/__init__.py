@@ -1,6 +1,7 @@
 """The footage gallery store: every detection of a model over indexed footage, in one folder.
 :mod:`.manifest` describes the layout and its typed entries, :mod:`.writer` adds segments and
-commits them, :mod:`.reader` opens a committed gallery."""
+commits them, :mod:`.reader` opens a committed gallery, :mod:`.verify` checks and repairs one
+(:mod:`.damage`: the one-line error for a damaged file)."""
 from .manifest import (MANIFEST, PENDING, SCHEMA, SCHEMA_VERSION, SEGMENTS, GalleryError, Manifest, MissingItemError,
                        ModelMismatchError, RunHeader, check_same_model, read_manifest)
 from .damage import DamagedGalleryError
