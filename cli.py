@@ -39,6 +39,7 @@ from pipeline.footage.appearances import DEFAULT_RANKING, RANKINGS
 from pipeline.footage.search import SEARCH_BY, search_command
 from pipeline.footage.store import gallery_summary, merge_galleries, open_gallery
 from pipeline.footage.track_store import make_track_table, upgrade_gallery
+from pipeline.footage.store.verify import repair_gallery, verify_gallery
 
 # The commands that run a network import their implementation (and with it PyTorch, about
 # 2-4 s) when they run, each such line marked "optional": --help, the scoring of a results
@@ -611,6 +612,45 @@ def gallery_upgrade_cmd(directory):
     m, changed = upgrade_gallery(directory)
     click.echo(f"{directory}: {'linked' if changed else 'already has'} {m.tracks.tracks} tracks "
                f"of {m.detections} people")
+
+
+@gallery_group.command("verify")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@friendly_errors
+def gallery_verify_cmd(directory, as_json):
+    """Read every segment and index file of the gallery at DIRECTORY and check them against
+    its manifest; prints one line per damaged file (and the repair) and exits 1, or "ok"."""
+    report = verify_gallery(directory)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=1))
+    elif report.ok:
+        click.echo(f"{directory}: ok ({report.segments} segments, {report.detections} people, "
+                   "index readable)")
+    else:
+        click.echo("\n".join(report.lines()))
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@gallery_group.command("repair")
+@click.argument("directory", type=click.Path(file_okay=False))
+@friendly_errors
+def gallery_repair_cmd(directory):
+    """Set the damaged segments of the gallery at DIRECTORY aside (into DIRECTORY/damaged/),
+    rebuild its index from the intact ones, and list the frames to re-index (run the same
+    `index` command again: it embeds only the frames the gallery lacks)."""
+    r = repair_gallery(directory, tracks=make_track_table)
+    if r.manifest is None:
+        click.echo(f"{directory}: nothing to repair")
+        return
+    for d in r.dropped:
+        click.echo(d.describe())
+    click.echo(f"{directory}: index rebuilt from {len(r.manifest.segments)} intact segments "
+               f"({r.manifest.frames} frames, {r.manifest.detections} people)")
+    if r.record is not None:
+        click.echo(f"frames to re-index listed in {r.record}: run the same `index` command on "
+                   "the same sources again; it embeds only the frames the gallery lacks")
 
 
 @gallery_group.command("info")

@@ -176,6 +176,13 @@ def read_ondisk(path: Path):
         return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
 
 
+def ondisk_data_bytes(index) -> int:
+    """How many bytes the on-disk lists file of a :func:`read_ondisk` index must hold (a
+    shorter one, truncated, would fault when a search maps past its end)."""
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+    return int(lists.totsize)
+
+
 @contextlib.contextmanager
 def _quiet_stdout():
     """FAISS's C++ ``printf`` lines must not reach stdout (``--json`` output, the server):

@@ -7,7 +7,8 @@ and the static folder can be served. Bad input gets a 4xx with a one-line ``deta
 an unknown frame, detection or camera (404), an unreadable upload or a box outside the
 picture (400), a time that is not a finite number (422 in a query string, 400 in a form), a
 gallery made by another model than the one given (409), a too large upload (413, answered
-before the body is taken in: :mod:`pipeline.footage.app.limits`). Unexpected failures answer 500 with a one-line message, never a traceback.
+before the body is taken in: :mod:`pipeline.footage.app.limits`), a damaged gallery file
+(503, naming the file and `gallery repair`; a damaged segment stops the app at its start). Unexpected failures answer 500 with a one-line message, never a traceback.
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from pipeline.footage.app.limits import BodyLimit
 from pipeline.footage.ranking import DEFAULT_TOP, SearchFilter
 from pipeline.footage.pictures import detection_crop
 from pipeline.footage.report import results_payload
-from pipeline.footage.store import (Gallery, GalleryError, MissingItemError, ModelMismatchError,
-                                    gallery_summary, open_gallery)
+from pipeline.footage.store import (DamagedGalleryError, Gallery, GalleryError, MissingItemError,
+                                    ModelMismatchError, gallery_summary, open_gallery)
 from pipeline.footage.query_model import QueryEmbedder
 from pipeline.footage.search import (QueryError, parse_box, query_from_hit,
                                           query_from_picture, read_picture,
@@ -165,7 +166,7 @@ def _searching(app: FastAPI, holder: _GalleryHolder) -> None:
 
 #: the HTTP status of each error a request can meet (the most specific class wins)
 ERROR_STATUS = ((QueryError, 400), (ModelMismatchError, 409), (MissingItemError, 404),
-                (GalleryError, 400))
+                (DamagedGalleryError, 503), (GalleryError, 400))
 
 
 def _json_error(status: int):

@@ -18,8 +18,9 @@ import numpy as np
 
 from pipeline.runtime.faiss_index import (IVFPQ_MAX_LISTS, IVFPQ_TRAIN_PER_LIST, RESCORE_FACTOR,
                                           encode_block, ivfpq_factory, merge_blocks,
-                                          train_ivfpq, write_index)
+                                          ondisk_data_bytes, train_ivfpq, write_index)
 
+from .damage import reading_segment
 from .manifest import SEGMENTS, IndexEntry, SegmentEntry
 
 FOLDER = "ivfpq"
@@ -64,7 +65,8 @@ def _rows_from(directory: Path, segments: list[SegmentEntry], start: int):
     row = 0
     for s in segments:
         if row + s.detections > start:
-            with h5py.File(Path(directory) / SEGMENTS / s.file, "r") as f:
+            path = Path(directory) / SEGMENTS / s.file
+            with reading_segment(directory, path), h5py.File(path, "r") as f:
                 skip = max(0, start - row)
                 yield row + skip, f["detections/embeddings"][skip:]
         row += s.detections
@@ -82,7 +84,8 @@ def read_rows(directory: Path, segments, rows: np.ndarray) -> np.ndarray:
         local = rows[pick] - starts[k]
         order = np.argsort(local, kind="stable")
         unique, back = np.unique(local[order], return_inverse=True)
-        with h5py.File(Path(directory) / SEGMENTS / segments[k].file, "r") as f:
+        path = Path(directory) / SEGMENTS / segments[k].file
+        with reading_segment(directory, path), h5py.File(path, "r") as f:
             emb = f["detections/embeddings"]
             got = np.asarray(emb[unique.tolist()], np.float32)
         if out is None:
@@ -97,3 +100,12 @@ def ivfpq_files(entry: IndexEntry) -> set[str]:
         return set()
     p = entry.params
     return {p["trained"], p["data"], Path(entry.file).name, *p["blocks"]}
+
+
+def lists_data_problem(lists_path: Path, index) -> str | None:
+    """What is wrong with the on-disk lists file beside ``lists_path`` (the index read from
+    it), or None: a truncated one would fault when a search maps past its end."""
+    need, data = ondisk_data_bytes(index), Path(lists_path).with_suffix(".ivfdata")
+    if not data.is_file() or data.stat().st_size < need:
+        return f"its lists file {data.name} is missing or shorter than {need} bytes"
+    return None

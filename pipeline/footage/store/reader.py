@@ -13,9 +13,10 @@ from cache.hdf5 import read_text
 from pipeline.runtime.faiss_index import read_index, read_ondisk
 from pipeline.runtime.types import ModelInfo
 
+from .damage import INDEX_FIX, SEGMENT_FIX, damaged, reading_index, reading_segment
 from .manifest import (MANIFEST, SEGMENTS, GalleryError, Manifest, MissingItemError,
                        SegmentEntry, pending_files, read_manifest)
-from .ondisk import FOLDER, ivfpq_files, read_rows
+from .ondisk import FOLDER, ivfpq_files, lists_data_problem, read_rows
 from .tracks_file import track_files
 
 
@@ -95,7 +96,7 @@ class Gallery:
         if not 0 <= frame_id < self.num_frames:
             raise MissingItemError(f"gallery {self.directory} has no frame {frame_id}")
         path, row = self._segment_of(frame_id, self.segment_frames)
-        with h5py.File(path, "r") as f:
+        with reading_segment(self.directory, path), h5py.File(path, "r") as f:
             return bytes(f["frames/preview"][row].tobytes())
 
     def embeddings(self, rows) -> np.ndarray:
@@ -114,15 +115,17 @@ class Gallery:
         return self.index_kind == "ivfpq"
 
     def index(self):
-        """The FAISS index (loaded once; ivfpq lists mapped from disk); GalleryError when it
-        does not match the tables."""
+        """The FAISS index (loaded once; ivfpq lists mapped from disk); DamagedGalleryError
+        when it is unreadable or does not match the tables."""
         if self._index is None:
             path = self.directory / self.manifest.index.file
-            index = read_ondisk(path) if self.rescored else read_index(path)
-            if index.ntotal != self.num_detections:
-                raise GalleryError(f"{path} holds {index.ntotal} "
-                                   f"vectors, the gallery {self.num_detections}: run `index` "
-                                   "on this gallery again to rebuild it")
+            with reading_index(self.directory, path):
+                index = read_ondisk(path) if self.rescored else read_index(path)
+            problem = (f"holds {index.ntotal} vectors, the gallery {self.num_detections}"
+                       if index.ntotal != self.num_detections else
+                       lists_data_problem(path, index) if self.rescored else None)
+            if problem:
+                raise damaged(self.directory, path, problem, INDEX_FIX)
             self._index = index
         return self._index
 
@@ -176,7 +179,7 @@ def read_gallery(directory: Path, m: Manifest) -> Gallery:
     cols = {k: [] for k in ("source", "index", "time", "camera", "width", "height", "counts",
                             "boxes", "scores")}
     for s in m.segments:
-        _read_segment_tables(directory / SEGMENTS / s.file, s, cols)
+        _read_segment_tables(directory, s, cols)
     counts = np.asarray(np.concatenate(cols["counts"]) if cols["counts"] else [], np.int64)
     frames_per = [s.frames for s in m.segments]
     dets_per = [s.detections for s in m.segments]
@@ -195,15 +198,14 @@ def read_gallery(directory: Path, m: Manifest) -> Gallery:
         segment_detections=np.r_[0, np.cumsum(dets_per)].astype(np.int64))
 
 
-def _read_segment_tables(path: Path, entry: SegmentEntry, cols: dict) -> None:
-    if not path.is_file():
-        raise GalleryError(f"{path}: segment listed in the manifest is missing")
-    with h5py.File(path, "r") as f:
+def _read_segment_tables(directory: Path, entry: SegmentEntry, cols: dict) -> None:
+    path = directory / SEGMENTS / entry.file
+    with reading_segment(directory, path), h5py.File(path, "r") as f:
         offsets = f["frames/offsets"][()]
         if len(offsets) != entry.frames + 1 or offsets[-1] != entry.detections:
-            raise GalleryError(f"{path}: holds {len(offsets) - 1} frames and {offsets[-1]} "
-                               f"detections, the manifest says {entry.frames} and "
-                               f"{entry.detections}")
+            raise damaged(directory, path, f"holds {len(offsets) - 1} frames and "
+                          f"{offsets[-1]} detections, the manifest says {entry.frames} and "
+                          f"{entry.detections}", SEGMENT_FIX)
         cols["source"].append(read_text(f["frames/source"][()]))
         cols["camera"].append(read_text(f["frames/camera"][()]))
         for k in ("index", "time", "width", "height"):

@@ -28,6 +28,7 @@ from pipeline.runtime.faiss_index import INDEX_KINDS, build_index, extend_index,
     write_index
 from pipeline.runtime.types import Detections
 
+from .damage import reading_index, reading_segment
 from .manifest import (LOCK, MANIFEST, PENDING, SCHEMA, SCHEMA_VERSION, SEGMENTS, GalleryError,
                        IndexEntry, Manifest, PendingList, RunHeader, SegmentEntry, TracksEntry,
                        now, pending_files, read_manifest, read_pending)
@@ -93,7 +94,7 @@ def write_segment(path: Path, block: FrameBlock, header: RunHeader) -> None:
 
 
 def segment_keys(path: Path) -> list[tuple[str, int]]:
-    with h5py.File(path, "r") as f:
+    with reading_segment(path.parent.parent, path), h5py.File(path, "r") as f:
         return list(zip(read_text(f["frames/source"][()]), f["frames/index"][()].tolist()))
 
 
@@ -181,12 +182,14 @@ def committed_segment_names(directory: Path) -> set[str]:
 
 
 def commit(directory, header: RunHeader, *, index_kind: str | None = None,
-           tracks: TrackMaker | None = None) -> Manifest:
+           tracks: TrackMaker | None = None,
+           rebuild_without: frozenset[str] | None = None) -> Manifest:
     """End an index run: move every pending segment into the manifest (sorted by their first
     frame, so an interrupted and an uninterrupted run commit the same order), bring the FAISS
     index and, with a ``tracks`` maker, the tracks up to date, replace the manifest, then tidy
-    up. ``index_kind`` None keeps the gallery's kind (flat for a new gallery). Returns the new
-    manifest."""
+    up. ``index_kind`` None keeps the gallery's kind (flat for a new gallery).
+    ``rebuild_without`` (`gallery repair`): build the index afresh, leaving out these committed
+    segment files. Returns the new manifest."""
     directory = Path(directory)
     if index_kind is not None and index_kind not in INDEX_KINDS:
         raise GalleryError(f"index kind must be one of {INDEX_KINDS}, got {index_kind!r}")
@@ -196,14 +199,17 @@ def commit(directory, header: RunHeader, *, index_kind: str | None = None,
         if old is not None:
             old.header.check_compatible(directory, header)
         kind = index_kind or (old.index.kind if old else DEFAULT_INDEX_KIND)
-        segments = list(old.segments) if old else []
+        drop = rebuild_without or frozenset()
+        segments = [s for s in old.segments if s.file not in drop] if old else []
         known = {s.file for s in segments}
         new = sorted((s for p in pending_files(directory) for s in read_pending(p).segments
                       if s.file not in known), key=lambda s: s.first)
         segments += new
-        index = _update_index(directory, old.index if old else None, segments, kind)
+        index = _update_index(directory, old.index if old else None, segments, kind,
+                              fresh=rebuild_without is not None)
         manifest = Manifest(header, tuple(segments), index, old.created if old else now(), now())
-        manifest = replace(manifest, tracks=_update_tracks(directory, manifest, old, tracks))
+        kept = None if rebuild_without is not None else old   # a repair links every track afresh
+        manifest = replace(manifest, tracks=_update_tracks(directory, manifest, kept, tracks))
         write_json_atomic(directory / MANIFEST, manifest.to_dict())
         _tidy(directory, manifest)
         return manifest
@@ -212,22 +218,25 @@ def commit(directory, header: RunHeader, *, index_kind: str | None = None,
 
 
 def _update_index(directory: Path, entry: IndexEntry | None, segments: list[SegmentEntry],
-                  kind: str) -> IndexEntry:
+                  kind: str, *, fresh: bool = False) -> IndexEntry:
     """The index entry for ``segments``: the old file when nothing changed, else the old
     index plus the new rows (every kind: IVF lists and ivfpq codes are trained once), or a
-    fresh build when the kind changes."""
+    fresh build when the kind changes or ``fresh`` asks for one."""
     total = sum(s.detections for s in segments)
-    if entry and entry.kind == kind and entry.detections == total:
+    if entry and entry.kind == kind and entry.detections == total and not fresh:
         return entry
     generation = entry.generation + 1 if entry else 1
     if kind == "ivfpq":
         if total == 0:
             raise GalleryError(f"gallery {directory} holds no detections to train an ivfpq "
                                "index on: index footage with people first")
-        return update_ivfpq(directory, entry, segments, generation)
+        return update_ivfpq(directory, None if fresh else entry, segments, generation)
     name = f"index-{generation}.faiss"
-    if entry and entry.kind == kind and (directory / entry.file).is_file():
-        index = read_index(directory / entry.file)
+    # an empty index is built again (made without any embedding, its dimension is a guess)
+    if entry and entry.kind == kind and not fresh and entry.detections and \
+            (directory / entry.file).is_file():
+        with reading_index(directory, directory / entry.file):
+            index = read_index(directory / entry.file)
         extend_index(index, _embeddings_from(directory, segments, entry.detections))
     else:
         index = build_index(_embeddings_from(directory, segments, 0), kind)
@@ -270,7 +279,8 @@ def _embeddings_from(directory: Path, segments: list[SegmentEntry], start: int) 
     parts, row = [], 0
     dim = None
     for s in segments:
-        with h5py.File(directory / SEGMENTS / s.file, "r") as f:
+        path = directory / SEGMENTS / s.file
+        with reading_segment(directory, path), h5py.File(path, "r") as f:
             emb = f["detections/embeddings"]
             dim = emb.shape[1]
             if row + s.detections > start:
