@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from cli import cli
 from footage_helpers import fake_block, fake_gallery, index_args
 from pipeline.footage.app import create_app
-from pipeline.footage.store import SEGMENTS, DamagedGalleryError, GalleryError, open_gallery
+from pipeline.footage.store import SEGMENTS, DamagedGalleryError, GalleryError, open_gallery, read_manifest
 from pipeline.footage.store.verify import repair_gallery, verify_gallery
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,6 +106,8 @@ def test_damage_is_named_repaired_and_reindexed(damage, footage_gallery, synthet
         again = run(*index_args(gallery, random_student_checkpoint, synthetic_footage))
         assert f"indexed {len(lost)} new frames" in again.output, again.output
     assert_same_frames(frames_and_people(gallery), intact)
+    tracks, intact_tracks = read_manifest(gallery).tracks, read_manifest(footage_gallery).tracks
+    assert tracks is not None and tracks.tracks == intact_tracks.tracks   # re-linked, not dropped
 
 
 def test_the_app_answers_503_naming_the_damaged_file(footage_gallery, tmp_path):
