@@ -127,7 +127,7 @@ def _draw_pattern(draw, look: Appearance, torso, colour: Colour) -> None:
     if look.pattern == "stripes":
         step = (ty2 - ty1) / 5
         for k in range(0, 5, 2):
-            draw.rectangle((tx1, ty1 + k * step, tx2, ty1 + (k + 1) * step - 1), fill=colour)
+            _cell(draw, (tx1, ty1 + k * step, tx2, ty1 + (k + 1) * step - 1), colour)
     elif look.pattern == "vstripe":
         mid, half = (tx1 + tx2) / 2, (tx2 - tx1) * 0.15
         draw.rectangle((mid - half, ty1, mid + half, ty2), fill=colour)
@@ -139,10 +139,17 @@ def _draw_pattern(draw, look: Appearance, torso, colour: Colour) -> None:
         cw, ch = (tx2 - tx1) / 4, (ty2 - ty1) / 4
         for row in range(4):
             for col in range(row % 2, 4, 2):
-                draw.rectangle((tx1 + col * cw, ty1 + row * ch, tx1 + (col + 1) * cw - 1,
-                                ty1 + (row + 1) * ch - 1), fill=colour)
+                _cell(draw, (tx1 + col * cw, ty1 + row * ch, tx1 + (col + 1) * cw - 1,
+                             ty1 + (row + 1) * ch - 1), colour)
     elif look.pattern == "halves":   # a two-colour shirt split down the middle
         draw.rectangle(((tx1 + tx2) / 2, ty1, tx2, ty2), fill=colour)
+
+
+def _cell(draw, box, colour: Colour) -> None:
+    """A pattern's rectangle, at least a pixel wide and high on the smallest people (whose
+    cells, one pixel short of the next, would end before they begin)."""
+    x1, y1, x2, y2 = box
+    draw.rectangle((x1, y1, max(x1, x2), max(y1, y2)), fill=colour)
 
 
 def draw_occluder(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size) -> None:

@@ -87,7 +87,7 @@ STYLES = {s.name: s for s in (
             frame_clutter=(5, 12), texture=14.0, cameras=5, appearances=3, jpeg_quality=80),
     # A dark, noisy, washed-out CCTV camera with a slow shutter; dark and grey clothes.
     replace(DEFAULT_STYLE, name="night-cctv", palette=MUTED, colour_jitter=8,
-            exposure=0.45, offset_range=(-30.0, 0.0), gain_range=(0.9, 1.1), saturation=0.3,
+            exposure=0.5, offset_range=(-30.0, 0.0), gain_range=(0.9, 1.1), saturation=0.3,
             motion_blur=5, noise=11.0, height_fraction=(0.3, 0.8), cameras=4, jpeg_quality=60),
     # Bright, contrasty daylight on a campus: colourful, patterned clothes, all body shapes,
     # two cameras far apart that many people pass.
