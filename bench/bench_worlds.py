@@ -150,7 +150,8 @@ def summary(results: dict[World, dict]) -> str:
     worst_group = min(means, key=lambda g: means[g]["mAP"])
     gap = results[worst_world]["gap"]
     return "\n".join([
-        "| style | layout | size | world seeds | mAP gap closed (mean) | det AP gap closed (mean) |",
+        "| style | layout | size | world seeds | mAP gap closed (mean) "
+        "| det AP gap closed (mean) |",
         "|---|---|---|---|---|---|", *rows, "",
         f"Worst world: {worst_world.name} ({100 * gap['mAP']:.0f}% of the mAP gap, "
         f"{100 * gap['det_ap']:.0f}% of the detection-AP gap). Worst seed mean: "

@@ -3,8 +3,9 @@
 The people are the identities of the synthetic image world with the same parameters
 (:func:`plan_world`: same appearances, the same per-camera backgrounds and colour response),
 so a model trained on ``make-synthetic --format prw`` with those parameters (and the same
-``--style``) meets familiar cameras. Only the world's TEST identities walk (the models never trained on them, as in
-evaluation); each walks through at least two cameras, and unlabeled passers-by walk too.
+``--style``) meets familiar cameras. Only the world's TEST identities walk (the models never
+trained on them, as in evaluation); each walks through at least two cameras, and unlabeled
+passers-by walk too.
 
 Written under ``out``: ``cam1.mp4`` ... (H.264 through PyAV, ``fps`` frames per second,
 ``seconds`` long) and :data:`ANNOTATIONS`, per video frame the boxes (x1, y1, x2, y2 pixels,
