@@ -33,7 +33,7 @@ class WorldStyle:
     name: str = "default"
     # -- people: clothing, body, pose
     palette: tuple[Colour, ...] = PALETTE  # what people wear (and what walls are painted)
-    patterns: tuple[str, ...] = PATTERNS   # shirt patterns (render.draw_pattern draws them)
+    patterns: tuple[str, ...] = PATTERNS   # shirt patterns (render._draw_pattern draws them)
     colour_jitter: int = 12                # per-image change of each colour channel (0..255)
     build_range: Range = (2.3, 3.3)        # person box height / width
     leg_spread: Range = (0.0, 0.12)        # stance: gap between the legs / box width
