@@ -25,7 +25,8 @@ from pipeline.data.cuhk_sysu import GALLERY_SIZES
 from pipeline.data.inspect import export_csv, format_table, split_summary
 from pipeline.data.published import check_release
 from pipeline.data.records import FULL_GALLERY
-from pipeline.data.synthetic import MARKER, SyntheticWorldError, generate, parse_size
+from pipeline.data.synthetic import (MARKER, STYLES, SyntheticWorldError, generate, parse_size,
+                                     style_named)
 from pipeline.data.synthetic.video import make_synthetic_video, read_footage_truth
 from pipeline.demo import run_demo
 from pipeline.errors import UserError
@@ -136,6 +137,13 @@ def _size_option(ctx, param, value):
         raise click.BadParameter(str(e)) from None
 
 
+def _style_option(ctx, param, value):
+    try:
+        return style_named(value).name
+    except SyntheticWorldError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @cli.command("make-synthetic")
 @click.option("--format", "fmt", type=click.Choice(["prw", "cuhk-sysu", "video"]), required=True,
               help="on-disk layout to write; video: multi-camera footage of the world's test "
@@ -148,8 +156,12 @@ def _size_option(ctx, param, value):
               help="scene images, half train and half test (at least --identities)")
 @click.option("--size", default="320x240", show_default=True, callback=_size_option,
               help="image WIDTHxHEIGHT")
-@click.option("--cameras", type=click.IntRange(min=2), default=3, show_default=True)
+@click.option("--cameras", type=click.IntRange(min=2), default=None,
+              help="camera count (default: the style's; 3 in the default style)")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--style", metavar="NAME", default="default", show_default=True,
+              callback=_style_option,
+              help=f"the world's look, one of {', '.join(STYLES)} (README, \"World styles\")")
 @click.option("--seconds", type=FiniteFloat(min=0, min_open=True), default=12.0,
               show_default=True, help="video: length of each camera's video")
 @click.option("--fps", type=click.IntRange(min=1), default=4, show_default=True,
@@ -157,16 +169,17 @@ def _size_option(ctx, param, value):
 @click.option("--walkers", type=click.IntRange(min=1), default=6, show_default=True,
               help="video: test identities that walk through (each past 2 cameras)")
 @friendly_errors
-def make_synthetic_cmd(fmt, out, identities, images, size, cameras, seed, seconds, fps, walkers):
+def make_synthetic_cmd(fmt, out, identities, images, size, cameras, seed, style, seconds, fps,
+                       walkers):
     """Write a synthetic person-search world in the PRW or CUHK-SYSU format, or footage of one
     (--format video, same world parameters -> the same people); prints its root."""
+    world = dict(identities=identities, images=images, size=size, cameras=cameras, seed=seed,
+                 style=style)
     if fmt == "video":
-        _make_synthetic_video(out, identities, images, size, cameras, seed, seconds, fps,
-                              walkers)
+        _make_synthetic_video(out, world, seconds, fps, walkers)
         return
     try:
-        dataset = generate(fmt, out, identities=identities, images=images, size=size,
-                           cameras=cameras, seed=seed, progress=True)
+        dataset = generate(fmt, out, **world, progress=True)
     except SyntheticWorldError as e:
         raise click.UsageError(str(e)) from None
     labeled = sum(int((r.pids >= 0).sum()) for r in dataset.train + dataset.gallery)
@@ -174,15 +187,14 @@ def make_synthetic_cmd(fmt, out, identities, images, size, cameras, seed, second
     extra = (f", galleries {sorted(dataset.query_galleries)}" if dataset.query_galleries else "")
     click.echo(f"{fmt}: {len(dataset.train)} train + {len(dataset.gallery)} test images, "
                f"{boxes} boxes ({labeled} labeled), {identities} identities, "
-               f"{len(dataset.queries)} queries{extra}")
+               f"{len(dataset.queries)} queries{extra}, style {style}")
     click.echo(str(dataset.root))
 
 
-def _make_synthetic_video(out, identities, images, size, cameras, seed, seconds, fps, walkers):
+def _make_synthetic_video(out, world: dict, seconds, fps, walkers):
     try:
-        root = make_synthetic_video(out, identities=identities, images=images, size=size,
-                                    cameras=cameras, seed=seed, seconds=seconds, fps=fps,
-                                    walkers=walkers, progress=True)
+        root = make_synthetic_video(out, **world, seconds=seconds, fps=fps, walkers=walkers,
+                                    progress=True)
     except SyntheticWorldError as e:
         raise click.UsageError(str(e)) from None
     truth = read_footage_truth(root)

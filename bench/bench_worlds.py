@@ -1,15 +1,21 @@
 #!/usr/bin/env python
-"""Does distillation hold on worlds the tests never used? For each world (another seed, another
-image size, the CUHK-SYSU format) this makes the world, trains the two teachers side by side
-and builds their cache, then runs `cli.py ablate` for the R18 student without and with the
-default distillation terms (configs/synthetic/student-r18-distilled.yaml) over two seeds, at the demo's budget (configs/synthetic/*, unchanged).
-It prints one row per world (teacher, both students, the share of the teacher-student gap the
-distilled student closes) and with ``--record`` appends the table to BENCHMARKS.md.
+"""Does distillation hold on worlds nobody tuned it on? A world is a (style, seed, layout):
+a synthetic world style (pipeline/data/synthetic/styles.py), a world seed and the on-disk
+layout (PRW, or CUHK-SYSU scored with its gallery protocol). For each world this makes the
+world, trains the two teachers side by side and builds their cache, then runs `cli.py ablate`
+for the R18 student without and with the default distillation terms
+(configs/synthetic/student-r18-distilled.yaml) at the demo's budget (configs/synthetic/*,
+unchanged). It prints one row per world (teacher, both students, the share of the
+teacher-student gap the distilled student closes), the mean over world seeds per style and
+layout, and the worst world; ``--record`` appends the tables to BENCHMARKS.md.
 
-    .venv/bin/python bench/bench_worlds.py [--worlds seed1 size480 cuhk] [--seeds 0,1] [--record]
+    .venv/bin/python bench/bench_worlds.py --styles default,crowded-street,indoor-mall,night-cctv \\
+        --seeds 0,1 --layouts prw,cuhk-sysu [--student-seeds 0] [--size 320x240] [--dry-run]
 
-Everything lands under work/worlds/NAME/ and is reused by a second run (the ablation's runs are
-keyed by their config).
+The earlier worlds are `--styles default --seeds 1 --layouts prw` (seed1), `--size 480x360
+--seeds 0` (size480) and `--layouts cuhk-sysu --seeds 0` (cuhk). Everything lands under
+work/worlds/NAME/ and is reused by a second run (the ablation's runs are keyed by their
+config); `--dry-run` prints the worlds and the commands and runs nothing.
 """
 from __future__ import annotations
 
@@ -18,34 +24,74 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.data.synthetic import (FORMATS, STYLES, SyntheticWorldError,  # noqa: E402
+                                     parse_size)
+
 CLI = [sys.executable, str(ROOT / "cli.py")]
-WORLDS = {  # name -> (dataset, world seed, image size); the demo's world is prw, seed 0, 320x240
-    "seed1": ("prw", 1, "320x240"),
-    "size480": ("prw", 0, "480x360"),
-    "cuhk": ("cuhk-sysu", 0, "320x240"),
-}
 TEACHER = ROOT / "configs/synthetic/teacher.yaml"
 STUDENT = ROOT / "configs/synthetic/student-r18-distilled.yaml"
+DEMO_SIZE = "320x240"            # the demo's world: style default, seed 0, prw, 320x240
+METRICS = ("mAP", "det_ap")      # search mAP, detection AP
 
 
-def write_configs(name: str) -> tuple[Path, Path]:
+@dataclass(frozen=True)
+class World:
+    style: str
+    seed: int
+    layout: str                  # "prw" or "cuhk-sysu"
+    size: str = DEMO_SIZE
+
+    @property
+    def name(self) -> str:
+        size = "" if self.size == DEMO_SIZE else f"-{self.size}"
+        return f"{self.style}-seed{self.seed}-{self.layout}{size}"
+
+    @property
+    def folder(self) -> Path:
+        return ROOT / "work/worlds" / self.name
+
+
+def plan_worlds(styles: list[str], seeds: list[int], layouts: list[str], size: str) -> list[World]:
+    return [World(style, seed, layout, size) for style in styles for layout in layouts
+            for seed in seeds]
+
+
+def write_configs(world: World) -> tuple[Path, Path]:
     """The world's teacher and student YAML: the synthetic configs with its data swapped in."""
-    dataset, seed, size = WORLDS[name]
-    folder = ROOT / "work/worlds" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    data = (f"data:\n  dataset: {dataset}\n  root: {folder / 'data'}\n")
-    teacher = folder / "teacher.yaml"
-    teacher.write_text(f"_base_: {TEACHER}\n{data}  synthetic: {{seed: {seed}, size: {size}}}\n"
-                       f"out_dir: {folder / 'teachers'}\n")
-    student = folder / "student.yaml"
+    world.folder.mkdir(parents=True, exist_ok=True)
+    data = f"data:\n  dataset: {world.layout}\n  root: {world.folder / 'data'}\n"
+    teacher, student = teacher_path(world), world.folder / "student.yaml"
+    teacher.write_text(f"_base_: {TEACHER}\n{data}  synthetic: {{seed: {world.seed}, size: "
+                       f"{world.size}, style: {world.style}}}\n"
+                       f"out_dir: {world.folder / 'teachers'}\n")
     student.write_text(f"_base_: {STUDENT}\n{data}teacher_config: {teacher}\n")
     return teacher, student
+
+
+def teacher_path(world: World) -> Path:
+    return world.folder / "teacher.yaml"
+
+
+def commands(world: World, student_seeds: str) -> dict[str, list[str]]:
+    """The cli.py arguments of each step, by the name of its log file."""
+    teacher = str(teacher_path(world))
+    steps = {f"teacher-{part}": ["train-teacher", "--part", part, "--config", teacher,
+                                 "--no-progress"] for part in ("detector", "reid")}
+    steps["cache"] = ["build-cache", "--config", teacher, "--no-progress"]
+    steps["ablation"] = ["ablate", "--config", str(world.folder / "student.yaml"), "--out",
+                         str(world.folder / "ablation"), "--variants", "none,all", "--seeds",
+                         student_seeds, "--jobs", "2", "--teacher", teacher]
+    return steps
 
 
 def run(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
@@ -53,72 +99,134 @@ def run(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen
                             env=env)
 
 
-def stage_one(name: str, teacher: Path) -> None:
+def stage_one(world: World, steps: dict[str, list[str]]) -> None:
     """Both teachers side by side (one core each, as make demo trains them), then the cache."""
-    folder = teacher.parent
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // 2)))
-    procs = [run(["train-teacher", "--part", part, "--config", str(teacher), "--no-progress"],
-                 folder / f"teacher-{part}.log", env)
+    procs = [run(steps[f"teacher-{part}"], world.folder / f"teacher-{part}.log", env)
              for part in ("detector", "reid")
-             if not (folder / "teachers" / f"{part}.pt").is_file()]
+             if not (world.folder / "teachers" / f"{part}.pt").is_file()]
     for p in procs:
         if p.wait() != 0:
-            sys.exit(f"{name}: a teacher failed; see {folder}/teacher-*.log")
-    if run(["build-cache", "--config", str(teacher), "--no-progress"],
-           folder / "cache.log").wait() != 0:
-        sys.exit(f"{name}: build-cache failed; see {folder / 'cache.log'}")
+            sys.exit(f"{world.name}: a teacher failed; see {world.folder}/teacher-*.log")
+    if run(steps["cache"], world.folder / "cache.log").wait() != 0:
+        sys.exit(f"{world.name}: build-cache failed; see {world.folder / 'cache.log'}")
 
 
-def ablate(name: str, teacher: Path, student: Path, seeds: str) -> dict:
-    out = teacher.parent / "ablation"
-    args = ["ablate", "--config", str(student), "--out", str(out), "--variants", "none,all",
-            "--seeds", seeds, "--jobs", "2", "--teacher", str(teacher)]
-    if run(args, teacher.parent / "ablation.log").wait() != 0:
-        sys.exit(f"{name}: ablate failed; see {teacher.parent / 'ablation.log'}")
-    return json.loads((out / "ablation.json").read_text())
+def ablate(world: World, steps: dict[str, list[str]]) -> dict:
+    if run(steps["ablation"], world.folder / "ablation.log").wait() != 0:
+        sys.exit(f"{world.name}: ablate failed; see {world.folder / 'ablation.log'}")
+    return json.loads((world.folder / "ablation" / "ablation.json").read_text())
 
 
-def world_row(name: str, result: dict) -> str:
-    """teacher | none | all (search mAP / det AP, mean over seeds) | gaps closed."""
-    t = result["teacher"]
-    mean = {}
+def scores(result: dict) -> dict:
+    """Teacher and both students (percent, mean over student seeds) and the gaps closed."""
+    out = {"teacher": {k: 100 * result["teacher"][k] for k in METRICS}}
     for variant in ("none", "all"):
         runs = [r for r in result["runs"] if r["variant"] == variant]
-        mean[variant] = {k: 100 * sum(r["search"][k] for r in runs) / len(runs)
-                         for k in ("mAP", "det_ap")}
-    gap = {k: (mean["all"][k] - mean["none"][k]) / (t[k] - mean["none"][k])
-           for k in ("mAP", "det_ap")}
-    dataset, seed, size = WORLDS[name]
-    return (f"| {name} ({dataset}, seed {seed}, {size}) | {t['mAP']:.2f} / {t['det_ap']:.2f} | "
-            f"{mean['none']['mAP']:.2f} / {mean['none']['det_ap']:.2f} | "
-            f"{mean['all']['mAP']:.2f} / {mean['all']['det_ap']:.2f} | "
-            f"{100 * gap['mAP']:.0f}% | {100 * gap['det_ap']:.0f}% |")
+        out[variant] = {k: 100 * sum(r["search"][k] for r in runs) / len(runs) for k in METRICS}
+    out["gap"] = {k: (out["all"][k] - out["none"][k]) / (out["teacher"][k] - out["none"][k])
+                  for k in METRICS}
+    return out
+
+
+def world_row(world: World, s: dict) -> str:
+    pair = lambda d: f"{d['mAP']:.2f} / {d['det_ap']:.2f}"  # noqa: E731
+    return (f"| {world.name} | {pair(s['teacher'])} | {pair(s['none'])} | {pair(s['all'])} | "
+            f"{100 * s['gap']['mAP']:.0f}% | {100 * s['gap']['det_ap']:.0f}% |")
+
+
+def summary(results: dict[World, dict]) -> str:
+    """Per (style, layout, size): the gaps closed, mean over world seeds; then the worst
+    world and the worst seed mean, by the search-mAP gap."""
+    groups: dict[tuple, list[dict]] = {}
+    for world, s in results.items():
+        groups.setdefault((world.style, world.layout, world.size), []).append(s["gap"])
+    means = {g: {k: sum(v[k] for v in gaps) / len(gaps) for k in METRICS}
+             for g, gaps in groups.items()}
+    rows = [f"| {style} | {layout} | {size} | {len(groups[(style, layout, size)])} | "
+            f"{100 * m['mAP']:.0f}% | {100 * m['det_ap']:.0f}% |"
+            for (style, layout, size), m in means.items()]
+    worst_world = min(results, key=lambda w: results[w]["gap"]["mAP"])
+    worst_group = min(means, key=lambda g: means[g]["mAP"])
+    gap = results[worst_world]["gap"]
+    return "\n".join([
+        "| style | layout | size | world seeds | mAP gap closed (mean) "
+        "| det AP gap closed (mean) |",
+        "|---|---|---|---|---|---|", *rows, "",
+        f"Worst world: {worst_world.name} ({100 * gap['mAP']:.0f}% of the mAP gap, "
+        f"{100 * gap['det_ap']:.0f}% of the detection-AP gap). Worst seed mean: "
+        f"{' / '.join(worst_group)} ({100 * means[worst_group]['mAP']:.0f}% / "
+        f"{100 * means[worst_group]['det_ap']:.0f}%)."])
+
+
+def comma_list(text: str, allowed=None, kind=str) -> list:
+    items = [kind(v.strip()) for v in text.split(",") if v.strip()]
+    bad = [v for v in items if allowed is not None and v not in allowed]
+    if not items or bad:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of "
+                                         f"{', '.join(map(str, allowed or [kind.__name__]))}")
+    return items
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--styles", default="default", type=lambda t: comma_list(t, STYLES),
+                    help=f"world styles, comma-separated, of {', '.join(STYLES)}")
+    ap.add_argument("--seeds", default="0,1", type=lambda t: comma_list(t, kind=int),
+                    help="world seeds (data.synthetic.seed), comma-separated")
+    ap.add_argument("--layouts", default="prw,cuhk-sysu", type=lambda t: comma_list(t, FORMATS),
+                    help="on-disk layouts, comma-separated: prw, cuhk-sysu")
+    ap.add_argument("--size", default=DEMO_SIZE, help="image WIDTHxHEIGHT of every world")
+    ap.add_argument("--student-seeds", default="0", type=lambda t: comma_list(t, kind=int),
+                    help="student seeds (train.seed) per world, comma-separated")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the worlds and the commands; make and train nothing")
+    ap.add_argument("--record", action="store_true", help="append the tables to BENCHMARKS.md")
+    args = ap.parse_args()
+    try:
+        parse_size(args.size)
+    except SyntheticWorldError as e:
+        ap.error(str(e))
+    return args
+
+
+def record(table: str, student_seeds: str) -> None:
+    command = "python bench/bench_worlds.py " + " ".join(sys.argv[1:])
+    with open(ROOT / "BENCHMARKS.md", "a") as f:
+        f.write(f"\n## Distillation over world styles\n\n- machine: "
+                f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+                f"threads as `cli.py ablate --jobs 2` sets them\n- command: `{command}`\n"
+                f"- date: {datetime.date.today()}\n\nStudents: means over student seeds "
+                f"{student_seeds}; search mAP / detection AP in percent.\n\n{table}\n")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--worlds", nargs="+", default=list(WORLDS), choices=list(WORLDS))
-    ap.add_argument("--seeds", default="0,1", help="student seeds (train.seed), comma-separated")
-    ap.add_argument("--record", action="store_true", help="append the table to BENCHMARKS.md")
-    args = ap.parse_args()
-    rows = []
-    for name in args.worlds:
+    args = parse_args()
+    worlds = plan_worlds(args.styles, args.seeds, args.layouts, args.size)
+    student_seeds = ",".join(map(str, args.student_seeds))
+    if args.dry_run:
+        for world in worlds:
+            print(f"# {world.name}: style {world.style}, seed {world.seed}, {world.layout}, "
+                  f"{world.size} -> {world.folder}")
+            for step in commands(world, student_seeds).values():
+                print("  " + shlex.join(["python", "cli.py", *step]))
+        print(f"{len(worlds)} worlds")
+        return
+    results = {}
+    for world in worlds:
         start = time.time()
-        teacher, student = write_configs(name)
-        stage_one(name, teacher)
-        rows.append(world_row(name, ablate(name, teacher, student, args.seeds)))
-        print(rows[-1], f"({(time.time() - start) / 60:.1f} min)", flush=True)
+        write_configs(world)
+        steps = commands(world, student_seeds)
+        stage_one(world, steps)
+        results[world] = scores(ablate(world, steps))
+        print(world_row(world, results[world]), f"({(time.time() - start) / 60:.1f} min)",
+              flush=True)
     table = "\n".join(["| world | teacher mAP / det AP | R18 none | R18 distilled | "
-                       "mAP gap closed | det AP gap closed |", "|---|---|---|---|---|---|", *rows])
+                       "mAP gap closed | det AP gap closed |", "|---|---|---|---|---|---|",
+                       *(world_row(w, s) for w, s in results.items()), "", summary(results)])
     print(table)
     if args.record:
-        command = "python bench/bench_worlds.py " + " ".join(sys.argv[1:])
-        with open(ROOT / "BENCHMARKS.md", "a") as f:
-            f.write(f"\n## Distillation on other worlds\n\n- machine: {platform.processor() or platform.machine()}, "
-                    f"{os.cpu_count()} cores, torch threads as `cli.py ablate --jobs 2` sets them\n"
-                    f"- command: `{command}`\n- date: {datetime.date.today()}\n\n"
-                    f"Means over student seeds {args.seeds}; search mAP / detection AP in percent.\n\n"
-                    f"{table}\n")
+        record(table, student_seeds)
 
 
 if __name__ == "__main__":

@@ -70,12 +70,14 @@ def test_full_size_worlds_scale_people_with_the_frame(tmp_path):
     frame, as in a small world, and the readers read it back."""
     from pipeline.data import read_dataset
     from pipeline.data.synthetic import make_synthetic
-    from pipeline.data.synthetic.world import HEIGHT_FRACTION, plan_world
+    from pipeline.data.synthetic.styles import DEFAULT_STYLE
+    from pipeline.data.synthetic.world import plan_world
+    low, high = DEFAULT_STYLE.height_fraction
     for fmt in ("prw", "cuhk-sysu"):
         world = plan_world(identities=4, images=102, size=(1920, 1080), cameras=3, seed=0)
         heights = [p.draw_box[3] - p.draw_box[1] for s in world.scenes for p in s.people]
-        assert min(heights) >= HEIGHT_FRACTION[0] * 1080 - 1e-6
-        assert max(heights) <= HEIGHT_FRACTION[1] * 1080 + 1e-6
+        assert min(heights) >= low * 1080 - 1e-6
+        assert max(heights) <= high * 1080 + 1e-6
     root = make_synthetic("prw", tmp_path / "prw", identities=4, images=4, size=(1920, 1080))
     data = read_dataset("prw", root)
     for record in data.train + data.gallery:

@@ -70,10 +70,10 @@ def test_the_default_teacher_config_of_make_describes_its_synthetic_world():
     # `make demo` makes the same world on a CPU: make-synthetic's defaults
     defaults = inspect.signature(make_synthetic).parameters
     w = cfg.data.synthetic
-    assert CPU_DATA == [] and (w.identities, w.images, w.size, w.cameras, w.seed) == (
+    assert CPU_DATA == [] and (w.identities, w.images, w.size, w.cameras, w.seed, w.style) == (
         defaults["identities"].default, defaults["images"].default,
         "x".join(map(str, defaults["size"].default)), defaults["cameras"].default,
-        defaults["seed"].default)
+        defaults["seed"].default, defaults["style"].default)
     for real in ("prw", "cuhk-sysu"):
         assert load_config(ROOT / f"configs/teacher/{real}.yaml", TeacherConfig).data.synthetic \
             is None

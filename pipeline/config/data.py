@@ -15,8 +15,9 @@ class SyntheticWorldConfig:
     identities: int = 60
     images: int = 240
     size: str = "320x240"             # WIDTHxHEIGHT
-    cameras: int = 3
+    cameras: int | None = None        # null: the style's camera count (3 for default)
     seed: int = 0
+    style: str = "default"            # a preset of pipeline/data/synthetic/styles.py
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 ``make_synthetic("prw", out)`` plans a world (:mod:`.world`), renders it (:mod:`.render`) and
 writes the images plus the annotation files through the project's own writers, so the readers
-that tests exercise are the readers users run on the real releases.
+that tests exercise are the readers users run on the real releases. ``style=`` names the look of
+the world (:mod:`.styles`: crowding, clothes, light, blur, cameras ...); ``default`` is the look
+every world had before styles existed.
 """
 from __future__ import annotations
 
@@ -18,34 +20,39 @@ from ..cuhk_sysu import GALLERY_SIZES, write_cuhk_sysu_annotations
 from ..prw import write_prw_annotations
 from ..records import UNLABELED, ImageRecord, PersonSearchData, QueryGallery, QueryRecord
 from .render import draw_occluder, draw_person, finish_image, make_camera_style, random_shape
+from .styles import DEFAULT_STYLE, STYLES, WorldStyle, style_named
 from .world import (SyntheticWorldError, World, parse_size, plan_world, prw_pids)
 
 FORMATS = ("prw", "cuhk-sysu")
-JPEG_QUALITY = 90
 MARKER = "synthetic.json"      # parameters of the world; marks a folder this generator may reuse
 PRW_FRAME_STEP = 25            # frame numbers advance like a sampled video
-FRAME_CLUTTER = (2, 6)         # random shapes added to each frame (low, high exclusive)
 
-__all__ = ["make_synthetic", "generate", "SyntheticWorldError", "parse_size", "FORMATS"]
+__all__ = ["make_synthetic", "generate", "SyntheticWorldError", "parse_size", "FORMATS",
+           "STYLES", "WorldStyle", "style_named", "marked_style"]
+
 
 def make_synthetic(fmt: str, out, *, identities: int = 60, images: int = 240,
-                   size: tuple[int, int] = (320, 240), cameras: int = 3, seed: int = 0,
+                   size: tuple[int, int] = (320, 240), cameras: int | None = None,
+                   seed: int = 0, style: str = DEFAULT_STYLE.name,
                    progress: bool = False) -> Path:
-    """Write a synthetic dataset in format ``fmt`` ("prw" | "cuhk-sysu") under ``out``;
-    returns the dataset root. Same arguments -> byte-identical files."""
+    """Write a synthetic dataset in format ``fmt`` ("prw" | "cuhk-sysu") and world style
+    ``style`` (a name in :data:`STYLES`) under ``out``; returns the dataset root. ``cameras``
+    None: the style's camera count. Same arguments -> byte-identical files."""
     return generate(fmt, out, identities=identities, images=images, size=size,
-                    cameras=cameras, seed=seed, progress=progress).root
+                    cameras=cameras, seed=seed, style=style, progress=progress).root
 
 
 def generate(fmt: str, out, *, identities: int = 60, images: int = 240,
-             size: tuple[int, int] = (320, 240), cameras: int = 3, seed: int = 0,
-             progress: bool = False) -> PersonSearchData:
+             size: tuple[int, int] = (320, 240), cameras: int | None = None, seed: int = 0,
+             style: str = DEFAULT_STYLE.name, progress: bool = False) -> PersonSearchData:
     """:func:`make_synthetic`, returning what the readers should hand back for it."""
     if fmt not in FORMATS:
         raise SyntheticWorldError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    world_style = style_named(style)
     size = tuple(int(v) for v in size)
+    cameras = world_style.cameras if cameras is None else cameras
     world = plan_world(identities=identities, images=images, size=size, cameras=cameras,
-                       seed=seed)
+                       seed=seed, style=world_style)
     if fmt == "cuhk-sysu":
         pool = sum(s.split == "test" for s in world.scenes)
         if pool - 1 < GALLERY_SIZES[0]:
@@ -54,7 +61,7 @@ def generate(fmt: str, out, *, identities: int = 60, images: int = 240,
                 f"{GALLERY_SIZES[0] + 1}; use --images >= {2 * (GALLERY_SIZES[0] + 1)}")
     root = _prepare_root(Path(out))
     params = {"format": fmt, "identities": identities, "images": images, "size": list(size),
-              "cameras": cameras, "seed": seed}
+              "cameras": cameras, "seed": seed, "style": style}
     names = _names(fmt, world, seed)
     image_dir = root / ("frames" if fmt == "prw" else "Image/SSM")
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -92,26 +99,36 @@ def _names(fmt: str, world: World, seed: int) -> list[str]:
     return [f"s{n}.jpg" for n in numbers]
 
 
+def marked_style(root) -> str | None:
+    """The style name recorded in a synthetic world's marker (worlds made before styles existed
+    are ``default``); None when ``root`` holds no synthetic world."""
+    marker = Path(root) / MARKER
+    if not marker.is_file():
+        return None
+    return json.loads(marker.read_text()).get("style", DEFAULT_STYLE.name)
+
+
 def _render_all(world: World, names, image_dir: Path, seed: int, progress: bool) -> None:
-    styles = {c: make_camera_style(np.random.default_rng([seed, 2, c]), world.size)
-              for c in range(1, world.cameras + 1)}
+    style = world.style
+    cameras = {c: make_camera_style(np.random.default_rng([seed, 2, c]), world.size, style)
+               for c in range(1, world.cameras + 1)}
     for scene, name in tqdm(list(zip(world.scenes, names)), desc="rendering", unit="image",
                             disable=not progress):
         rng = np.random.default_rng([seed, 1, scene.index])
-        style = styles[scene.camera]
-        image = Image.fromarray(style.background.astype(np.uint8))
+        camera = cameras[scene.camera]
+        image = Image.fromarray(camera.background.astype(np.uint8))
         draw = ImageDraw.Draw(image)
-        for _ in range(int(rng.integers(*FRAME_CLUTTER))):
+        for _ in range(int(rng.integers(*style.frame_clutter))):
             colour = tuple(int(v) for v in rng.integers(20, 235, 3))
             random_shape(draw, rng, *world.size, colour)
         looks = iter(scene.passer_looks)
         people = [(p, world.appearances[p.identity] if p.identity is not None else next(looks))
                   for p in scene.people]
         for person, look in sorted(people, key=lambda pl: pl[0].draw_box[3]):  # far ones first
-            draw_person(draw, person.draw_box, look, rng)
+            draw_person(draw, person.draw_box, look, rng, style)
         if scene.occluder:
             draw_occluder(draw, rng, world.size)
-        finish_image(image, style, rng).save(image_dir / name, quality=JPEG_QUALITY)
+        finish_image(image, camera, rng).save(image_dir / name, quality=style.jpeg_quality)
 
 
 def _record(scene, name: str, image_dir: Path, size, pid_of, camera) -> ImageRecord:

@@ -2,9 +2,10 @@
 
 The people are the identities of the synthetic image world with the same parameters
 (:func:`plan_world`: same appearances, the same per-camera backgrounds and colour response),
-so a model trained on ``make-synthetic --format prw`` with those parameters meets familiar
-cameras. Only the world's TEST identities walk (the models never trained on them, as in
-evaluation); each walks through at least two cameras, and unlabeled passers-by walk too.
+so a model trained on ``make-synthetic --format prw`` with those parameters (and the same
+``--style``) meets familiar cameras. Only the world's TEST identities walk (the models never
+trained on them, as in evaluation); each walks through at least two cameras, and unlabeled
+passers-by walk too.
 
 Written under ``out``: ``cam1.mp4`` ... (H.264 through PyAV, ``fps`` frames per second,
 ``seconds`` long) and :data:`ANNOTATIONS`, per video frame the boxes (x1, y1, x2, y2 pixels,
@@ -26,13 +27,13 @@ from tqdm import tqdm
 from ..records import UNLABELED
 from .appearance import Appearance, sample_appearance
 from .render import draw_occluder, draw_person, finish_image, make_camera_style, random_shape
+from .styles import DEFAULT_STYLE, WorldStyle, style_named
 from .world import SyntheticWorldError, plan_world, prw_pids
 
 ANNOTATIONS = "annotations.json"
 SCHEMA = "synthetic-footage/1"
 MARKER = "synthetic.json"          # as the image worlds: marks a folder this generator may reuse
 CODEC, CRF = "libx264", 18         # near-lossless, so decoding changes pixels only slightly
-STATIC_CLUTTER = (2, 6)            # shapes fixed in each camera's view (low, high exclusive)
 PASS_SECONDS = (0.45, 0.8)         # a walk across the frame lasts this fraction of the video
 HEIGHT_FRACTION = (0.45, 0.85)     # person height / frame height during one walk
 CAMERAS_PER_WALKER = 2
@@ -59,14 +60,18 @@ class Walk:
 
 
 def make_synthetic_video(out, *, identities: int = 60, images: int = 240,
-                         size: tuple[int, int] = (320, 240), cameras: int = 3, seed: int = 0,
-                         seconds: float = 12.0, fps: int = 4, walkers: int = 6,
-                         passers: int = 3, progress: bool = False) -> Path:
-    """Write the videos and :data:`ANNOTATIONS` under ``out``; returns ``out``."""
+                         size: tuple[int, int] = (320, 240), cameras: int | None = None,
+                         seed: int = 0, style: str = DEFAULT_STYLE.name, seconds: float = 12.0,
+                         fps: int = 4, walkers: int = 6, passers: int = 3,
+                         progress: bool = False) -> Path:
+    """Write the videos and :data:`ANNOTATIONS` under ``out``; returns ``out``. ``style`` names
+    the world's look (:data:`~.styles.STYLES`); ``cameras`` None: the style's camera count."""
     size = tuple(int(v) for v in size)
     _check(seconds, fps, walkers, size)
+    world_style = style_named(style)
+    cameras = world_style.cameras if cameras is None else cameras
     world = plan_world(identities=identities, images=images, size=size, cameras=cameras,
-                       seed=seed)
+                       seed=seed, style=world_style)
     if walkers > len(world.test_ids):
         raise SyntheticWorldError(f"{walkers} walkers but the world has only "
                                   f"{len(world.test_ids)} test identities; use --identities "
@@ -77,14 +82,15 @@ def make_synthetic_video(out, *, identities: int = 60, images: int = 240,
     chosen = sorted(int(i) for i in rng.choice(world.test_ids, walkers, replace=False))
     walks = [w for i in chosen for w in _walks_of(rng, pid_of[i], world.appearances[i],
                                                   cameras, seconds, size)]
-    walks += [w for _ in range(passers) for w in _walks_of(rng, UNLABELED, sample_appearance(rng),
-                                                           cameras, seconds, size, count=1)]
+    walks += [w for _ in range(passers)
+              for w in _walks_of(rng, UNLABELED, sample_appearance(rng, world_style), cameras,
+                                 seconds, size, count=1)]
     root = _prepare(Path(out))
-    videos = [_write_camera(root, c, walks, size, seed, seconds, fps, progress)
+    videos = [_write_camera(root, c, walks, size, seed, world_style, (seconds, fps), progress)
               for c in range(1, cameras + 1)]
     params = {"format": "video", "identities": identities, "images": images,
-              "size": list(size), "cameras": cameras, "seed": seed, "seconds": seconds,
-              "fps": fps, "walkers": walkers, "passers": passers}
+              "size": list(size), "cameras": cameras, "seed": seed, "style": style,
+              "seconds": seconds, "fps": fps, "walkers": walkers, "passers": passers}
     (root / ANNOTATIONS).write_text(json.dumps(
         {"schema": SCHEMA, "params": params, "walker_pids": [pid_of[i] for i in chosen],
          "videos": videos}) + "\n")
@@ -141,21 +147,27 @@ def _prepare(root: Path) -> Path:
     return root
 
 
-def _camera_view(seed: int, camera: int, size) -> tuple[object, Image.Image, bool, int]:
-    """(style, background with this camera's static clutter, has occluder, occluder seed)."""
-    style = make_camera_style(np.random.default_rng([seed, 2, camera]), size)
+def _camera_view(seed: int, camera: int, size,
+                 style: WorldStyle) -> tuple[object, Image.Image, bool, int]:
+    """(camera style, background with this camera's static clutter, has occluder, occluder
+    seed). The image world's per-frame clutter stays fixed here: it is part of the view."""
+    view = make_camera_style(np.random.default_rng([seed, 2, camera]), size, style)
     rng = np.random.default_rng([seed, 8, camera])
-    background = Image.fromarray(style.background.astype(np.uint8))
+    background = Image.fromarray(view.background.astype(np.uint8))
     draw = ImageDraw.Draw(background)
-    for _ in range(int(rng.integers(*STATIC_CLUTTER))):
+    for _ in range(int(rng.integers(*style.frame_clutter))):
         colour = tuple(int(v) for v in rng.integers(20, 235, 3))
         random_shape(draw, rng, *size, colour)
-    return style, background, bool(rng.random() < 0.35), int(rng.integers(1 << 31))
+    return (view, background, bool(rng.random() < style.occluder_chance),
+            int(rng.integers(1 << 31)))
 
 
-def _write_camera(root: Path, camera: int, walks, size, seed, seconds, fps, progress) -> dict:
+def _write_camera(root: Path, camera: int, walks, size, seed, style: WorldStyle, timing,
+                  progress) -> dict:
+    """One camera's video; ``timing`` is (seconds, fps)."""
     width, height = size
-    style, background, occluded, occluder_seed = _camera_view(seed, camera, size)
+    seconds, fps = timing
+    view, background, occluded, occluder_seed = _camera_view(seed, camera, size, style)
     mine = [w for w in walks if w.camera == camera]
     name = f"cam{camera}.mp4"
     container = av.open(str(root / name), "w")
@@ -168,7 +180,7 @@ def _write_camera(root: Path, camera: int, walks, size, seed, seconds, fps, prog
     for index in tqdm(range(count), desc=name, unit="frame", disable=not progress):
         t = index / fps
         rng = np.random.default_rng([seed, 9, camera, index])
-        image, boxes, pids = _render_frame(background, style, mine, t, rng, size, occluded,
+        image, boxes, pids = _render_frame(background, view, mine, t, rng, size, occluded,
                                            occluder_seed)
         frame = av.VideoFrame.from_ndarray(np.asarray(image), format="rgb24")
         frame.pts = index
@@ -181,21 +193,21 @@ def _write_camera(root: Path, camera: int, walks, size, seed, seconds, fps, prog
     return {"file": name, "camera": f"cam{camera}", "fps": fps, "frames": frames}
 
 
-def _render_frame(background, style, walks, t, rng, size, occluded, occluder_seed):
+def _render_frame(background, view, walks, t, rng, size, occluded, occluder_seed):
     width, height = size
     image = background.copy()
     draw = ImageDraw.Draw(image)
     present = [(w, b) for w in walks if (b := _position(w, t, width)) is not None]
     boxes, pids = [], []
     for walk, box in sorted(present, key=lambda wb: wb[1][3]):  # far ones first
-        draw_person(draw, box, walk.look, rng)
+        draw_person(draw, box, walk.look, rng, view.world)
         clipped = np.round(np.clip(box, 0, [width, height, width, height]))
         if clipped[2] - clipped[0] >= MIN_VISIBLE[0] and clipped[3] - clipped[1] >= MIN_VISIBLE[1]:
             boxes.append([float(v) for v in clipped])
             pids.append(int(walk.pid))
     if occluded:
         draw_occluder(draw, np.random.default_rng(occluder_seed), size)
-    return finish_image(image, style, rng), boxes, pids
+    return finish_image(image, view, rng), boxes, pids
 
 
 # ------------------------------------------------------------------------------ reading

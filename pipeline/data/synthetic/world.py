@@ -10,24 +10,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.errors import UserError
-
 from .appearance import Appearance, sample_appearance
+from .styles import DEFAULT_STYLE, SyntheticWorldError, WorldStyle
 
-PEOPLE_PER_IMAGE = (2, 6)          # everyone in a scene, passers-by included
-LABELED_PER_IMAGE = (2, 4)         # identities in a scene (before passers-by)
-HEIGHT_FRACTION = (0.4, 0.9)       # person height / image height
 MAX_CUT = 0.3                      # at most this fraction of a box may leave the frame
-MAX_OVERLAP = 0.45                 # IoU limit between two people in one scene
-MAX_COVER = 0.6                    # limit of the overlap / the smaller box's area
-MIN_APPEARANCES = 2                # each identity in at least this many images of its split
 PLACEMENT_TRIES = 30
 PRW_LARGE_PID = 932                # PRW's training ids end with 932 (released ids skip numbers)
 PRW_SKIP_EVERY = 5                 # leave out every 5th id number, as the release has gaps
-
-
-class SyntheticWorldError(UserError, ValueError):
-    """The requested world cannot be built (too few images, bad size ...)."""
 
 
 @dataclass
@@ -52,6 +41,7 @@ class Scene:
 class World:
     size: tuple[int, int]              # (W, H)
     cameras: int
+    style: WorldStyle
     appearances: list[Appearance]      # one per identity
     train_ids: list[int]               # identity indices of the train split
     test_ids: list[int]
@@ -69,7 +59,8 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def check_request(identities: int, images: int, size, cameras: int) -> None:
+def check_request(identities: int, images: int, size, cameras: int,
+                  style: WorldStyle) -> None:
     width, height = size
     if identities < 4:
         raise SyntheticWorldError(f"need at least 4 identities (2 per split), got {identities}")
@@ -82,23 +73,30 @@ def check_request(identities: int, images: int, size, cameras: int) -> None:
             f"need at least 2 cameras (identities cross cameras), got {cameras}")
     if width < 48 or height < 48:
         raise SyntheticWorldError(f"image size {width}x{height} is too small (at least 48x48)")
+    per_split, scenes = identities - identities // 2, images // 2  # the fuller split
+    if per_split * style.appearances > scenes * style.people_per_image[1] \
+            or style.appearances > scenes:
+        raise SyntheticWorldError(
+            f"{images} images cannot hold {identities} identities {style.appearances} times "
+            f"each in style {style.name!r}; use more --images or fewer --identities")
 
 
-def _overlaps(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two boxes overlap more than MAX_OVERLAP (IoU) or MAX_COVER (of the smaller)."""
+def _overlaps(a: np.ndarray, b: np.ndarray, style: WorldStyle) -> bool:
+    """Whether two boxes overlap more than the style's max_overlap (IoU) or max_cover (of the
+    smaller box)."""
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = iw * ih
     area_a, area_b = (a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1])
     union = area_a + area_b - inter
-    return inter > MAX_OVERLAP * union or inter > MAX_COVER * min(area_a, area_b)
+    return inter > style.max_overlap * union or inter > style.max_cover * min(area_a, area_b)
 
 
-def _place(rng, size, build: float, taken: list[np.ndarray]):
+def _place(rng, size, build: float, taken: list[np.ndarray], style: WorldStyle):
     """(draw box, clipped box, cut) of one person not overlapping ``taken`` too much."""
     width, height = size
     for _ in range(PLACEMENT_TRIES):
-        h = rng.uniform(*HEIGHT_FRACTION) * height
+        h = rng.uniform(*style.height_fraction) * height
         w = h / build
         x1 = rng.uniform(-MAX_CUT * w, width - (1 - MAX_CUT) * w)
         y1 = rng.uniform(-0.1 * h, height - 0.9 * h) if h < height else rng.uniform(-0.1 * h, 0)
@@ -106,22 +104,23 @@ def _place(rng, size, build: float, taken: list[np.ndarray]):
         box = np.round(np.clip(draw, 0, [width, height, width, height])).astype(np.float32)
         if box[2] - box[0] < 4 or box[3] - box[1] < 8:
             continue
-        if not any(_overlaps(box, t) for t in taken):
+        if not any(_overlaps(box, t, style) for t in taken):
             cut = bool((draw[[0, 1]] < 0).any() or draw[2] > width or draw[3] > height)
             return draw, box, cut
     return None
 
 
-def _assign(rng, scene_ids: list[int], identities: list[int], cameras: dict[int, int]):
-    """Identities per scene: each in >= MIN_APPEARANCES scenes on >= 2 cameras, never twice."""
-    capacity = {s: int(rng.integers(LABELED_PER_IMAGE[0], LABELED_PER_IMAGE[1] + 1))
-                for s in scene_ids}
+def _assign(rng, scene_ids: list[int], identities: list[int], cameras: dict[int, int],
+            style: WorldStyle):
+    """Identities per scene: each in >= style.appearances scenes on >= 2 cameras, never twice."""
+    low, high = style.labeled_per_image
+    capacity = {s: int(rng.integers(low, high + 1)) for s in scene_ids}
     members: dict[int, list[int]] = {s: [] for s in scene_ids}
     for identity in identities:
         used_cams: set[int] = set()
-        for _ in range(MIN_APPEARANCES):
+        for _ in range(style.appearances):
             free = [s for s in scene_ids if identity not in members[s]
-                    and len(members[s]) < PEOPLE_PER_IMAGE[1]]
+                    and len(members[s]) < style.people_per_image[1]]
             fresh = [s for s in free if cameras[s] not in used_cams] or free
             roomy = [s for s in fresh if len(members[s]) < capacity[s]] or fresh
             least = min(len(members[s]) for s in roomy)
@@ -138,11 +137,12 @@ def _assign(rng, scene_ids: list[int], identities: list[int], cameras: dict[int,
     return members
 
 
-def plan_world(*, identities: int, images: int, size, cameras: int, seed: int) -> World:
+def plan_world(*, identities: int, images: int, size, cameras: int, seed: int,
+               style: WorldStyle = DEFAULT_STYLE) -> World:
     """Sample everything except pixels: identities, camera of each scene, who stands where."""
-    check_request(identities, images, size, cameras)
+    check_request(identities, images, size, cameras, style)
     rng = np.random.default_rng(seed)
-    appearances = [sample_appearance(rng) for _ in range(identities)]
+    appearances = [sample_appearance(rng, style) for _ in range(identities)]
     order = rng.permutation(identities)
     train_ids = sorted(int(i) for i in order[: identities // 2])
     test_ids = sorted(int(i) for i in order[identities // 2:])
@@ -155,34 +155,36 @@ def plan_world(*, identities: int, images: int, size, cameras: int, seed: int) -
     cams = {s.index: s.camera for s in scenes}
     for split, ids in (("train", train_ids), ("test", test_ids)):
         scene_ids = [s.index for s in scenes if s.split == split]
-        members = _assign(rng, scene_ids, ids, cams)
+        members = _assign(rng, scene_ids, ids, cams, style)
         for s in scene_ids:
-            _populate(rng, scenes[s], members[s], appearances, size)
-    return World(size=tuple(size), cameras=cameras, appearances=appearances,
+            _populate(rng, scenes[s], members[s], appearances, size, style)
+    return World(size=tuple(size), cameras=cameras, style=style, appearances=appearances,
                  train_ids=train_ids, test_ids=test_ids, scenes=scenes)
 
 
-def _populate(rng, scene: Scene, members: list[int], appearances, size) -> None:
-    extra = int(rng.integers(0, PEOPLE_PER_IMAGE[1] - len(members) + 1))
-    extra = max(extra, PEOPLE_PER_IMAGE[0] - len(members))
+def _populate(rng, scene: Scene, members: list[int], appearances, size,
+              style: WorldStyle) -> None:
+    low, high = style.people_per_image
+    extra = int(rng.integers(0, high - len(members) + 1))
+    extra = max(extra, low - len(members))
     taken: list[np.ndarray] = []
     for identity in members:
-        placed = _place(rng, size, appearances[identity].build, taken)
+        placed = _place(rng, size, appearances[identity].build, taken, style)
         while placed is None:  # crowded: loosen the overlap rule rather than drop an identity
-            placed = _place(rng, size, appearances[identity].build, [])
+            placed = _place(rng, size, appearances[identity].build, [], style)
         draw, box, cut = placed
         taken.append(box)
         scene.people.append(Person(identity, box, draw, cut))
     for _ in range(extra):
-        look = sample_appearance(rng)
-        placed = _place(rng, size, look.build, taken)
+        look = sample_appearance(rng, style)
+        placed = _place(rng, size, look.build, taken, style)
         if placed is None:
             continue
         draw, box, cut = placed
         taken.append(box)
         scene.people.append(Person(None, box, draw, cut))
         scene.passer_looks.append(look)
-    scene.occluder = bool(rng.random() < 0.35)
+    scene.occluder = bool(rng.random() < style.occluder_chance)
 
 
 def prw_pids(n_train: int, n_test: int) -> tuple[list[int], list[int]]:
