@@ -134,3 +134,15 @@ def test_several_hits_are_one_query_leaving_out_each_one_own_appearance(tmp_path
     assert "2 pictures of one person" in page.read_text()
     with pytest.raises(QueryError, match="leaves no camera"):
         search_command(gallery.directory, tmp_path / "o", hit=(0, cam2_hit), other_cameras=True)
+
+
+def test_calibrate_writes_the_fit_beside_the_model(tmp_path, synthetic_prw,
+                                                   random_student_checkpoint):
+    model = tmp_path / "student.pt"
+    model.write_bytes(random_student_checkpoint.read_bytes())
+    out = CliRunner().invoke(cli, ["calibrate", "--model", str(model), "--dataset", "prw",
+                                   "--root", str(synthetic_prw), "--no-measure", "--no-progress"])
+    assert out.exit_code == 0, out.output
+    saved = json.loads(calibration_path(model).read_text())
+    assert saved["n_pos"] > 0 and saved["n_neg"] == 4 * saved["n_pos"]
+    assert out.output.splitlines()[-1] == str(calibration_path(model))
