@@ -146,3 +146,16 @@ def test_calibrate_writes_the_fit_beside_the_model(tmp_path, synthetic_prw,
     saved = json.loads(calibration_path(model).read_text())
     assert saved["n_pos"] > 0 and saved["n_neg"] == 4 * saved["n_pos"]
     assert out.output.splitlines()[-1] == str(calibration_path(model))
+
+
+def test_the_app_searches_from_several_hits_and_says_likely(tmp_path):
+    from fastapi.testclient import TestClient
+    from pipeline.footage.app import create_app
+    gallery = _calibrated_gallery(tmp_path)
+    client = TestClient(create_app(gallery.directory))
+    r = client.get("/api/search", params=[("hit", 0), ("hit", 12)])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [p["hit"] for p in body["query"]["parts"]] == [0, 12]
+    assert [(a["camera"], a["likely"]) for a in body["appearances"]] == [("cam1", False)]
+    assert client.get("/api/search", params=[("hit", 0), ("hit", 999)]).status_code == 404
