@@ -2,8 +2,10 @@
 
 ``results.json``: ``{"query": {...}, "hits": [{"rank", "similarity", "source", "frame",
 "time", "camera", "box", "id", "score", "frame_id"}, ...], "timeline": [...], "gallery",
-"model", "index", "filters", "created"}`` (``box`` x1, y1, x2, y2 in the frame's pixels,
-``time`` seconds or null for a still image). ``results.csv`` holds one row per hit (rank,
+"model", "index", "filters", "created", "same_person"}`` (``box`` x1, y1, x2, y2 in the
+frame's pixels, ``time`` seconds or null for a still image; every hit and appearance also has
+``same_person``, P(same person), and ``likely``, both null when the model is not calibrated:
+:mod:`pipeline.runtime.calibration`). ``results.csv`` holds one row per hit (rank,
 similarity, source, frame, time, camera, box as "x1,y1,x2,y2", id, score).
 
 ``results.html`` is one self-contained file (pictures inlined as data URIs, no script, no
