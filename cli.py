@@ -34,6 +34,7 @@ from pipeline.benchmark.command import default_out_dir, evaluate_command
 from pipeline.footage.ranking import SearchFilter
 from pipeline.footage.report import format_time
 from pipeline.runtime.faiss_index import INDEX_KINDS
+from pipeline.runtime.calibration import DEFAULT_THRESHOLD
 from pipeline.runtime.types import RunSettings
 from pipeline.runtime.onnx.runtime import RUNTIMES
 from pipeline.footage.appearances import DEFAULT_RANKING, RANKINGS
@@ -550,9 +551,12 @@ def index_cmd(gallery_dir, model, sources, camera, every, index_kind, min_score,
 @click.option("--gallery", "gallery_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--query", "image", default=None, type=click.Path(dir_okay=False),
               help="picture of the person: a frame with --box, or a crop of them without")
-@click.option("--box", default=None, metavar="x1,y1,x2,y2", help="the person in --query (pixels)")
-@click.option("--hit", type=int, default=None, metavar="ID",
-              help="search again from detection ID of an earlier result")
+@click.option("--box", "boxes", multiple=True, metavar="x1,y1,x2,y2",
+              help="the person in --query (pixels); repeat it for several views of one "
+                   "person (one query: their mean)")
+@click.option("--hit", "hits", type=int, multiple=True, metavar="ID",
+              help="search again from detection ID of an earlier result; repeat it for "
+                   "several hits of one person (one query: their mean)")
 @click.option("--top", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--camera", "cameras", multiple=True, help="only these cameras (repeatable)")
 @click.option("--from", "start", type=FiniteFloat(), default=None, metavar="SECONDS",
@@ -571,7 +575,7 @@ def index_cmd(gallery_dir, model, sources, camera, every, index_kind, min_score,
 @click.option("--model", default=None, help="the gallery's model at another path")
 @click.option("--device", default="cpu", show_default=True)
 @friendly_errors
-def search_cmd(gallery_dir, image, box, hit, top, cameras, start, end, out_dir, by,
+def search_cmd(gallery_dir, image, boxes, hits, top, cameras, start, end, out_dir, by,
                other_cameras, ranking, model, device):
     """Rank the gallery's people by similarity to the query; writes results.json, .csv and
     .html into --out and prints the path of results.html last."""
@@ -580,19 +584,67 @@ def search_cmd(gallery_dir, image, box, hit, top, cameras, start, end, out_dir, 
         from pipeline.footage.query_model import QueryEmbedder  # optional: PyTorch
         embedder_for = functools.partial(QueryEmbedder, model=model, device=device)
     filt = SearchFilter(tuple(cameras), start, end)
-    payload, page = search_command(gallery_dir, out_dir, image=image, box=box, hit=hit,
+    payload, page = search_command(gallery_dir, out_dir, image=image, box=boxes, hit=hits,
                                    top=top, filt=filt, by=by, other_cameras=other_cameras,
-                                   ranking=ranking, embedder_for=embedder_for)
+                                   ranking=ranking, model=model, embedder_for=embedder_for)
     approx = " (approximate index)" if payload["index"]["approximate"] else ""
-    click.echo(f"{len(payload['hits'])} hits{approx}")
-    for a in payload.get("appearances", [])[:10]:
-        click.echo(f"{a['rank']:4d}  {a['similarity']:.3f}  {a['camera']:>8s}  "
-                   f"{format_time(a['start'])}-{format_time(a['end'])}  {a['frames']} frames  "
-                   f"best: id {a['best']['hit']}")
-    for h in payload["hits"][:0 if "appearances" in payload else 10]:
-        click.echo(f"{h['rank']:4d}  {h['similarity']:.3f}  {h['camera']:>8s}  "
-                   f"{format_time(h['time']):>8s}  {h['source']} frame {h['frame']}  id {h['id']}")
+    click.echo(f"{len(payload['hits'])} hits{approx}; {payload['same_person']['note']}")
+    if "appearances" in payload:
+        _echo_ranked(payload["appearances"], lambda a: (
+            f"{a['rank']:4d}  {a['similarity']:.3f}{_p_text(a)}  {a['camera']:>8s}  "
+            f"{format_time(a['start'])}-{format_time(a['end'])}  {a['frames']} frames  "
+            f"best: id {a['best']['hit']}"))
+    else:
+        _echo_ranked(payload["hits"], lambda h: (
+            f"{h['rank']:4d}  {h['similarity']:.3f}{_p_text(h)}  {h['camera']:>8s}  "
+            f"{format_time(h['time']):>8s}  {h['source']} frame {h['frame']}  id {h['id']}"))
     click.echo(str(page))
+
+
+SHOWN_ROWS = 10            # result rows `search` prints (all are in results.json)
+
+
+def _p_text(row: dict) -> str:
+    return "" if row["same_person"] is None else f"  P {row['same_person']:.2f}"
+
+
+def _echo_ranked(rows: list[dict], line) -> None:
+    """The first rows, with the same-person line before the first unlikely one."""
+    cut = next((k for k, r in enumerate(rows) if r["likely"] is False), None)
+    for k, row in enumerate(rows[:SHOWN_ROWS]):
+        if k == cut:
+            click.echo("---- not likely the same person below ----")
+        click.echo(line(row))
+
+
+@cli.command("calibrate")
+@click.option("--model", required=True,
+              help="student checkpoint (.pt) or two-step teacher config (.yaml)")
+@click.option("--dataset", type=click.Choice(["prw", "cuhk-sysu"]), required=True)
+@click.option("--root", type=click.Path(), required=True, help="dataset folder as released")
+@click.option("--threshold", type=FiniteFloat(0, 1, min_open=True, max_open=True),
+              default=DEFAULT_THRESHOLD, show_default=True,
+              help="P(same person) from which a result is 'likely the same person'")
+@click.option("--no-measure", is_flag=True, help="skip measuring the line on the test split")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+@friendly_errors
+def calibrate_cmd(model, dataset, root, threshold, no_measure, device, batch_size, no_progress):
+    """Fit MODEL's "same person" probability on the training split's identities (a logistic
+    on cosine similarity) and store it beside MODEL, so that searches draw the line; prints
+    the file last."""
+    from pipeline.benchmark.calibration import calibrate  # optional: PyTorch
+    c, path, held_out = calibrate(model, dataset, root, device=device, batch_size=batch_size,
+                                  threshold=threshold, measure=not no_measure,
+                                  progress=not no_progress)
+    click.echo(f"fit on {c.n_pos} same-person and {c.n_neg} different-person pairs: "
+               f"P >= {c.threshold:g} from similarity {c.similarity_at_threshold:.3f}")
+    if held_out is not None:
+        click.echo(f"test split ({held_out['pairs_same']} same, {held_out['pairs_different']} "
+                   f"different pairs): precision {100 * held_out['precision']:.1f}%, "
+                   f"recall {100 * held_out['recall']:.1f}% of 'likely the same person'")
+    click.echo(str(path))
 
 
 @cli.group("gallery")

@@ -275,11 +275,16 @@ def evaluate_and_index(run_dirs: dict[str, Path], device: str) -> list[Row]:
         evals[name] = run_dir / "eval"
         steps += evaluation_step(f"eval-{run_dir.name}", name, ["--checkpoint", str(checkpoint)],
                                  run_dir / "eval", device, [checkpoint])
+    distilled = run_dirs[DISTILLED] / "checkpoint_last.pt"
+    steps.append(Step("calibrate", "fit the distilled student's 'same person' probability on "
+                      "the training identities (the results page draws its line)",
+                      ["calibrate", "--model", str(distilled), "--dataset", "prw", "--root",
+                       str(DATA_ROOT), "--device", device, "--no-progress"]))
     # The footage is made in stage one, unless the teachers were reused from an earlier demo.
     footage = footage_step(device, say_reused=False)
     index = Step("index", "index the footage with the distilled student (resumes; only new "
                  "frames)", ["index", "--gallery", str(FOOTAGE_GALLERY), "--model",
-                             str(run_dirs[DISTILLED] / "checkpoint_last.pt"), str(FOOTAGE_ROOT),
+                             str(distilled), str(FOOTAGE_ROOT),
                              "--every", FOOTAGE_EVERY, *device_overrides(device)])
     if footage:                        # the index waits for its footage
         run_steps(steps + footage)

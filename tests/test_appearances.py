@@ -215,7 +215,7 @@ def test_search_by_appearance_leaves_out_the_query_own_and_keeps_other_cameras(t
     rows = payload["appearances"]
     assert [(a["camera"], a["frames"]) for a in rows] == [("cam2", 6), ("cam1", 6)]  # own walk out
     assert set(rows[0]) == {"rank", "similarity", "camera", "source", "start", "end", "frames",
-                            "best"}
+                            "best", "same_person", "likely"}
     assert rows[0]["start"] == 0.0 and rows[0]["end"] == 1.25
     assert gallery.frame_camera[gallery.detection_frame[rows[0]["best"]["hit"]]] == "cam2"
     assert payload["hits"]                                  # detections still listed

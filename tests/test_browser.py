@@ -221,3 +221,43 @@ def test_results_page_opens_from_disk(browser, teacher_gallery, teacher_footage,
     overlay.find_element(By.LINK_TEXT, "close").click()
     wait_for(browser, lambda d: not overlay.is_displayed())
     browser.save_screenshot(str(tmp_path / "results-page.png"))
+
+
+def test_the_line_falls_between_likely_and_not_and_two_picks_search_again(
+        browser, app_url, teacher_gallery, teacher_footage):
+    from pipeline.runtime.calibration import Calibration, write_calibration
+    queries, _ = walker_queries(teacher_gallery, teacher_footage)
+    det = queries[0][0]
+    g = open_gallery(teacher_gallery)
+    rows = httpx.get(f"{app_url}/api/search", params={"hit": det}, timeout=WAIT).json()
+    sims = [a["similarity"] for a in rows["appearances"]]
+    assert len(sims) >= 3 and sims[1] > sims[2], sims
+    middle = (sims[1] + sims[2]) / 2          # a calibration that puts the line after two
+    path = write_calibration(g.model.name, Calibration(
+        50.0, -50.0 * middle, 0.5, 1, 1, "now", "test", g.model.fingerprint))
+    try:
+        browser.get(app_url)
+        wait_for(browser, lambda d: css(d, "#frames li"))
+        browser.execute_script("searchHit(arguments[0]);", det)
+        wait_for(browser, lambda d: css(d, "#appearances li.threshold"))
+        items = css(browser, "#appearances > li")
+        classes = [i.get_attribute("class") for i in items]
+        assert classes.index("threshold") == 2 and classes.count("threshold") == 1
+        assert "likely the same person" in css(browser, "#calibration")[0].text
+        drawn = {int(r.get_attribute("data-rank")) for r in css(browser, "#timeline rect.interval")}
+        assert drawn == {1, 2}                 # only the likely appearances are drawn
+        # tick two appearances, search again from both: one query that names both
+        cards = css(browser, "#appearances .appearance")[:2]
+        picks = [c.get_attribute("data-hit") for c in cards]
+        for card in cards:
+            card.find_element("css selector", "input.pick").click()
+        button = css(browser, "#search-picked")[0]
+        assert button.is_enabled() and "(2)" in button.text
+        button.click()
+        wait_for(browser, lambda d: css(d, "#query-text")[0].text.startswith("2 pictures"))
+        text = css(browser, "#query-text")[0].text
+        assert all(f"person {p}:" in text for p in picks)
+        wait_for(browser, lambda d: {a.get_attribute("data-hit") for a in
+                                     css(d, "#appearances .appearance")}.isdisjoint(picks))
+    finally:
+        path.unlink()

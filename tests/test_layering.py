@@ -37,6 +37,7 @@ LAYERS = {
 #: modules that must not run a network: stores, scoring, ranking and pages take arrays and files
 #: only (so that ``search --hit`` and scoring a results file never load PyTorch)
 NO_NETWORK = ("cache", "pipeline.arrays", "pipeline.files", "pipeline.runtime.types",
+              "pipeline.runtime.calibration",
               "pipeline.runtime.faiss_index",
               "pipeline.benchmark.pictures",
               "pipeline.benchmark.results_file",

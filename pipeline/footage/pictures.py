@@ -82,3 +82,18 @@ def detection_in_frame(gallery: Gallery, det: int) -> bytes:
     """JPEG of the detection's whole frame with its box drawn."""
     image, sx, sy = _frame_or_blank(gallery, int(gallery.detection_frame[det]))
     return jpeg_bytes(with_box(image, gallery.boxes[det], sx, sy))
+
+
+def side_by_side(jpegs: list[bytes]) -> bytes:
+    """Several crops (JPEG bytes) in one row at :data:`CROP_HEIGHT`: a multi-crop query's
+    picture."""
+    images = [Image.open(io.BytesIO(j)).convert("RGB") for j in jpegs]
+    images = [im.resize((max(1, round(im.width * CROP_HEIGHT / im.height)), CROP_HEIGHT))
+              for im in images]
+    row = Image.new("RGB", (sum(im.width for im in images) + 4 * (len(images) - 1), CROP_HEIGHT),
+                    (255, 255, 255))
+    x = 0
+    for im in images:
+        row.paste(im, (x, 0))
+        x += im.width + 4
+    return jpeg_bytes(row)

@@ -2,8 +2,10 @@
 
 ``results.json``: ``{"query": {...}, "hits": [{"rank", "similarity", "source", "frame",
 "time", "camera", "box", "id", "score", "frame_id"}, ...], "timeline": [...], "gallery",
-"model", "index", "filters", "created"}`` (``box`` x1, y1, x2, y2 in the frame's pixels,
-``time`` seconds or null for a still image). ``results.csv`` holds one row per hit (rank,
+"model", "index", "filters", "created", "same_person"}`` (``box`` x1, y1, x2, y2 in the
+frame's pixels, ``time`` seconds or null for a still image; every hit and appearance also has
+``same_person``, P(same person), and ``likely``, both null when the model is not calibrated:
+:mod:`pipeline.runtime.calibration`). ``results.csv`` holds one row per hit (rank,
 similarity, source, frame, time, camera, box as "x1,y1,x2,y2", id, score).
 
 ``results.html`` is one self-contained file (pictures inlined as data URIs, no script, no
@@ -26,6 +28,7 @@ from pipeline.footage.appearances import AppearanceHit
 from pipeline.footage.ranking import Hit, SearchFilter
 from pipeline.footage.pictures import detection_crop, detection_in_frame
 from pipeline.footage.store import Gallery
+from pipeline.runtime.calibration import Calibration
 
 RESULTS_JSON, RESULTS_CSV, RESULTS_HTML = "results.json", "results.csv", "results.html"
 STRIP_FRAMES = 12               # frames an appearance's strip shows
@@ -88,16 +91,40 @@ def appearance_intervals(gallery: Gallery, appearances: list[AppearanceHit]) -> 
     return rows
 
 
+def same_person_fields(rows: list[dict], calibration: Calibration | None) -> list[dict]:
+    """Each result row (a hit's or an appearance's dict) with ``same_person`` (P, or None
+    when the model is not calibrated) and ``likely`` (P >= the threshold, or None)."""
+    if calibration is None:
+        return [{**r, "same_person": None, "likely": None} for r in rows]
+    p = calibration.probability([r["similarity"] for r in rows])
+    return [{**r, "same_person": round(float(q), 4), "likely": bool(q >= calibration.threshold)}
+            for r, q in zip(rows, p)]
+
+
+def _likely_only(marks: list[dict], likely: dict[int, bool]) -> list[dict]:
+    """The timeline keeps the likely results only (all when not calibrated)."""
+    return [m for m in marks if likely.get(m["rank"], True) is not False]
+
+
 def results_payload(gallery: Gallery, query: dict, hits: list[Hit], filt: SearchFilter,
-                    appearances: list[AppearanceHit] | None = None) -> dict:
+                    appearances: list[AppearanceHit] | None = None,
+                    calibration: Calibration | None = None, note: str = "") -> dict:
+    """The results as JSON; ``calibration`` (None: not calibrated, ``note`` says why) adds
+    each row's ``same_person`` and ``likely``, and the timelines then show the likely ones."""
     timeline = camera_timelines(gallery, hits, query.get("frame_id"))
+    hit_rows = same_person_fields([h.to_dict() for h in hits], calibration)
+    for row in timeline:
+        row["marks"] = _likely_only(row["marks"], {h["rank"]: h["likely"] for h in hit_rows})
     extra = {}
     if appearances is not None:
-        extra["appearances"] = [a.to_dict() for a in appearances]
+        extra["appearances"] = same_person_fields([a.to_dict() for a in appearances], calibration)
+        likely = {a["rank"]: a["likely"] for a in extra["appearances"]}
         intervals = appearance_intervals(gallery, appearances)
         for row in timeline:
-            row["appearances"] = intervals[row["camera"]]
-    return {"query": query, **extra, "hits": [h.to_dict() for h in hits],
+            row["appearances"] = _likely_only(intervals[row["camera"]], likely)
+    return {"query": query, **extra, "hits": hit_rows,
+            "same_person": {"calibrated": calibration is not None, "note": note,
+                            **(calibration.to_dict() if calibration is not None else {})},
             "timeline": timeline, "gallery": str(gallery.directory),
             "model": gallery.model.to_dict(),
             "index": {"kind": gallery.index_kind, "approximate": gallery.approximate,
@@ -108,11 +135,12 @@ def results_payload(gallery: Gallery, query: dict, hits: list[Hit], filt: Search
 
 def write_results(out_dir, gallery: Gallery, query: dict, query_crop: bytes,
                   hits: list[Hit], filt: SearchFilter,
-                  appearances: list[AppearanceHit] | None = None) -> dict:
+                  appearances: list[AppearanceHit] | None = None,
+                  calibration: Calibration | None = None, note: str = "") -> dict:
     """Write the three files into ``out_dir``; returns the payload written as JSON."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    payload = results_payload(gallery, query, hits, filt, appearances)
+    payload = results_payload(gallery, query, hits, filt, appearances, calibration, note)
     write_json_atomic(out / RESULTS_JSON, payload)
     write_csv(out / RESULTS_CSV, hits)
     write_text_atomic(out / RESULTS_HTML,
@@ -157,17 +185,22 @@ a.hit:hover{border-color:#ffb000} a.hit img{height:160px;max-width:118px;object-
 .strip-row{display:flex;gap:4px;flex-wrap:wrap;justify-content:center;max-width:92vw}
 .strip-row img.strip{height:150px} .track code{color:#ccd;margin-top:8px}
 rect.interval{cursor:pointer}
+.threshold{flex-basis:100%;border-top:3px dashed #c0392b;color:#c0392b;font-size:13px;
+ padding-top:2px} .p{color:#555}
 """
 
 
 def render_html(gallery: Gallery, payload: dict, query_crop: bytes, hits: list[Hit],
                 appearances: list[AppearanceHit] = ()) -> str:
-    hit_cards, hit_frames = _hit_cards(gallery, hits)
+    hit_cards, hit_frames = _hit_cards(gallery, hits, payload["hits"])
+    hit_cards = _with_line(hit_cards, payload["hits"])
     sections = [f'<section><h2>When each camera saw them</h2><div class="timeline">'
                 f'{"".join(_timeline_row(r) for r in payload["timeline"])}</div></section>']
     overlays = hit_frames
     if appearances:
-        cards, strips = _appearance_cards(gallery, payload["gallery"], appearances)
+        cards, strips = _appearance_cards(gallery, payload["gallery"], appearances,
+                                          payload["appearances"])
+        cards = _with_line(cards, payload["appearances"])
         sections.append(f'<section><h2>Appearances: one row per visit to a camera (click one '
                         f'for its frames)</h2><div class="grid">{cards}</div></section>')
         overlays = strips + overlays
@@ -197,13 +230,30 @@ def _header(gallery: Gallery, payload: dict, query_crop: bytes, count: int) -> s
             f'{gallery.num_detections} people detected)</p>'
             f'<p>model: {esc(payload["model"]["kind"])} {esc(payload["model"]["name"])}</p>'
             f'<p>index: {esc(index["kind"])}{approx} &middot; filters: {esc(filter_text)} '
-            f'&middot; {count} hits &middot; {esc(payload["created"])}</p></div></header>')
+            f'&middot; {count} hits &middot; {esc(payload["created"])}</p>'
+            f'<p class="calibration">{esc(payload["same_person"]["note"])}</p></div></header>')
 
 
-def _hit_cards(gallery: Gallery, hits: list[Hit]) -> tuple[str, list[str]]:
+def _with_line(cards: list[str], rows: list[dict]) -> str:
+    """The cards with the threshold line before the first one that is not likely the same
+    person (after the last when all are); no line when the model is not calibrated."""
+    if not rows or rows[0]["likely"] is None:
+        return "".join(cards)
+    cut = next((k for k, r in enumerate(rows) if not r["likely"]), len(rows))
+    line = (f'<div class="threshold" data-after-rank="{cut}">&#9650; likely the same person '
+            f'&middot; not likely &#9660;</div>')
+    return "".join(cards[:cut]) + line + "".join(cards[cut:])
+
+
+def _same_person_text(row: dict) -> str:
+    return "" if row["same_person"] is None else \
+        f'<br><span class="p">P same {row["same_person"]:.2f}</span>'
+
+
+def _hit_cards(gallery: Gallery, hits: list[Hit], rows: list[dict]) -> tuple[list[str], list[str]]:
     esc = html.escape
     cards, frames = [], []
-    for h in hits:
+    for h, row in zip(hits, rows):
         cards.append(
             f'<a class="hit" id="hit-{h.rank}" href="#frame-{h.rank}" data-rank="{h.rank}" '
             f'data-id="{h.id}" data-source="{esc(h.source)}" data-frame="{h.frame}" '
@@ -211,27 +261,27 @@ def _hit_cards(gallery: Gallery, hits: list[Hit]) -> tuple[str, list[str]]:
             f'data-similarity="{h.similarity:.6f}" data-camera="{esc(h.camera)}">'
             f'<img alt="hit {h.rank}" src="{_data_uri(detection_crop(gallery, h.id))}"><br>'
             f'<span class="sim">{h.similarity:.3f}</span> <span class="rank">#{h.rank}</span>'
-            f'<br>{esc(h.camera)} &middot; {format_time(h.time)}</a>')
+            f'<br>{esc(h.camera)} &middot; {format_time(h.time)}{_same_person_text(row)}</a>')
         frames.append(
             f'<div class="frame" id="frame-{h.rank}"><img alt="frame of hit {h.rank}" '
             f'src="{_data_uri(detection_in_frame(gallery, h.id))}">'
             f'<div>#{h.rank} &middot; similarity {h.similarity:.3f} &middot; {esc(h.camera)} '
             f'&middot; {format_time(h.time)} &middot; {esc(Path(h.source).name)} frame '
             f'{h.frame}</div><a href="#hit-{h.rank}">close</a></div>')
-    return "".join(cards), frames
+    return cards, frames
 
 
 def _interval_text(a: AppearanceHit) -> str:
     return f"{format_time(a.start)}&ndash;{format_time(a.end)}" if a.start is not None else "still"
 
 
-def _appearance_cards(gallery: Gallery, gallery_dir: str,
-                      appearances: list[AppearanceHit]) -> tuple[str, list[str]]:
+def _appearance_cards(gallery: Gallery, gallery_dir: str, appearances: list[AppearanceHit],
+                      rows: list[dict]) -> tuple[list[str], list[str]]:
     """Cards (best crop, camera, interval) and per appearance an overlay: a strip of its
     frames (at most :data:`STRIP_FRAMES`, evenly spread) and how to search again from it."""
     esc = html.escape
     cards, strips = [], []
-    for a in appearances:
+    for a, row in zip(appearances, rows):
         best = a.best["hit"]
         cards.append(
             f'<a class="hit appearance" id="appearance-{a.rank}" href="#track-{a.rank}" '
@@ -239,7 +289,8 @@ def _appearance_cards(gallery: Gallery, gallery_dir: str,
             f'data-start="{a.start}" data-end="{a.end}" data-similarity="{a.similarity:.6f}">'
             f'<img alt="appearance {a.rank}" src="{_data_uri(detection_crop(gallery, best))}">'
             f'<br><span class="sim">{a.similarity:.3f}</span> <span class="rank">#{a.rank}</span>'
-            f'<br>{esc(a.camera)} &middot; {_interval_text(a)}<br>{a.frames} frames</a>')
+            f'<br>{esc(a.camera)} &middot; {_interval_text(a)}<br>{a.frames} frames'
+            f'{_same_person_text(row)}</a>')
         picks = np.unique(np.linspace(0, len(a.members) - 1, min(STRIP_FRAMES, len(a.members)))
                           .round().astype(int))
         strip = "".join(f'<img class="strip" alt="frame {k + 1} of appearance {a.rank}" '
@@ -252,10 +303,13 @@ def _appearance_cards(gallery: Gallery, gallery_dir: str,
             f'{esc(Path(a.source).name)}</div><code>python cli.py search --gallery '
             f'{esc(gallery_dir)} --hit {best}</code> (search again from it)'
             f'<a href="#appearance-{a.rank}">close</a></div>')
-    return "".join(cards), strips
+    return cards, strips
 
 
 def _query_text(q: dict) -> str:
+    if q.get("kind") == "multi":
+        return f"{len(q['parts'])} pictures of one person: " + "; ".join(
+            _query_text(p) for p in q["parts"])
     if q.get("kind") == "hit":
         return (f"detection {q['hit']} ({q.get('camera')}, {format_time(q.get('time'))}, "
                 f"{Path(q.get('source') or '').name} frame {q.get('frame')})")

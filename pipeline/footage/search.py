@@ -24,8 +24,10 @@ from pipeline.data.synthetic.video import box_iou_one
 from pipeline.footage.appearances import (DEFAULT_RANKING, AppearanceHit, Appearances,
                                           find_appearances, gallery_appearances)
 from pipeline.footage.ranking import DEFAULT_TOP, Hit, SearchFilter, find
-from pipeline.footage.pictures import crop, detection_crop, jpeg_bytes
+from pipeline.footage.pictures import crop, detection_crop, jpeg_bytes, side_by_side
 from pipeline.footage.report import write_results
+from pipeline.footage.rerank import multi_query
+from pipeline.runtime.calibration import read_calibration
 from pipeline.footage.store import Gallery, MissingItemError, open_gallery
 
 MAX_IMAGE_PIXELS = 50_000_000     # an upload larger than this is refused, not decoded
@@ -45,11 +47,26 @@ class Query:
     hit: int | None = None
     exclude_frames: tuple[int, ...] = ()
     extra: dict = field(default_factory=dict)
+    parts: tuple["Query", ...] = ()  # a "multi" query: the queries it averages
 
     def to_dict(self) -> dict:
+        if self.parts:
+            return {"kind": self.kind, "parts": [p.to_dict() for p in self.parts]}
         frame = self.exclude_frames[0] if self.exclude_frames else None
         return {"kind": self.kind, "image": self.image, "box": self.box, "hit": self.hit,
                 "frame_id": frame, **self.extra}
+
+
+def combine_queries(queries: list[Query]) -> Query:
+    """Several queries of one person ("these crops are the same person") -> one "multi"
+    query: their embeddings averaged (:func:`~pipeline.footage.rerank.multi_query`), every
+    query's frame left out of the results."""
+    if len(queries) == 1:
+        return queries[0]
+    frames = tuple(sorted({f for q in queries for f in q.exclude_frames}))
+    return Query("multi", multi_query(np.stack([q.embedding for q in queries])),
+                 side_by_side([q.crop_jpeg for q in queries]), [], exclude_frames=frames,
+                 parts=tuple(queries))
 
 
 def parse_box(text: str) -> list[float]:
@@ -120,7 +137,9 @@ OWN_APPEARANCE_IOU = 0.5       # a gallery-frame query's box is the detection it
 
 def own_appearances(gallery: Gallery, apps: Appearances, query: Query) -> tuple[int, ...]:
     """The appearance(s) the query itself belongs to: its hit's track, or the track of the
-    detection its box covers in a gallery frame."""
+    detection its box covers in a gallery frame (a multi query: those of its parts)."""
+    if query.parts:
+        return tuple(sorted({a for q in query.parts for a in own_appearances(gallery, apps, q)}))
     if query.hit is not None:
         rows = [query.hit]
     elif query.exclude_frames:
@@ -138,10 +157,11 @@ def other_cameras_filter(gallery: Gallery, query: Query, filt: SearchFilter) -> 
         raise QueryError("--other-cameras needs a query from the gallery (--hit, or --query "
                          "with one of the gallery's frames): a picture from elsewhere has no "
                          "camera")
-    own = gallery.frame_camera[query.exclude_frames[0]]
-    cameras = tuple(c for c in (filt.cameras or gallery.cameras) if c != own)
+    own = {gallery.frame_camera[f] for f in query.exclude_frames}
+    cameras = tuple(c for c in (filt.cameras or gallery.cameras) if c not in own)
     if not cameras:
-        raise QueryError(f"--other-cameras leaves no camera: the query is on {own}")
+        raise QueryError(f"--other-cameras leaves no camera: the query is on "
+                         f"{', '.join(sorted(own))}")
     return replace(filt, cameras=cameras)
 
 
@@ -153,38 +173,51 @@ def run_appearance_query(gallery: Gallery, query: Query, top: int = DEFAULT_TOP,
                             own_appearances(gallery, apps, query), ranking)
 
 
-def search_command(gallery_dir, out_dir, *, image: str | None = None, box: str | None = None,
-                   hit: int | None = None, top: int = DEFAULT_TOP,
-                   filt: SearchFilter = SearchFilter(), by: str = "appearance",
-                   other_cameras: bool = False, ranking: str = DEFAULT_RANKING,
+def _as_tuple(value) -> tuple:
+    return () if value is None else (value,) if isinstance(value, (int, str)) else tuple(value)
+
+
+def build_query(gallery: Gallery, embedder, image: str | None, boxes: tuple[str, ...],
+                hits: tuple[int, ...]) -> Query:
+    """The query of ``search``: one or more hits, or one image with no box (a crop), one box
+    or several boxes (several crops of one person: a multi query)."""
+    if bool(image) == bool(hits):
+        raise QueryError("give exactly one of --query IMAGE and --hit ID (--hit may repeat)")
+    if hits and boxes:
+        raise QueryError("--box goes with --query, not with --hit")
+    if hits:
+        if embedder is not None:   # a model was named: it must be the gallery's
+            embedder.check()
+        return combine_queries([query_from_hit(gallery, h) for h in dict.fromkeys(hits)])
+    rgb = read_picture(image, image)
+    return combine_queries([query_from_picture(embedder, rgb, None if b is None else parse_box(b),
+                                               image_path=image) for b in (boxes or (None,))])
+
+
+def search_command(gallery_dir, out_dir, *, image: str | None = None, box=None, hit=None,
+                   top: int = DEFAULT_TOP, filt: SearchFilter = SearchFilter(),
+                   by: str = "appearance", other_cameras: bool = False,
+                   ranking: str = DEFAULT_RANKING, model: str | None = None,
                    embedder_for: Callable[[Gallery], object] | None = None) -> tuple[dict, Path]:
-    """What ``cli.py search`` does; returns (results payload, results.html path).
+    """What ``cli.py search`` does; returns (results payload, results.html path). ``box``: a
+    box or several (a multi query from one image); ``hit``: an id or several.
     ``embedder_for(gallery)`` makes the QueryEmbedder a query picture needs; given with a hit,
     its model is only checked against the gallery's. ``by="appearance"`` also ranks the
     gallery's appearances (results.json ``appearances``); ``other_cameras`` keeps only cameras
-    other than the query's."""
+    other than the query's. ``model``: the gallery's model file when not at its recorded path
+    (where its calibration is looked for)."""
     if by not in SEARCH_BY:
         raise QueryError(f"--by must be one of {', '.join(SEARCH_BY)}, got {by!r}")
-    if (image is None) == (hit is None):
-        raise QueryError("give exactly one of --query IMAGE and --hit ID")
-    if hit is not None and box is not None:
-        raise QueryError("--box goes with --query, not with --hit")
     gallery = open_gallery(gallery_dir)
     filt.check(gallery)
     embedder = embedder_for(gallery) if embedder_for is not None else None
-    if hit is not None:
-        if embedder is not None:   # a model was named: it must be the gallery's
-            embedder.check()
-        query = query_from_hit(gallery, hit)
-    else:
-        rgb = read_picture(image, image)
-        query = query_from_picture(embedder, rgb, None if box is None else parse_box(box),
-                                   image_path=image)
+    query = build_query(gallery, embedder, image, _as_tuple(box), _as_tuple(hit))
     if other_cameras:
         filt = other_cameras_filter(gallery, query, filt)
     hits = run_query(gallery, query, top, filt)
     appearances = (run_appearance_query(gallery, query, top, filt, ranking)
                    if by == "appearance" else None)
+    calibration, note = read_calibration(gallery.model, model)
     payload = write_results(out_dir, gallery, query.to_dict(), query.crop_jpeg, hits, filt,
-                            appearances)
+                            appearances, calibration, note)
     return payload, Path(out_dir) / "results.html"

@@ -29,7 +29,8 @@ from pipeline.footage.report import results_payload
 from pipeline.footage.store import (DamagedGalleryError, Gallery, GalleryError, MissingItemError,
                                     ModelMismatchError, gallery_summary, open_gallery)
 from pipeline.footage.query_model import QueryEmbedder
-from pipeline.footage.search import (QueryError, parse_box, query_from_hit,
+from pipeline.runtime.calibration import read_calibration
+from pipeline.footage.search import (QueryError, combine_queries, parse_box, query_from_hit,
                                           query_from_picture, read_picture,
                                           run_appearance_query, run_query)
 
@@ -136,13 +137,14 @@ def _searching(app: FastAPI, holder: _GalleryHolder) -> None:
     """Search from a stored detection, or from an uploaded picture (and a box in it)."""
 
     @app.get("/api/search")
-    def search_hit(hit: int, top: int = Param(DEFAULT_TOP, ge=1, le=MAX_TOP),
+    def search_hit(hit: list[int] = Param(...), top: int = Param(DEFAULT_TOP, ge=1, le=MAX_TOP),
                    camera: str | None = None, start: float | None = _seconds(),
                    end: float | None = _seconds()):
         g = holder.get()
-        _check_detection(g, hit)
-        query = query_from_hit(g, hit)
-        return _results(g, query, top, SearchFilter((camera,) if camera else (), start, end))
+        for h in hit:
+            _check_detection(g, h)
+        query = combine_queries([query_from_hit(g, h) for h in dict.fromkeys(hit)])
+        return _results(holder, query, top, SearchFilter((camera,) if camera else (), start, end))
 
     @app.post("/api/search")
     async def search_upload(picture: UploadFile = File(...), box: str = Form(""),
@@ -161,7 +163,7 @@ def _searching(app: FastAPI, holder: _GalleryHolder) -> None:
         with holder.embedding:
             query = query_from_picture(holder.embedder, rgb,
                                        parse_box(box) if box.strip() else None)
-        return _results(g, query, top, filt)
+        return _results(holder, query, top, filt)
 
 
 #: the HTTP status of each error a request can meet (the most specific class wins)
@@ -240,10 +242,12 @@ def _frame_summary(g: Gallery, f: int) -> dict:
             "people": int(g.frame_offsets[f + 1] - g.frame_offsets[f])}
 
 
-def _results(g: Gallery, query, top: int, filt: SearchFilter) -> dict:
+def _results(holder: _GalleryHolder, query, top: int, filt: SearchFilter) -> dict:
+    g = holder.get()
     hits = run_query(g, query, top, filt)
     appearances = run_appearance_query(g, query, top, filt)
-    payload = results_payload(g, query.to_dict(), hits, filt, appearances)
+    calibration, note = read_calibration(g.model, holder.model)
+    payload = results_payload(g, query.to_dict(), hits, filt, appearances, calibration, note)
     for row, a in zip(payload["appearances"], appearances):   # the app draws each one's frames
         row["members"] = a.members
     payload["query"]["crop"] = ("data:image/jpeg;base64,"

@@ -94,11 +94,61 @@ async function showFrame(frameId, pickedDetection = null) {
   }
 }
 
-async function searchHit(id) {
-  status(`searching for person ${id}…`);
+async function searchHit(id) { await searchHits([id]); }
+
+async function searchHits(ids) {
+  // several ids: one query, their mean ("these are the same person")
+  status(`searching for person ${ids.join(" and ")}…`);
+  const q = new URLSearchParams({top: "50"});
+  for (const id of ids) q.append("hit", id);
   try {
-    showResults(await getJSON(`/api/search?${new URLSearchParams({hit: id, top: "50"})}`));
+    showResults(await getJSON(`/api/search?${q}`));
   } catch (e) { status(e.message, true); }
+}
+
+// the detections picked (ticked cards) for "search again from these"
+const picked = new Set();
+
+function pickBox(id) {
+  const box = document.createElement("input");
+  box.type = "checkbox";
+  box.className = "pick";
+  box.title = "pick for 'search again from these'";
+  box.checked = picked.has(id);
+  box.onclick = (e) => e.stopPropagation();
+  box.onchange = () => {
+    if (box.checked) picked.add(id); else picked.delete(id);
+    updatePicked();
+  };
+  return box;
+}
+
+function updatePicked() {
+  const button = $("search-picked");
+  button.disabled = picked.size === 0;
+  button.textContent = `search again from these (${picked.size})`;
+}
+
+function queryText(q) {
+  if (q.kind === "multi") return `${q.parts.length} pictures of one person: ` + q.parts.map(queryText).join("; ");
+  if (q.kind === "hit") return `person ${q.hit}: ${q.camera} · ${fmtTime(q.time)}`;
+  return `your picture${q.kind === "image" ? ", box " + q.box.map(Math.round).join(",") : ""}`;
+}
+
+function addLine(list, rows) {
+  // the same-person line before the first result that is not likely them (none uncalibrated)
+  if (!rows.length || rows[0].likely === null) return;
+  let cut = rows.findIndex((r) => !r.likely);
+  if (cut < 0) cut = rows.length;
+  const li = document.createElement("li");
+  li.className = "threshold";
+  li.dataset.afterRank = cut;
+  li.textContent = "▲ likely the same person · not likely ▼";
+  list.insertBefore(li, list.children[cut] || null);
+}
+
+function pText(r) {
+  return r.same_person === null ? "" : `<br><span class="p">P same ${r.same_person.toFixed(2)}</span>`;
 }
 
 async function searchPicture(file) {
@@ -118,9 +168,10 @@ function showResults(r) {
   const crop = $("query-crop");
   crop.src = r.query.crop;
   crop.style.display = "block";
-  $("query-text").textContent = r.query.kind === "hit"
-    ? `person ${r.query.hit}: ${r.query.camera} · ${fmtTime(r.query.time)}`
-    : `your picture${r.query.kind === "image" ? ", box " + r.query.box.map(Math.round).join(",") : ""}`;
+  $("query-text").textContent = queryText(r.query);
+  $("calibration").textContent = r.same_person.note;
+  picked.clear();
+  updatePicked();
   drawTimeline(r.timeline);
   showAppearances(r.appearances || []);
   const list = $("hits");
@@ -131,11 +182,13 @@ function showResults(r) {
     Object.assign(li.dataset, {rank: h.rank, id: h.id, frameId: h.frame_id, source: h.source,
       frame: h.frame, box: h.box.join(","), similarity: h.similarity, camera: h.camera});
     li.innerHTML = `<img src="${h.crop}" alt="match ${h.rank}"><br>` +
-      `<span class="sim">${h.similarity.toFixed(3)}</span> #${h.rank}<br>${h.camera} · ${fmtTime(h.time)}`;
+      `<span class="sim">${h.similarity.toFixed(3)}</span> #${h.rank}<br>${h.camera} · ${fmtTime(h.time)}${pText(h)}`;
     li.title = "open this frame (click a person there to search again)";
     li.onclick = () => showFrame(h.frame_id, h.id);
+    li.prepend(pickBox(h.id));
     list.appendChild(li);
   }
+  addLine(list, r.hits);
 }
 
 function showAppearances(rows) {
@@ -148,11 +201,13 @@ function showAppearances(rows) {
     Object.assign(li.dataset, {rank: a.rank, hit: a.best.hit, camera: a.camera});
     li.innerHTML = `<img src="/api/detections/${a.best.hit}/crop" alt="appearance ${a.rank}"><br>` +
       `<span class="sim">${a.similarity.toFixed(3)}</span> #${a.rank}<br>${a.camera} · ` +
-      `${fmtTime(a.start)}–${fmtTime(a.end)}<br>${a.frames} frames`;
+      `${fmtTime(a.start)}–${fmtTime(a.end)}<br>${a.frames} frames${pText(a)}`;
     li.title = "show this appearance's frames";
     li.onclick = () => showTrack(a);
+    li.prepend(pickBox(a.best.hit));
     list.appendChild(li);
   }
+  addLine(list, rows);
 }
 
 function showTrack(a) {
@@ -211,6 +266,7 @@ function setupDrop() {
 }
 
 $("camera").onchange = loadFrames;
+$("search-picked").onclick = () => searchHits([...picked]);
 $("apply").onclick = loadFrames;
 setupDrop();
 loadGallery().catch((e) => status(e.message, true));
