@@ -588,11 +588,12 @@ def search_cmd(gallery_dir, image, boxes, hits, top, cameras, start, end, out_di
                                    top=top, filt=filt, by=by, other_cameras=other_cameras,
                                    ranking=ranking, model=model, embedder_for=embedder_for)
     approx = " (approximate index)" if payload["index"]["approximate"] else ""
-    click.echo(f"{len(payload['hits'])} hits{approx}; {payload['same_person']['note']}")
+    rows = (f"{len(payload['appearances'])} appearances from " if "appearances" in payload else "")
+    click.echo(f"{rows}{len(payload['hits'])} hits{approx}; {payload['same_person']['note']}")
     if "appearances" in payload:
         _echo_ranked(payload["appearances"], lambda a: (
             f"{a['rank']:4d}  {a['similarity']:.3f}{_p_text(a)}  {a['camera']:>8s}  "
-            f"{format_time(a['start'])}-{format_time(a['end'])}  {a['frames']} frames  "
+            f"{format_time(a['start'])}-{format_time(a['end'])}  {a['frames']} frame{'s' * (a['frames'] != 1)}  "
             f"best: id {a['best']['hit']}"))
     else:
         _echo_ranked(payload["hits"], lambda h: (

@@ -289,7 +289,7 @@ def _appearance_cards(gallery: Gallery, gallery_dir: str, appearances: list[Appe
             f'data-start="{a.start}" data-end="{a.end}" data-similarity="{a.similarity:.6f}">'
             f'<img alt="appearance {a.rank}" src="{_data_uri(detection_crop(gallery, best))}">'
             f'<br><span class="sim">{a.similarity:.3f}</span> <span class="rank">#{a.rank}</span>'
-            f'<br>{esc(a.camera)} &middot; {_interval_text(a)}<br>{a.frames} frames'
+            f'<br>{esc(a.camera)} &middot; {_interval_text(a)}<br>{a.frames} frame{"s" * (a.frames != 1)}'
             f'{_same_person_text(row)}</a>')
         picks = np.unique(np.linspace(0, len(a.members) - 1, min(STRIP_FRAMES, len(a.members)))
                           .round().astype(int))

@@ -201,7 +201,7 @@ function showAppearances(rows) {
     Object.assign(li.dataset, {rank: a.rank, hit: a.best.hit, camera: a.camera});
     li.innerHTML = `<img src="/api/detections/${a.best.hit}/crop" alt="appearance ${a.rank}"><br>` +
       `<span class="sim">${a.similarity.toFixed(3)}</span> #${a.rank}<br>${a.camera} · ` +
-      `${fmtTime(a.start)}–${fmtTime(a.end)}<br>${a.frames} frames${pText(a)}`;
+      `${fmtTime(a.start)}–${fmtTime(a.end)}<br>${a.frames} frame${a.frames === 1 ? "" : "s"}${pText(a)}`;
     li.title = "show this appearance's frames";
     li.onclick = () => showTrack(a);
     li.prepend(pickBox(a.best.hit));
