@@ -208,11 +208,12 @@ def _params(index, k: int, selector):
 
 
 def search_index(index, query: np.ndarray, k: int, allowed: np.ndarray | None = None,
-                 rescore=None) -> tuple[np.ndarray, np.ndarray]:
+                 rescore=None, rescore_factor: int = RESCORE_FACTOR
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best (similarity, id) for one (D,) query, best first, among the ids where
     ``allowed`` (a (N,) bool mask; None = all) is True. Fewer when fewer exist. With
     ``rescore`` (ids -> their (n, D) float embeddings) the index proposes
-    :data:`RESCORE_FACTOR` x k candidates and their exact similarities rank them."""
+    ``rescore_factor`` x k candidates and their exact similarities rank them."""
     n = index.ntotal
     if allowed is not None:
         allowed = np.asarray(allowed, bool)
@@ -223,7 +224,7 @@ def search_index(index, query: np.ndarray, k: int, allowed: np.ndarray | None = 
     if k <= 0:
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
     q = np.ascontiguousarray(np.asarray(query, np.float32).reshape(1, -1))
-    wanted = min(n, k * RESCORE_FACTOR) if rescore is not None else k
+    wanted = min(n, k * rescore_factor) if rescore is not None else k
     selector = None
     if allowed is not None and not allowed.all():
         bits = np.packbits(allowed, bitorder="little")
