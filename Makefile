@@ -6,7 +6,7 @@ STAMP      := $(VENV)/.installed
 DEVICE     ?= cpu
 CONFIG     ?= configs/synthetic/teacher.yaml
 
-.PHONY: setup test demo teacher-cache clean-work
+.PHONY: setup test demo screenshots teacher-cache clean-work
 
 setup: $(STAMP)
 
@@ -20,6 +20,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) cli.py demo --device $(DEVICE)
+
+screenshots: $(STAMP)
+	$(PY) docs/screenshots.py
 
 teacher-cache: $(STAMP)
 	$(PY) cli.py build-cache --config $(CONFIG) --train-missing
