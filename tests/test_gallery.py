@@ -36,7 +36,7 @@ def test_round_trip_tables_embeddings_and_previews(tmp_path):
     assert g.cameras == ["c1", "c2", "c3"]
     np.testing.assert_allclose(g.embeddings(np.arange(14)),
                                l2_normalize(np.concatenate([b.detections.embeddings for b in blocks])),
-                               atol=1e-6)
+                               atol=1e-3)                     # stored as float16
     assert g.detection_frame.tolist() == np.repeat(np.arange(7), 2).tolist()
     assert g.preview(3) == blocks[1].previews[0]
     assert g.find_frame("/v/b.mp4", 7) == 4 and g.find_frame("/v/b.mp4", 8) is None

@@ -3,11 +3,13 @@ retraining, lists on disk mapped read-only, exact similarities after re-scoring,
 complete state after a kill -9 in the middle of a commit."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -189,6 +191,26 @@ def test_results_of_an_ivfpq_gallery_name_the_kind_and_say_approximate(tmp_path)
     assert payload["index"] == {"kind": "ivfpq", "approximate": True, "rescored": True}
     page = (tmp_path / "out" / "results.html").read_text()
     assert "ivfpq" in page and "approximate index" in page
+
+
+def test_embeddings_are_stored_as_float16_and_float32_segments_still_read(tmp_path):
+    d = fake_gallery(tmp_path / "g", _blocks(1), kind="ivfpq")
+    g = open_gallery(d)
+    seg = d / "segments" / g.manifest.segments[0].file
+    with h5py.File(seg, "r") as f:
+        assert f["detections/embeddings"].dtype == np.float16
+        half = f["detections/embeddings"][()]
+    expected = l2_normalize(half.astype(np.float32))
+    np.testing.assert_allclose(g.embeddings([3, 0]), expected[[3, 0]], atol=1e-7)
+    old = d.parent / "old"                       # a gallery of the float32 days
+    shutil.copytree(d, old)
+    with h5py.File(old / "segments" / seg.name, "r+") as f:
+        del f["detections/embeddings"]
+        f["detections/embeddings"] = expected
+    g_old = open_gallery(old)
+    assert g_old.embeddings([3]).dtype == np.float32
+    np.testing.assert_allclose(g_old.embeddings([3, 0]), expected[[3, 0]], atol=1e-7)
+    assert find(g_old, expected[3], 1)[0].similarity == pytest.approx(1.0, abs=1e-6)
 
 
 def test_shard_of_must_be_k_of_n():

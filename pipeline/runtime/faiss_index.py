@@ -47,10 +47,11 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 EVAL_IVF_K = 2048                 # evaluator, ivf: detections beyond its best 2048 rank last
-# ivfpq (bench/bench_gallery_search.py, BENCHMARKS.md "A gallery of ten million"): the coarse
+# ivfpq (bench/bench_gallery_search.py, BENCHMARKS.md "Recall after re-scoring"): the coarse
 # k-means over at most 4096 lists trains in minutes on 2 cores; 32 sub-quantizers of 8 bits
 # make 32-byte codes (1/32 of 256 float32s); 64 probed lists and 10 x k re-scored candidates
-# find >= 95% of the exact top 50 there.
+# find the whole exact top 50 of Re-ID-like embeddings at 2M (16 probes already do: 64 is
+# the margin; more re-scored candidates only cost reads).
 IVFPQ_MAX_LISTS = 4096
 IVFPQ_SUBQUANTIZERS = 32
 IVFPQ_BITS = 8
@@ -215,11 +216,12 @@ def _params(index, k: int, selector):
 
 
 def search_index(index, query: np.ndarray, k: int, allowed: np.ndarray | None = None,
-                 rescore=None) -> tuple[np.ndarray, np.ndarray]:
+                 rescore=None, rescore_factor: int = RESCORE_FACTOR
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best (similarity, id) for one (D,) query, best first, among the ids where
     ``allowed`` (a (N,) bool mask; None = all) is True. Fewer when fewer exist. With
     ``rescore`` (ids -> their (n, D) float embeddings) the index proposes
-    :data:`RESCORE_FACTOR` x k candidates and their exact similarities rank them."""
+    ``rescore_factor`` x k candidates and their exact similarities rank them."""
     n = index.ntotal
     if allowed is not None:
         allowed = np.asarray(allowed, bool)
@@ -230,7 +232,7 @@ def search_index(index, query: np.ndarray, k: int, allowed: np.ndarray | None = 
     if k <= 0:
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
     q = np.ascontiguousarray(np.asarray(query, np.float32).reshape(1, -1))
-    wanted = min(n, k * RESCORE_FACTOR) if rescore is not None else k
+    wanted = min(n, k * rescore_factor) if rescore is not None else k
     selector = None
     if allowed is not None and not allowed.all():
         bits = np.packbits(allowed, bitorder="little")

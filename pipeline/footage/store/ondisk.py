@@ -11,11 +11,13 @@ index, and the next commit's tidy-up drops what no manifest names.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from pipeline.arrays import l2_normalize
 from pipeline.runtime.faiss_index import (IVFPQ_MAX_LISTS, IVFPQ_TRAIN_PER_LIST, RESCORE_FACTOR,
                                           encode_block, ivfpq_factory, merge_blocks,
                                           ondisk_data_bytes, train_ivfpq, write_index)
@@ -26,6 +28,7 @@ from .manifest import SEGMENTS, IndexEntry, SegmentEntry
 FOLDER = "ivfpq"
 TRAINED = "trained.faiss"
 TRAIN_SEED = 0
+OPEN_SEGMENTS = 512               # segment files kept open for re-scoring
 
 
 def update_ivfpq(directory: Path, entry: IndexEntry | None, segments: list[SegmentEntry],
@@ -72,6 +75,14 @@ def _rows_from(directory: Path, segments: list[SegmentEntry], start: int):
         row += s.detections
 
 
+@functools.lru_cache(maxsize=OPEN_SEGMENTS)
+def _open_embeddings(path: Path):
+    """The embeddings dataset of a segment, its file kept open: a re-scoring query reads a few
+    rows of many segments, and opening an HDF5 file costs more than reading them. Segments are
+    immutable, so a kept handle never reads stale rows."""
+    return h5py.File(path, "r")["detections/embeddings"]
+
+
 def read_rows(directory: Path, segments, rows: np.ndarray) -> np.ndarray:
     """(len(rows), D) float32 embeddings of detection ids ``rows`` (any order), each segment
     opened once and read in increasing order."""
@@ -85,9 +96,11 @@ def read_rows(directory: Path, segments, rows: np.ndarray) -> np.ndarray:
         order = np.argsort(local, kind="stable")
         unique, back = np.unique(local[order], return_inverse=True)
         path = Path(directory) / SEGMENTS / segments[k].file
-        with reading_segment(directory, path), h5py.File(path, "r") as f:
-            emb = f["detections/embeddings"]
-            got = np.asarray(emb[unique.tolist()], np.float32)
+        with reading_segment(directory, path):
+            emb = _open_embeddings(path)
+            # float16 or float32 on disk; float16 rows are unit norm to 1e-3: normalised again,
+            # so that a detection's similarity to itself is 1 and cosines are exact
+            got = l2_normalize(np.asarray(emb[unique.tolist()], np.float32))
         if out is None:
             out = np.zeros((len(rows), got.shape[1]), np.float32)
         out[pick[order]] = got[back]

@@ -70,6 +70,11 @@ class FrameBlock:
                             (self.sources[0], int(self.frames[0])))
 
 
+# Embeddings are stored as float16 (half the disk of float32; cosine error in BENCHMARKS.md
+# "Footage at scale"); readers take the dtype from the dataset, so float32 segments still read.
+STORED_EMBEDDING_DTYPE = np.float16
+
+
 def write_segment(path: Path, block: FrameBlock, header: RunHeader) -> None:
     """One segment file, written beside ``path`` and moved there when whole."""
     det = block.detections
@@ -90,7 +95,8 @@ def write_segment(path: Path, block: FrameBlock, header: RunHeader) -> None:
         d = f.create_group("detections")
         d.create_dataset("boxes", data=np.asarray(det.boxes, np.float32).reshape(-1, 4))
         d.create_dataset("scores", data=np.asarray(det.scores, np.float32).ravel())
-        d.create_dataset("embeddings", data=l2_normalize(det.embeddings.reshape(-1, det.dim)))
+        d.create_dataset("embeddings", data=l2_normalize(det.embeddings.reshape(-1, det.dim))
+                         .astype(STORED_EMBEDDING_DTYPE))
 
 
 def segment_keys(path: Path) -> list[tuple[str, int]]:
@@ -288,7 +294,7 @@ def _embeddings_from(directory: Path, segments: list[SegmentEntry], start: int) 
         row += s.detections
     if not parts:
         return np.zeros((0, dim or 1), np.float32)
-    return np.ascontiguousarray(np.concatenate(parts), np.float32)
+    return l2_normalize(np.concatenate(parts).astype(np.float32))   # float16 on disk: see read_rows
 
 
 def _tidy(directory: Path, manifest: Manifest) -> None:
