@@ -18,6 +18,7 @@ from cli import cli
 from footage_helpers import fake_block, fake_gallery, index_args
 from pipeline.footage.app import create_app
 from pipeline.footage.store import SEGMENTS, DamagedGalleryError, GalleryError, open_gallery, read_manifest
+from pipeline.footage.store.ondisk import close_segment_files
 from pipeline.footage.store.verify import repair_gallery, verify_gallery
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,6 +148,7 @@ def test_verify_reads_every_dataset_and_repair_waits_for_an_index_run(tmp_path):
                                             fake_block(["/v/b.mp4"] * 4, range(4), seed=1)])
     assert verify_gallery(gallery).ok
     segment = open_gallery(gallery).manifest.segments[0]
+    close_segment_files()           # reading keeps segments open; the damage comes from outside
     with h5py.File(gallery / SEGMENTS / segment.file, "a") as f:   # opens, but a column is gone
         del f["detections/scores"]
     report = verify_gallery(gallery)

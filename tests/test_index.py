@@ -40,14 +40,15 @@ def detections(gallery_dir):
     return keys, g.boxes, g.scores, g.embeddings(np.arange(g.num_detections)), g
 
 
-def assert_same_tracks(a_dir, b_dir):
-    """The same stored tracks: each detection's track id and the track table, exactly."""
+def assert_same_tracks(a_dir, b_dir, atol=1e-5):
+    """The same stored tracks: each detection's track id and the track table, exactly (pooled
+    embeddings to ``atol``)."""
     a, b = (read_track_table(d, open_gallery(d).manifest.tracks) for d in (a_dir, b_dir))
     assert len(a) > 0 and np.array_equal(a.track_of, b.track_of)
     assert a.camera == b.camera and a.source == b.source
     for column in ("start", "end", "frames", "best"):
         np.testing.assert_array_equal(getattr(a, column), getattr(b, column))
-    np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-5)
+    np.testing.assert_allclose(a.embeddings, b.embeddings, atol=atol)
 
 
 def assert_same_detections(a, b):
@@ -231,7 +232,7 @@ def test_torchrun_shards_merge_into_the_same_gallery(reference, synthetic_footag
     segments = open_gallery(gallery).manifest.segments
     assert {s.file.split("-")[1] for s in segments} == {"r0", "r1"}   # both ranks wrote
     assert_same_detections(detections(gallery), detections(reference))
-    assert_same_tracks(gallery, reference)
+    assert_same_tracks(gallery, reference, atol=5e-4)   # float16 rows, as above
 
 
 def test_run_settings_are_recorded_used_and_kept(synthetic_footage, student, tmp_path):

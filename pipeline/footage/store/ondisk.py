@@ -83,6 +83,11 @@ def _open_embeddings(path: Path):
     return h5py.File(path, "r")["detections/embeddings"]
 
 
+def close_segment_files() -> None:
+    """Close the segment files this process keeps open (before it rewrites one in place)."""
+    _open_embeddings.cache_clear()
+
+
 def read_rows(directory: Path, segments, rows: np.ndarray) -> np.ndarray:
     """(len(rows), D) float32 embeddings of detection ids ``rows`` (any order), each segment
     opened once and read in increasing order."""
