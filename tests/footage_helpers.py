@@ -4,6 +4,7 @@ galleries written straight through the store library."""
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,17 @@ def trained_teacher(base: Path) -> Path:
     path = base / "teacher.yaml"
     path.write_text(yaml.safe_dump(to_dict(cfg)))
     return path
+
+
+def fail_the_moves_after(monkeypatch, done: int, *modules: str) -> None:
+    """Make the atomic file moves (``os.replace`` as ``modules`` see it) fail after ``done``
+    of them: a disk that goes away in the middle of a commit."""
+    real, calls = os.replace, []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) > done:
+            raise OSError("disk gone")
+        return real(src, dst)
+    for module in modules or ("pipeline.files",):
+        monkeypatch.setattr(f"{module}.os.replace", flaky)

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from footage_helpers import FAKE_MODEL, fake_block, fake_gallery
+from footage_helpers import FAKE_MODEL, fail_the_moves_after, fake_block, fake_gallery
 from pipeline.runtime.faiss_index import build_index, search_index
 from pipeline.footage.ranking import SearchFilter, find
 from pipeline.footage.report import camera_timelines, write_results
@@ -234,17 +234,8 @@ def test_commit_leaves_a_complete_manifest_at_every_step(tmp_path, monkeypatch):
     w = GalleryWriter(d, RunHeader(FAKE_MODEL, 8, 0.5))
     w.add(blocks[1])
     w.close()
-    real = os.replace
     for step in range(2):   # the index file, then the manifest
-        calls = []
-
-        def flaky(src, dst):
-            calls.append(dst)
-            if len(calls) > step:
-                raise OSError("disk gone")
-            return real(src, dst)
-        monkeypatch.setattr("pipeline.files.os.replace", flaky)
-        monkeypatch.setattr("pipeline.runtime.faiss_index.os.replace", flaky)
+        fail_the_moves_after(monkeypatch, step, "pipeline.files", "pipeline.runtime.faiss_index")
         with pytest.raises(OSError):
             commit(d, RunHeader(FAKE_MODEL, 8, 0.5))
         monkeypatch.undo()

@@ -3,7 +3,6 @@ got in, read by search (which links nothing), an older gallery upgraded without 
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from pipeline.footage.store import (MANIFEST, GalleryWriter, RunHeader, commit, 
                                     read_track_table)
 from pipeline.footage.track_store import make_track_table
 from pipeline.footage.tracks import NO_TRACK, link_tracks
-from tests.footage_helpers import FAKE_MODEL, fake_block, fake_gallery
+from footage_helpers import FAKE_MODEL, fail_the_moves_after, fake_block, fake_gallery
 from tests.test_appearances import DIM, _walk_block
 
 HEADER = RunHeader(FAKE_MODEL, DIM, 0.5)
@@ -186,16 +185,8 @@ def test_a_commit_failing_at_any_file_keeps_the_last_tracks(tmp_path, monkeypatc
     w = GalleryWriter(d, HEADER)
     w.add(_walk_block(**CAM2))
     w.close()
-    real = os.replace
     for step in range(4):
-        calls = []
-
-        def flaky(src, dst):
-            calls.append(dst)
-            if len(calls) > step:
-                raise OSError("disk gone")
-            return real(src, dst)
-        monkeypatch.setattr("pipeline.files.os.replace", flaky)
+        fail_the_moves_after(monkeypatch, step)
         with pytest.raises(OSError):
             commit(d, HEADER, tracks=make_track_table)
         monkeypatch.undo()
