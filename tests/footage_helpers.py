@@ -7,6 +7,7 @@ import io
 import os
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 from PIL import Image
@@ -132,3 +133,22 @@ def fail_the_moves_after(monkeypatch, done: int, *modules: str) -> None:
         return real(src, dst)
     for module in modules or ("pipeline.files",):
         monkeypatch.setattr(f"{module}.os.replace", flaky)
+
+
+def encode_video(path, frames, fps, *, codec: str = "libx264", gop: int = 3, options=None):
+    """Write the (H, W, 3) uint8 ``frames`` as a video at ``fps`` (frame i at time i / fps),
+    a keyframe every ``gop`` frames; ``options``: the container's (e.g. faststart)."""
+    frames = list(frames)
+    container = av.open(str(path), "w", options=options or {})
+    stream = container.add_stream(codec, rate=fps)
+    stream.height, stream.width = frames[0].shape[:2]
+    stream.pix_fmt, stream.codec_context.gop_size = "yuv420p", gop
+    for i, rgb in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts = i
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path

@@ -3,11 +3,11 @@ synthetic footage with its annotations."""
 import json
 import os
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
 
+from footage_helpers import encode_video
 from pipeline.data.footage import (FootageError, FootageFrames, find_sources, group_frames,
                                    load_frames, plan_frames, preview_jpeg, sample_points,
                                    video_timeline)
@@ -21,20 +21,8 @@ COLOURS = [(10 * i, 250 - 10 * i, 128) for i in range(20)]
 def write_video(path, fps=4, count=20, size=(64, 48), codec="libx264"):
     """A video whose frame i is filled with COLOURS[i]."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    container = av.open(str(path), "w")
-    stream = container.add_stream(codec, rate=fps)
-    stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-    stream.codec_context.gop_size = 3  # several keyframes: seeking matters
-    for i in range(count):
-        frame = av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), COLOURS[i], np.uint8),
-                                           format="rgb24")
-        frame.pts = i
-        for p in stream.encode(frame):
-            container.mux(p)
-    for p in stream.encode():
-        container.mux(p)
-    container.close()
-    return path
+    colours = (np.full((size[1], size[0], 3), COLOURS[i], np.uint8) for i in range(count))
+    return encode_video(path, colours, fps, codec=codec)   # several keyframes: seeking matters
 
 
 def test_folder_sources_cameras_kinds_and_order(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from footage_helpers import index_args
+from footage_helpers import encode_video, index_args
 from pipeline.data.footage import find_sources, plan_source, read_frames
 from pipeline.footage.store import MANIFEST, PENDING, SEGMENTS, open_gallery
 
@@ -27,19 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def recording(path, frames=FRAMES, fps=FPS, size=(64, 48)):
     """An H.264 MP4 with its index first (faststart, as phones write them) and noisy frames,
     so every frame's packet is large and a cut lands inside the frame data."""
-    container = av.open(str(path), "w", options={"movflags": "faststart"})
-    stream = container.add_stream("libx264", rate=fps)
-    stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-    stream.codec_context.gop_size = 10
     rng = np.random.default_rng(0)
-    for _ in range(frames):
-        rgb = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-        for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
+    noise = (rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8) for _ in range(frames))
+    return encode_video(path, noise, fps, gop=10, options={"movflags": "faststart"})
 
 
 def sound(path):
