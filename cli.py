@@ -684,16 +684,19 @@ def gallery_upgrade_cmd(directory):
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @friendly_errors
 def gallery_verify_cmd(directory, as_json):
-    """Read every segment and index file of the gallery at DIRECTORY and check them against
-    its manifest; prints one line per damaged file (and the repair) and exits 1, or "ok"."""
+    """Read every segment, index and tracks file of the gallery at DIRECTORY (and the segments
+    an unfinished index run left pending) and check them against its manifest; prints one
+    line per damaged file (and the repair) and exits 1, or "ok"."""
     report = verify_gallery(directory)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
     elif report.ok:
         click.echo(f"{directory}: ok ({report.segments} segments, {report.detections} people, "
-                   "index readable)")
+                   "every file readable)")
     else:
         click.echo("\n".join(report.lines()))
+    if not as_json and report.pending_line():
+        click.echo(report.pending_line())
     if not report.ok:
         raise SystemExit(1)
 
@@ -711,8 +714,10 @@ def gallery_repair_cmd(directory):
         return
     for d in r.dropped:
         click.echo(d.describe())
-    click.echo(f"{directory}: index rebuilt from {len(r.manifest.segments)} intact segments "
-               f"({r.manifest.frames} frames, {r.manifest.detections} people)")
+    tracks = f", {r.manifest.tracks.tracks} tracks" if r.manifest.tracks else ""
+    click.echo(f"{directory}: index{' and tracks' if tracks else ''} rebuilt from "
+               f"{len(r.manifest.segments)} intact segments ({r.manifest.frames} frames, "
+               f"{r.manifest.detections} people{tracks})")
     if r.record is not None:
         click.echo(f"frames to re-index listed in {r.record}: run the same `index` command on "
                    "the same sources again; it embeds only the frames the gallery lacks")

@@ -15,9 +15,11 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from cli import cli
-from footage_helpers import fake_block, fake_gallery, index_args
+from footage_helpers import FAKE_MODEL, fake_block, fake_gallery, index_args
 from pipeline.footage.app import create_app
-from pipeline.footage.store import SEGMENTS, DamagedGalleryError, GalleryError, open_gallery, read_manifest
+from pipeline.footage.store import (SEGMENTS, DamagedGalleryError, GalleryError, GalleryWriter,
+                                    RunHeader, open_gallery, read_manifest)
+from pipeline.footage.store.manifest import pending_files, read_pending
 from pipeline.footage.store.ondisk import close_segment_files
 from pipeline.footage.store.verify import repair_gallery, verify_gallery
 
@@ -52,10 +54,22 @@ def _index(gallery, data):
     return path
 
 
+def _tracks(gallery, which, damage):
+    path = gallery / getattr(read_manifest(gallery).tracks, which)   # tracks-N.h5 / .faiss
+    damage(path)
+    return path
+
+
 DAMAGE = {"segment cut at 1 KB": lambda g: _segment(g, lambda size: 1024),
           "segment cut in half": lambda g: _segment(g, lambda size: size // 2),
           "junk index": lambda g: _index(g, b"not a FAISS index " * 20),
-          "missing index": lambda g: _index(g, None)}
+          "missing index": lambda g: _index(g, None),
+          "tracks file cut in half": lambda g: _tracks(
+              g, "file", lambda p: _truncate(p, p.stat().st_size // 2)),
+          "junk tracks file": lambda g: _tracks(
+              g, "file", lambda p: p.write_bytes(b"not HDF5 " * 100)),
+          "junk tracks index": lambda g: _tracks(
+              g, "index", lambda p: p.write_bytes(b"not a FAISS index " * 20))}
 
 
 def run(*args):
@@ -190,3 +204,32 @@ def test_a_gallery_whose_every_segment_is_damaged_grows_again(tmp_path):
     assert repair_gallery(gallery).manifest.detections == 0
     grown = fake_gallery(gallery, [fake_block(["/v/a.mp4"] * 2, range(2))])   # index again
     assert open_gallery(grown).index().ntotal == 4 and verify_gallery(grown).ok
+
+
+def test_pending_segments_are_verified_and_a_damaged_one_set_aside(tmp_path):
+    gallery = fake_gallery(tmp_path / "g", [fake_block(["/v/a.mp4"] * 4, range(4))])
+    writer = GalleryWriter(gallery, RunHeader(FAKE_MODEL, 8, 0.5))   # a run stopped midway
+    kept = writer.add(fake_block(["/v/b.mp4"] * 3, range(3), seed=1))
+    lost = writer.add(fake_block(["/v/b.mp4"] * 3, range(3, 6), seed=2))
+    writer.close()
+    ok = run("gallery", "verify", gallery)
+    assert ok.exit_code == 0 and "2 segments (12 people) of an unfinished index run are " \
+        "pending" in ok.output and "same `index` command" in ok.output, ok.output
+    _truncate(gallery / SEGMENTS / lost, 1024)
+    r = run("gallery", "verify", gallery)
+    assert r.exit_code == 1, r.output
+    assert r.output.splitlines()[0].startswith(f"{gallery / SEGMENTS / lost}: pending segment")
+    assert "gallery repair" in r.output
+    blocked = GalleryWriter(gallery, RunHeader(FAKE_MODEL, 8, 0.5))
+    with pytest.raises(DamagedGalleryError, match=lost):   # what an `index` re-run meets
+        blocked.done()
+    blocked.close()
+    repaired = repair_gallery(gallery)
+    assert [d.entry.file for d in repaired.dropped] == [lost]
+    assert (gallery / "damaged" / lost).is_file()
+    assert [s.file for s in repaired.manifest.segments][1:] == [kept]   # the intact one in
+    assert all(not read_pending(p).segments for p in pending_files(gallery))
+    assert verify_gallery(gallery).ok and verify_gallery(gallery).pending_segments == 0
+    rerun = GalleryWriter(gallery, RunHeader(FAKE_MODEL, 8, 0.5))   # embeds the lost frames
+    assert {("/v/b.mp4", i) for i in range(3, 6)}.isdisjoint(rerun.done())
+    rerun.close()

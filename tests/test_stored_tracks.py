@@ -150,8 +150,8 @@ def test_a_lost_tracks_file_is_made_again(tmp_path):
     (d / g.manifest.tracks.file).unlink()
     r = CliRunner().invoke(cli, ["search", "--gallery", str(d), "--hit", "0", "--out",
                                  str(tmp_path / "r")])
-    assert r.exit_code != 0 and "gallery upgrade" in r.output, r.output
-    assert CliRunner().invoke(cli, ["gallery", "upgrade", str(d)]).exit_code == 0
+    assert r.exit_code != 0 and "gallery repair" in r.output, r.output
+    assert CliRunner().invoke(cli, ["gallery", "repair", str(d)]).exit_code == 0
     assert_same_table(stored(d)[1], made)
     assert (stored(d)[1].track_of != NO_TRACK).all()
 

@@ -17,10 +17,19 @@ READ_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError)
 #: what `gallery repair` does about each kind of damaged file
 SEGMENT_FIX = "sets the segment aside and lists its frames to re-index"
 INDEX_FIX = "rebuilds the index from the segments"
+TRACKS_FIX = "links the tracks again from the segments"
 
 
 class DamagedGalleryError(GalleryError):
-    """A file of a committed gallery is unreadable or disagrees with the manifest."""
+    """A file of a committed gallery is unreadable or disagrees with the manifest: ``path``,
+    what is wrong with it (``problem``) and what `gallery repair` does about it (``fix``)."""
+
+    def __init__(self, message: str, path: Path, problem: str, fix: str):
+        super().__init__(message)
+        self.path, self.problem, self.fix = Path(path), problem, fix
+
+    def __reduce__(self):         # pickled whole (a worker process's error reaches its parent)
+        return type(self), (str(self), self.path, self.problem, self.fix)
 
 
 def repair_command(directory: Path) -> str:
@@ -30,7 +39,7 @@ def repair_command(directory: Path) -> str:
 def damaged(directory: Path, path: Path, problem: str, fix: str) -> DamagedGalleryError:
     """The one-line error for ``path`` of the gallery at ``directory``."""
     return DamagedGalleryError(f"{path}: {problem}; run `{repair_command(directory)}` (it "
-                               f"{fix})")
+                               f"{fix})", path, problem, fix)
 
 
 def describe(error: BaseException) -> str:
@@ -59,3 +68,9 @@ def reading_segment(directory: Path, path: Path):
 def reading_index(directory: Path, path: Path):
     """Context: a failed read of FAISS file ``path`` becomes a :class:`DamagedGalleryError`."""
     return _reading(directory, path, "index file", INDEX_FIX)
+
+
+def reading_tracks(directory: Path, path: Path):
+    """Context: a failed read of tracks file ``path`` (``tracks-N.h5`` or its FAISS index)
+    becomes a :class:`DamagedGalleryError`."""
+    return _reading(directory, path, "tracks file", TRACKS_FIX)

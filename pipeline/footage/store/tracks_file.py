@@ -31,7 +31,8 @@ from cache.hdf5 import TEXT, read_text, text_column
 from pipeline.runtime.faiss_index import build_index, read_index, write_index
 from pipeline.files import atomic_path
 
-from .manifest import SCHEMA, SCHEMA_VERSION, GalleryError, TracksEntry
+from .damage import TRACKS_FIX, damaged, reading_tracks
+from .manifest import SCHEMA, SCHEMA_VERSION, TracksEntry
 
 
 @dataclass
@@ -85,27 +86,43 @@ def write_track_table(directory: Path, table: TrackTable, kind: str,
 
 
 def read_track_table(directory: Path, entry: TracksEntry) -> TrackTable:
+    """The table of ``tracks-N.h5``, read whole and checked against ``entry``
+    (:class:`.damage.DamagedGalleryError` naming the file and `gallery repair` when it is
+    missing, unreadable or disagrees)."""
     path = Path(directory) / entry.file
-    if not path.is_file():
-        raise GalleryError(f"{path}: tracks file listed in the manifest is missing; run "
-                           f"`python cli.py gallery upgrade {directory}` to make it again")
-    with h5py.File(path, "r") as f:
+    with reading_tracks(directory, path), h5py.File(path, "r") as f:
         g = f["tracks"]
         table = TrackTable(f["detections/track"][()], read_text(g["camera"][()]),
                            read_text(g["source"][()]), g["start"][()], g["end"][()],
                            g["frames"][()], g["best"][()],
                            np.asarray(g["embeddings"][()], np.float32), str(f.attrs["pooling"]))
-    if len(table.track_of) != entry.detections or len(table) != entry.tracks:
-        raise GalleryError(f"{path}: holds {len(table)} tracks of {len(table.track_of)} "
-                           f"detections, the manifest says {entry.tracks} of {entry.detections}")
+    if (what := _table_problem(table, entry)):
+        raise damaged(directory, path, what, TRACKS_FIX)
     return table
 
 
+def _table_problem(table: TrackTable, entry: TracksEntry) -> str | None:
+    """What disagrees in ``table`` (its counts, against ``entry`` and between its columns)."""
+    if len(table.track_of) != entry.detections or len(table) != entry.tracks:
+        return (f"holds {len(table)} tracks of {len(table.track_of)} detections, the manifest "
+                f"says {entry.tracks} of {entry.detections}")
+    rows = {len(table.camera), len(table.source), len(table.start), len(table.end),
+            len(table.frames), len(table.embeddings)}
+    if rows != {entry.tracks} or table.embeddings.ndim != 2:
+        return f"its per-track columns do not all hold {entry.tracks} rows"
+    if len(table.track_of) and not (-1 <= table.track_of.min() and
+                                    table.track_of.max() < entry.tracks):
+        return f"names tracks outside 0..{entry.tracks - 1}"
+    return None
+
+
 def read_track_index(directory: Path, entry: TracksEntry):
-    index = read_index(Path(directory) / entry.index)
+    path = Path(directory) / entry.index
+    with reading_tracks(directory, path):
+        index = read_index(path)
     if index.ntotal != entry.tracks:
-        raise GalleryError(f"{Path(directory) / entry.index} holds {index.ntotal} vectors, the "
-                           f"gallery {entry.tracks} tracks")
+        raise damaged(directory, path, f"holds {index.ntotal} vectors, the gallery "
+                      f"{entry.tracks} tracks", TRACKS_FIX)
     return index
 
 

@@ -1,21 +1,24 @@
 """Checking a gallery folder file by file (`gallery verify`) and repairing it (`gallery repair`).
 
 :func:`verify_gallery` reads everything the manifest names: each committed segment whole
-(every dataset present, with the row counts of its manifest entry) and each index file (it
+(every dataset present, with the row counts of its manifest entry), each index file (it
 reads with FAISS and holds one vector per detection; for the ``ivfpq`` kind the trained index,
-the code blocks and the on-disk lists too). It returns a :class:`VerifyReport`, one
+the code blocks and the on-disk lists too) and the tracks files (``tracks-N.h5`` read whole and
+its index, their counts those of the manifest's tracks entry); then the segments an unfinished
+``index`` run has listed as pending, the same way. It returns a :class:`VerifyReport`, one
 :class:`Problem` per damaged file.
 
 :func:`repair_gallery` then, under the lock an ``index`` run holds (so it refuses to run beside
-one): moves each damaged segment into ``damaged/`` (never deleting it), writes the list of the
-frames it held to ``damaged/reindex-*.json``, and commits the intact segments with an index
-built afresh (:func:`.writer.commit`, so the manifest is replaced whole, last). Running
-``index`` again on the same sources then embeds exactly the frames the gallery lost."""
+one): moves each damaged segment into ``damaged/`` (never deleting it; a pending one is also
+taken off its pending list), writes the list of the frames it held to
+``damaged/reindex-*.json``, and commits the intact segments with an index and tracks built
+afresh (:func:`.writer.commit`, so the manifest is replaced whole, last). Running ``index``
+again on the same sources then embeds exactly the frames the gallery lost."""
 from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -25,15 +28,18 @@ from cache.hdf5 import read_text
 from pipeline.files import write_json_atomic
 from pipeline.runtime.faiss_index import read_index, read_ondisk
 
-from .damage import INDEX_FIX, READ_ERRORS, SEGMENT_FIX, damaged, describe
-from .manifest import MANIFEST, SEGMENTS, GalleryError, Manifest, SegmentEntry, read_manifest
+from .damage import (INDEX_FIX, READ_ERRORS, SEGMENT_FIX, TRACKS_FIX, DamagedGalleryError,
+                     damaged, describe)
+from .manifest import (MANIFEST, SEGMENTS, GalleryError, Manifest, SegmentEntry, pending_files,
+                       read_manifest, read_pending)
 from .ondisk import FOLDER as ONDISK
 from .ondisk import lists_data_problem
-from .tracks_file import TrackMaker
+from .tracks_file import TrackMaker, read_track_index, read_track_table
 from .writer import GalleryWriter, commit
 
 DAMAGED = "damaged"           # where `gallery repair` moves damaged segments
 FRAME_COLUMNS = ("source", "index", "time", "camera", "width", "height", "preview")
+PENDING_WHAT = "pending segment of an unfinished index run"
 MANIFEST_FIX = ("restore it from a backup, or index the footage again into a new gallery "
                 "folder (segments cannot be listed without it)")
 
@@ -62,6 +68,8 @@ class VerifyReport:
     segments: int
     detections: int
     problems: tuple[Problem, ...]
+    pending_segments: int = 0     # written by an unfinished `index` run, not yet committed
+    pending_detections: int = 0
 
     @property
     def ok(self) -> bool:
@@ -74,13 +82,24 @@ class VerifyReport:
     def lines(self) -> list[str]:
         return [p.line(self.directory) for p in self.problems]
 
+    def pending_line(self) -> str | None:
+        """What an unfinished run left (None: nothing): its segments are checked too."""
+        if not self.pending_segments:
+            return None
+        return (f"{self.directory}: {self.pending_segments} segments ({self.pending_detections} "
+                "people) of an unfinished index run are pending; run the same `index` command "
+                "again to resume the run and commit them")
+
     def to_dict(self) -> dict:
         return {"gallery": str(self.directory), "ok": self.ok, "segments": self.segments,
-                "detections": self.detections, "problems": [p.to_dict() for p in self.problems]}
+                "detections": self.detections, "pending_segments": self.pending_segments,
+                "pending_detections": self.pending_detections,
+                "problems": [p.to_dict() for p in self.problems]}
 
 
 def verify_gallery(directory) -> VerifyReport:
-    """Every file the manifest of ``directory`` names, read and checked against it."""
+    """Every file the manifest of ``directory`` names and every pending segment, read and
+    checked against them."""
     directory = Path(directory)
     try:
         m = read_manifest(directory) if directory.is_dir() else None
@@ -89,12 +108,28 @@ def verify_gallery(directory) -> VerifyReport:
             ": ", 1)[-1], MANIFEST_FIX),))
     if m is None:
         raise GalleryError(f"{directory} is not a gallery: no {MANIFEST}")
-    problems = [Problem(directory / SEGMENTS / s.file, what, SEGMENT_FIX, s)
-                for s in m.segments
-                if (what := segment_problem(directory / SEGMENTS / s.file, s,
-                                            m.embedding_dim))]
-    problems += [Problem(path, what, INDEX_FIX) for path, what in index_problems(directory, m)]
-    return VerifyReport(directory, len(m.segments), m.detections, tuple(problems))
+    pending = pending_segments(directory, m)
+    problems = [*_segment_problems(directory, m.segments, m.embedding_dim, ""),
+                *_segment_problems(directory, pending, m.embedding_dim, f"{PENDING_WHAT}: "),
+                *(Problem(path, what, INDEX_FIX) for path, what in index_problems(directory, m)),
+                *(Problem(path, what, TRACKS_FIX)
+                  for path, what in tracks_problems(directory, m))]
+    return VerifyReport(directory, len(m.segments), m.detections, tuple(problems),
+                        len(pending), sum(s.detections for s in pending))
+
+
+def pending_segments(directory: Path, m: Manifest) -> list[SegmentEntry]:
+    """The segments an unfinished ``index`` run has written (every rank's pending list), less
+    those the manifest already lists (a commit stopped before its tidy-up)."""
+    committed = {s.file for s in m.segments}
+    return [s for path in pending_files(directory) for s in read_pending(path).segments
+            if s.file not in committed]
+
+
+def _segment_problems(directory: Path, segments, dim: int, prefix: str) -> list[Problem]:
+    return [Problem(directory / SEGMENTS / s.file, prefix + what, SEGMENT_FIX, s)
+            for s in segments
+            if (what := segment_problem(directory / SEGMENTS / s.file, s, dim))]
 
 
 def _expected_shapes(entry: SegmentEntry, dim: int) -> dict[str, tuple]:
@@ -136,6 +171,24 @@ def _read_problem(path: Path, reader, expected: int | None) -> str | None:
     if expected is not None and index.ntotal != expected:
         return f"holds {index.ntotal} vectors, the gallery {expected}"
     return lists_data_problem(path, index) if reader is read_ondisk else None
+
+
+def tracks_problems(directory: Path, m: Manifest) -> list[tuple[Path, str]]:
+    """(file, problem) of each damaged tracks file the manifest names: ``tracks-N.h5`` read
+    whole and its index, each checked against the manifest's tracks entry."""
+    entry = m.tracks
+    if entry is None:
+        return []
+    if entry.detections != m.detections:
+        return [(directory / entry.file, f"the manifest's tracks cover {entry.detections} "
+                 f"detections, its segments hold {m.detections}")]
+    problems = []
+    for read in (read_track_table, read_track_index):
+        try:
+            read(directory, entry)
+        except DamagedGalleryError as e:
+            problems.append((e.path, e.problem))
+    return problems
 
 
 def index_problems(directory: Path, m: Manifest) -> list[tuple[Path, str]]:
@@ -205,6 +258,7 @@ def _set_aside(directory: Path, entry: SegmentEntry) -> DroppedSegment:
     """Move a damaged segment into ``damaged/`` (a name already there is kept: a suffix)."""
     path = directory / SEGMENTS / entry.file
     if not path.is_file():
+        _unlist_pending(directory, entry.file)
         return DroppedSegment(entry, None, None)
     frames = _frames_held(path)
     (directory / DAMAGED).mkdir(exist_ok=True)
@@ -212,7 +266,19 @@ def _set_aside(directory: Path, entry: SegmentEntry) -> DroppedSegment:
     while target.exists():
         target, n = directory / DAMAGED / f"{entry.file}.{n}", n + 1
     os.replace(path, target)
+    _unlist_pending(directory, entry.file)
     return DroppedSegment(entry, target, frames)
+
+
+def _unlist_pending(directory: Path, name: str) -> None:
+    """Take segment ``name`` off the pending list of an unfinished run that holds it (after
+    the file is set aside: a repair killed in between finds a missing pending segment), so
+    that the repair's commit leaves it out and an `index` re-run embeds its frames again."""
+    for path in pending_files(directory):
+        pending = read_pending(path)
+        kept = [s for s in pending.segments if s.file != name]
+        if len(kept) < len(pending.segments):
+            write_json_atomic(path, replace(pending, segments=kept).to_dict())
 
 
 def repair_gallery(directory, tracks: TrackMaker | None = None) -> RepairReport:
