@@ -120,7 +120,7 @@ def ablate(world: World, steps: dict[str, list[str]]) -> dict:
 
 def scores(result: dict) -> dict:
     """Teacher and both students (percent, mean over student seeds) and the gaps closed."""
-    out = {"teacher": {k: 100 * result["teacher"][k] for k in METRICS}}
+    out = {"teacher": {k: result["teacher"][k] for k in METRICS}}   # ablate gives it in percent
     for variant in ("none", "all"):
         runs = [r for r in result["runs"] if r["variant"] == variant]
         out[variant] = {k: 100 * sum(r["search"][k] for r in runs) / len(runs) for k in METRICS}

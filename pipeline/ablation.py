@@ -28,6 +28,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pipeline.config import load_config, to_dict
+from pipeline.config.distill import DistillConfig
 from pipeline.config.student import StudentConfig
 from pipeline.cores import shared_env
 from pipeline.errors import UserError
@@ -112,6 +113,8 @@ def run_key(cfg: StudentConfig) -> str:
     terms = cfg.distill.enabled_terms()
     tree["distill"] = {k: v for k, v in tree["distill"].items()
                        if not isinstance(v, dict) or k in terms} if terms else {}
+    if tree["distill"].get("balance") == DistillConfig.balance:
+        del tree["distill"]["balance"]  # runs from before the balance existed keep their keys
     if not terms:
         tree.pop("cache", None)
         tree.pop("teacher_config", None)

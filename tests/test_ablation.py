@@ -61,6 +61,7 @@ def test_run_key_ignores_what_cannot_change_a_run():
                        "data.workers=0")) == base
     assert run_key(cfg("train.seed=1")) != base
     assert run_key(cfg("distill.detector.temperature=3")) != base
+    assert run_key(cfg("distill.balance=uncertainty")) != base
     # a term that is off: its settings do not matter
     off = "distill.detector.enabled=false"
     assert run_key(cfg(off, "distill.detector.temperature=3")) == run_key(cfg(off))

@@ -256,3 +256,50 @@ def test_no_distillation_samples_exactly_as_torchvision():
 def test_roi_share_is_checked():
     with pytest.raises(ValueError, match="roi_share"):
         distill_cfg("jitter", roi_share=1.5)
+
+
+# ------------------------------------------------------------------ the loss balance
+
+def _weights(net) -> dict[str, float]:
+    return {k.removeprefix("weight_"): v.item() for k, v in net.distiller.balance.weights().items()}
+
+
+def test_uncertainty_balance_weighs_a_large_loss_down_and_a_small_one_up():
+    # a feature term configured 10x too heavy: the largest loss
+    net = _net("feature", balance="uncertainty", feature={"weight": 10.0}).train()
+    assert set(_weights(net)) >= {"loss_oim", "loss_distill_feature", "loss_objectness"}
+    assert all(w == 1.0 for w in _weights(net).values())    # it starts at the configured weights
+    # the log-variances are the student's parameters (the optimizer trains them); here they
+    # alone are stepped, so the losses stay what they were
+    log_vars = net.distiller.balance.log_vars
+    assert all(any(p is s for p in net.parameters()) for s in log_vars.values())
+    opt = torch.optim.SGD(log_vars.parameters(), lr=0.1)
+    ims, tg = images(), targets()
+    for _ in range(5):
+        torch.manual_seed(1)
+        weighted = net(ims, tg)
+        raw = {k: v.item() / _weights(net)[k] for k, v in weighted.items() if k != "loss_balance"}
+        opt.zero_grad()
+        sum(weighted.values()).backward()
+        opt.step()
+    large, small = max(raw, key=raw.get), min(raw, key=raw.get)
+    assert large == "loss_distill_feature" and raw[large] > 1.0 > raw[small], raw
+    w = _weights(net)
+    assert w[large] < 1.0 < w[small], (w, raw)
+
+
+def test_fixed_balance_leaves_the_losses_as_configured():
+    net = _net("feature").train()
+    assert net.distiller.balance.weights() == {}
+    assert "loss_balance" not in net(images(), targets())
+
+
+def test_unknown_balance_is_a_one_line_error():
+    from click.testing import CliRunner
+    from cli import cli
+    result = CliRunner().invoke(cli, ["train-student", "--config",
+                                      "configs/synthetic/student-r18-distilled.yaml",
+                                      "--set", "distill.balance=adaptive"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert result.output.strip().count("\n") == 0, result.output
+    assert "distill.balance" in result.output and "uncertainty" in result.output

@@ -40,8 +40,10 @@ TINY_MODEL = {"backbone": "resnet18", "norm": "batch", "min_size": 96, "max_size
 
 
 def write_config(tmp_path, root, *, terms=ALL_TERMS, cache=None, flip=True, epochs=1,
-                 batch_size=None, run="run", schedule="cosine", n_train=None):
+                 batch_size=None, run="run", schedule="cosine", n_train=None, balance=None):
     distill = {t: {"enabled": True} for t in terms}
+    if balance:
+        distill["balance"] = balance
     if "detector" in terms:
         distill["detector"]["num_proposals"] = 8
     cfg = {
@@ -268,14 +270,17 @@ def test_cli_refuses_a_mismatched_cache_with_a_clear_message(world, tmp_path):
     assert not (tmp_path / "run" / "checkpoint_last.pt").exists()
 
 
-def test_student_resume_gives_the_same_weights(small_world, tmp_path):
+@pytest.mark.parametrize("balance", [None, "uncertainty"])
+def test_student_resume_gives_the_same_weights(small_world, tmp_path, balance):
     from pipeline.models.checkpoint import link_or_copy, read_checkpoint
     root, data, cache = small_world
     bs = max(1, len(data.train) // 2 + len(data.train) % 2)  # 2 steps per epoch
-    full = write_config(tmp_path, root, cache=cache, epochs=2, batch_size=bs, run="full")
+    full = write_config(tmp_path, root, cache=cache, epochs=2, batch_size=bs, run="full",
+                        balance=balance)
     train_student(full, progress=False)
     # simulate a crash after epoch 1: the run directory as it was then
-    part = write_config(tmp_path, root, cache=cache, epochs=2, batch_size=bs, run="part")
+    part = write_config(tmp_path, root, cache=cache, epochs=2, batch_size=bs, run="part",
+                        balance=balance)
     (tmp_path / "part").mkdir()
     link_or_copy(tmp_path / "full" / "checkpoint_epoch001.pt", tmp_path / "part" / "checkpoint_last.pt")
     for name in ("config.yaml", "cache.json"):
@@ -289,6 +294,12 @@ def test_student_resume_gives_the_same_weights(small_world, tmp_path):
     assert a["global_step"] == b["global_step"] == 4
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+    if balance == "uncertainty":   # the learned loss weights: trained, saved, restored, logged
+        log_vars = {k: v for k, v in a["model"].items() if k.startswith("distiller.balance.")}
+        assert "distiller.balance.log_vars.loss_oim" in log_vars
+        assert all(v.item() != 0.0 for v in log_vars.values()), log_vars
+        header = (tmp_path / "part" / "losses.csv").read_text().splitlines()[0].split(",")
+        assert {"weight_loss_oim", "weight_loss_distill_feature", "loss_balance"} <= set(header)
 
 
 def test_resume_with_another_config_is_refused(small_world, tmp_path):

@@ -67,6 +67,12 @@ class DistillConfig:
     # RoIs to the res5 head, the step's main cost (GT boxes first, then a random subset of
     # the others each step). null: every cached box comes on top of a full sampled batch.
     roi_share: float | None = 0.75
+    # How the student's losses (its own and the terms') are weighted against each other
+    # (pipeline/distill/balance.py). fixed: as the weights above and model.oim_weight set them.
+    # uncertainty: each loss also gets a learned log-variance s (Kendall et al. 2018), trained
+    # with the student: exp(-s) * loss + s, so a loss that stays large is weighted down, one
+    # that is small is weighted up, and the configured weights only set where they start.
+    balance: Literal["fixed", "uncertainty"] = "fixed"
 
     def __post_init__(self):
         if self.roi_share is not None and not 0.0 < self.roi_share <= 1.0:

@@ -1,16 +1,17 @@
 """The distiller: the switched-on terms of one student, and the one place that asks the heads
 for the cached boxes they train on and hands each term its share of the heads' outputs.
 
-The student calls it at three points of a training step: ``check_targets`` (before anything is
+The student calls it at four points of a training step: ``check_targets`` (before anything is
 computed), ``extra_boxes`` (every cached box that joins the RoI batch, chosen before the heads
-run and handed to them as plain tensors) and ``forward`` (the terms' losses from the heads'
-outputs).
+run and handed to them as plain tensors), ``forward`` (the terms' losses from the heads'
+outputs) and ``balance`` (every loss of the step, weighted: :mod:`pipeline.distill.balance`).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
+from pipeline.distill.balance import FixedBalance
 from pipeline.distill.boxes import GROUP_BOX_KEYS, CachedBoxChoice, choose_boxes
 from pipeline.distill.terms import DistillTerm
 from pipeline.errors import UserError
@@ -26,12 +27,14 @@ class MissingTargetError(UserError, KeyError):
 
 class Distiller(nn.Module):
     """terms: name -> term, in the order their losses are computed. roi_share: the fraction of
-    ``batch_size_per_image`` the cached boxes may take (None: they come on top)."""
+    ``batch_size_per_image`` the cached boxes may take (None: they come on top). balance:
+    weighs all the step's losses (default: as configured)."""
 
     def __init__(self, terms: dict[str, DistillTerm], *, batch_size_per_image: int,
-                 roi_share: float | None = 0.75):
+                 roi_share: float | None = 0.75, balance: FixedBalance | None = None):
         super().__init__()
         self.terms = nn.ModuleDict(terms)
+        self.balance = balance or FixedBalance()
         self.groups = [g for g in GROUP_BOX_KEYS if any(t.box_group == g for t in terms.values())]
         self.budget = None if roi_share is None else int(roi_share * batch_size_per_image)
 

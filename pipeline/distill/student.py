@@ -10,11 +10,12 @@ import torch
 from pipeline.config import to_dict
 from pipeline.config.distill import DistillConfig
 from pipeline.config.model import ModelConfig
+from pipeline.distill.balance import build_balance
 from pipeline.distill.distiller import Distiller
 from pipeline.distill.terms import build_terms, identity_rows, term_needs
 from pipeline.errors import UserError
-from pipeline.models.student import MODEL_ARGS_VERSION, PersonSearchNet, build_network, \
-    build_oim
+from pipeline.models.student import MODEL_ARGS_VERSION, NETWORK_LOSSES, PersonSearchNet, \
+    build_network, build_oim
 
 
 class TeacherMismatchError(UserError, ValueError):
@@ -75,6 +76,8 @@ def build_student(model_cfg: ModelConfig, distill_cfg: DistillConfig | None,
     model = build_network(oim_weighted(model_cfg, distill_cfg), oim, model_args)
     terms = build_terms(distill_cfg, model_cfg.embedding_dim, teacher_embedding_dim, table)
     if terms:
+        loss_names = [*NETWORK_LOSSES, *(n for t in terms.values() for n in t.loss_names)]
         model.distiller = Distiller(terms, batch_size_per_image=model_cfg.roi_batch_size_per_image,
-                                    roi_share=distill_cfg.roi_share)
+                                    roi_share=distill_cfg.roi_share,
+                                    balance=build_balance(distill_cfg.balance, loss_names))
     return model

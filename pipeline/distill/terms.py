@@ -7,7 +7,8 @@ cached targets into weighted losses (from :mod:`pipeline.distill.losses`):
 - ``box_group``: the group of cached boxes it trains on ("gt", "proposals" or "jitter",
   :mod:`pipeline.distill.boxes`): those boxes join the step's RoI batch;
 - ``needs_teacher_table``: the cache's per-identity table at build time;
-- ``needs_identity_table``: a copy of the student's OIM table as it was before this step.
+- ``needs_identity_table``: a copy of the student's OIM table as it was before this step;
+- ``loss_names``: the keys of the losses it may return (the balance weighs each one).
 
 A term that is switched off is not built. Adding a term: a config section in
 :mod:`pipeline.config.distill`, a class here and an entry in :data:`TERMS`; the heads are not
@@ -33,6 +34,7 @@ class DistillTerm(nn.Module):
     box_group: str | None = None
     needs_teacher_table = False
     needs_identity_table = False
+    loss_names: tuple[str, ...] = ()
 
     def candidate_rows(self, targets: list[dict]) -> list[Tensor] | None:
         """Per image, the cached rows of ``box_group`` that may join the batch (None: all)."""
@@ -66,7 +68,7 @@ class FeatureTerm(DistillTerm):
     box_group = "gt"
     cache_keys = ("gt_features",)
     feature_key = "gt_features"
-    loss_name = "loss_distill_feature"
+    loss_names = ("loss_distill_feature",)
 
     def __init__(self, student_dim: int, teacher_dim: int, *, weight: float = 1.0,
                  kind: str = "cosine"):
@@ -87,7 +89,7 @@ class FeatureTerm(DistillTerm):
 
     def forward(self, outputs, targets, rows, src):
         teacher = cached(targets, self.feature_key)[src]
-        return {self.loss_name: self.loss(outputs.embeddings[rows], teacher)}
+        return {self.loss_names[0]: self.loss(outputs.embeddings[rows], teacher)}
 
 
 class JitterTerm(FeatureTerm):
@@ -96,7 +98,7 @@ class JitterTerm(FeatureTerm):
     box_group = "jitter"
     cache_keys = ("jitter_boxes", "jitter_features")
     feature_key = "jitter_features"
-    loss_name = "loss_distill_jitter"
+    loss_names = ("loss_distill_jitter",)
 
 
 class RelationTerm(DistillTerm):
@@ -107,6 +109,7 @@ class RelationTerm(DistillTerm):
     cache_keys = ("gt_features",)
     needs_teacher_table = True
     needs_identity_table = True
+    loss_names = ("loss_distill_relation",)
 
     def __init__(self, teacher_table: Tensor, *, weight: float = 1.0, temperature: float = 0.1):
         super().__init__()
@@ -118,7 +121,7 @@ class RelationTerm(DistillTerm):
         loss = losses.relation_distill_loss(
             outputs.embeddings[rows].float(), outputs.identity_table.float(), teacher.float(),
             self.teacher_table, self.temperature)
-        return {"loss_distill_relation": self.weight * loss}
+        return {self.loss_names[0]: self.weight * loss}
 
 
 class DetectorTerm(DistillTerm):
@@ -127,6 +130,7 @@ class DetectorTerm(DistillTerm):
     2017's teacher-bounded regression)."""
     box_group = "proposals"
     cache_keys = ("proposal_boxes", "proposal_logits", "proposal_refined_boxes")
+    loss_names = ("loss_distill_det_cls", "loss_distill_det_reg")
 
     def __init__(self, *, weight: float, reg_weight: float, temperature: float, cls_loss: str,
                  reg_clip: float, fg_iou_thresh: float, num_proposals: int):
@@ -165,10 +169,10 @@ class DetectorTerm(DistillTerm):
                                     coder) & torch.isfinite(teacher_deltas).all(dim=1)
         out = {}
         if self.weight:
-            out["loss_distill_det_cls"] = self.weight * losses.soft_logits_loss(
+            out[self.loss_names[0]] = self.weight * losses.soft_logits_loss(
                 logits.float(), t_logits, self.temperature, self.cls_loss)
         if self.reg_weight:
-            out["loss_distill_det_reg"] = self.reg_weight * losses.bounded_regression_loss(
+            out[self.loss_names[1]] = self.reg_weight * losses.bounded_regression_loss(
                 deltas.float(), teacher_deltas.float(), mask, clip=self.reg_clip)
         return out
 

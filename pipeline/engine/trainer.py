@@ -9,7 +9,8 @@ trainer.train(resume=False)
 ```
 
 ``step_fn(model, batch, device) -> dict[str, Tensor]`` returns weighted losses; the trainer
-sums them. Determinism: the data order of an epoch depends only on (seed, epoch) — the trainer
+sums them. ``metrics_fn(model) -> dict[str, Tensor]`` (optional) adds scalars to each step's log
+row that are not losses (the weights a learned loss balance gave this step). Determinism: the data order of an epoch depends only on (seed, epoch) — the trainer
 calls ``set_epoch(epoch)`` on the loader's sampler and dataset before each epoch — and every RNG
 state is checkpointed, so ``train(resume=True)`` from ``checkpoint_last.pt`` ends with the same
 weights as a run that was never interrupted.
@@ -35,6 +36,7 @@ from pipeline.models.checkpoint import link_or_copy, load_checkpoint, save_check
 from pipeline.models.precision import autocast
 
 StepFn = Callable[[nn.Module, object, torch.device], dict]
+MetricsFn = Callable[[nn.Module], dict]
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -119,7 +121,7 @@ class Trainer:
                  amp: bool = False, hooks: Sequence[H.HookBase] = (), log_every: int = 1,
                  config_dict: dict | None = None, distributed: bool = False,
                  progress: bool = True, tensorboard: bool = True,
-                 keep_every_epoch: bool = True):
+                 keep_every_epoch: bool = True, metrics_fn: MetricsFn | None = None):
         self.device = torch.device(device)
         self.distributed = bool(distributed)
         self.rank = dist_utils.rank() if self.distributed else 0
@@ -136,6 +138,7 @@ class Trainer:
         self.data_loader = data_loader
         self.run_dir = Path(run_dir)
         self.step_fn = step_fn
+        self.metrics_fn = metrics_fn
         self.max_epochs = int(max_epochs)
         self.grad_clip = grad_clip
         self.amp = bool(amp) and self.device.type == "cuda"   # bf16: no loss scaling needed
@@ -271,6 +274,9 @@ class Trainer:
         total = sum(v.float() for v in losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         record = {k: v.detach().float() for k, v in losses.items()}
+        if self.metrics_fn is not None:   # before the step: what this step's losses used
+            module = self.model.module if self.distributed else self.model
+            record.update({k: v.detach().float() for k, v in self.metrics_fn(module).items()})
         total.backward()
         if self.grad_clip:
             record["grad_norm"] = self._clip()

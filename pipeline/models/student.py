@@ -36,6 +36,9 @@ MODEL_ARGS_VERSION = 1
 #: state-dict prefix of the training-only part (the distiller), dropped when a trained student
 #: is loaded for use
 TRAINING_ONLY = "distiller."
+#: the losses forward() returns on its own: RPN, box head, OIM (a distiller adds its terms')
+NETWORK_LOSSES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg",
+                  "loss_oim")
 
 
 class RPNHeadFloat32(RPNHead):
@@ -117,7 +120,7 @@ class PersonSearchNet(nn.Module):
         if distiller is not None:
             losses.update(distiller(outputs, targets, choice))
         losses.update(self.roi_heads.reid_loss(outputs))  # last: OIM updates its table
-        return losses
+        return distiller.balance(losses) if distiller is not None else losses
 
     def detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         """Gallery mode: per image {"boxes" (N,4) original pixels, "scores" (N,),

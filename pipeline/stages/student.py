@@ -133,6 +133,12 @@ def student_step(model, batch, device):
     return model(images, targets)
 
 
+def balance_weights(model) -> dict:
+    """The trainer's ``metrics_fn``: the weights the loss balance gave this step (none
+    without a distiller or with the fixed balance)."""
+    return model.distiller.balance.weights() if model.distiller is not None else {}
+
+
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -227,7 +233,7 @@ def train_student(config_path: str | Path, overrides: Sequence[str] = (), *, res
     trainer = Trainer(model, optimizer, loader, run_dir, step_fn=student_step,
                       max_epochs=t.epochs, scheduler=scheduler, grad_clip=t.grad_clip,
                       device=dev, amp=t.amp, log_every=t.log_every, config_dict=to_dict(cfg),
-                      distributed=distributed, progress=progress)
+                      distributed=distributed, progress=progress, metrics_fn=balance_weights)
     if trainer.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         info["written"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
