@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY_PRW
-from pipeline.footage.store import FrameBlock, GalleryWriter, RunHeader, commit
+from pipeline.footage.store import FrameBlock, GalleryWriter, RunHeader, commit, shared_training
 from pipeline.footage.track_store import make_track_table
 from pipeline.runtime.types import Detections, ModelInfo
 
@@ -65,13 +65,17 @@ def fake_block(sources, frames, *, times=None, cameras=None, per_frame=2, dim=8,
                               g.standard_normal((t, dim)).astype(np.float32)))
 
 
-def fake_gallery(directory: Path, blocks, *, kind="flat", dim=8, model=FAKE_MODEL) -> Path:
-    """A committed gallery of the given FrameBlocks, with its tracks."""
+def fake_gallery(directory: Path, blocks, *, kind="flat", dim=8, model=FAKE_MODEL,
+                 ivfpq_trained: Path | None = None) -> Path:
+    """A committed gallery of the given FrameBlocks, with its tracks (``ivfpq_trained``: the
+    ivfpq gallery whose training it shares, as ``index --ivfpq-trained``)."""
     w = GalleryWriter(directory, RunHeader(model, dim, 0.5))
     for b in blocks:
         w.add(b)
     w.close()
-    commit(directory, RunHeader(model, dim, 0.5), index_kind=kind, tracks=make_track_table)
+    header = RunHeader(model, dim, 0.5)
+    training = shared_training(directory, ivfpq_trained, header) if ivfpq_trained else None
+    commit(directory, header, index_kind=kind, tracks=make_track_table, training=training)
     return directory
 
 

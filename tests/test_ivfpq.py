@@ -17,7 +17,7 @@ from footage_helpers import FAKE_MODEL, fake_block, fake_gallery
 from pipeline.arrays import l2_normalize
 from pipeline.footage.ranking import SearchFilter, find
 from pipeline.footage.store import MANIFEST, GalleryWriter, RunHeader, commit, open_gallery
-from pipeline.footage.store.ondisk import FOLDER, TRAINED
+from pipeline.footage.store.ondisk import FOLDER
 from pipeline.runtime.faiss_index import build_index, ivfpq_factory, search_index
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,17 +68,19 @@ def test_build_searches_with_exact_similarities_on_mapped_lists(tmp_path):
 def test_a_commit_adds_codes_without_retraining(tmp_path):
     d = fake_gallery(tmp_path / "g", _blocks(), kind="ivfpq")
     first = open_gallery(d).manifest.index
-    trained = (d / FOLDER / TRAINED).read_bytes()
+    assert first.params["trained"] == "trained-1.faiss"
+    trained = (d / FOLDER / "trained-1.faiss").read_bytes()
     _add(d, _blocks(2, start=3))
     commit(d, HEADER)                                    # keeps the gallery's kind
     g = open_gallery(d)
     entry = g.manifest.index
     assert entry.kind == "ivfpq" and g.num_detections == 500 == g.index().ntotal
-    assert (d / FOLDER / TRAINED).read_bytes() == trained      # trained once
+    assert entry.params["trained"] == "trained-1.faiss"
+    assert (d / FOLDER / "trained-1.faiss").read_bytes() == trained      # trained once
     assert entry.params["trained_on"] == first.params["trained_on"] == 300
     assert entry.params["blocks"] == first.params["blocks"] + ["codes-2.faiss"]
     assert sorted(p.name for p in (d / FOLDER).iterdir()) == sorted(
-        [TRAINED, "codes-1.faiss", "codes-2.faiss", "lists-2.faiss", "lists-2.ivfdata"])
+        ["trained-1.faiss", "codes-1.faiss", "codes-2.faiss", "lists-2.faiss", "lists-2.ivfdata"])
     q = g.embeddings([450])[0]                           # a row of the second commit
     assert find(g, q, 1)[0].id == 450
 
@@ -142,7 +144,7 @@ def test_shards_merge_into_one_gallery_as_one_run_makes_it(tmp_path):
     blocks = _blocks(4)
     whole = open_gallery(fake_gallery(tmp_path / "whole", blocks, kind="ivfpq"))
     a = fake_gallery(tmp_path / "a", blocks[1::2], kind="ivfpq")   # shard 2/2 first
-    b = fake_gallery(tmp_path / "b", blocks[0::2], kind="ivfpq")
+    b = fake_gallery(tmp_path / "b", blocks[0::2], kind="ivfpq", ivfpq_trained=a)
     r = _cli("gallery", "merge", tmp_path / "m", a, b)
     assert r.exit_code == 0, r.output
     assert r.output.splitlines()[-1] == str(tmp_path / "m")
@@ -153,7 +155,8 @@ def test_shards_merge_into_one_gallery_as_one_run_makes_it(tmp_path):
     assert g.index_kind == "ivfpq" and g.index().ntotal == 400
     q = g.embeddings([123])[0]
     assert find(g, q, 1)[0].id == 123
-    overlap = fake_gallery(tmp_path / "c", blocks[:1], kind="ivfpq")  # frames b holds too
+    overlap = fake_gallery(tmp_path / "c", blocks[:1], kind="ivfpq",  # frames b holds too
+                           ivfpq_trained=a)
     again = _cli("gallery", "merge", tmp_path / "m2", b, overlap)
     assert again.exit_code != 0 and "in both" in again.output
 
