@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -156,3 +159,24 @@ def encode_video(path, frames, fps, *, codec: str = "libx264", gop: int = 3, opt
         container.mux(packet)
     container.close()
     return path
+
+
+KILLED_AFTER_THE_LISTS = """
+import os, sys
+import pipeline.footage.store.ondisk as ondisk
+real = ondisk.merge_blocks
+def merge_then_die(*args):
+    real(*args)                    # the new ivfpq lists are written, the manifest not yet
+    os.kill(os.getpid(), 9)
+ondisk.merge_blocks = merge_then_die
+"""
+
+
+def kill_after_the_lists(code: str, *args) -> None:
+    """Run the Python ``code`` (``sys.argv[1:]`` = ``args``) in a process that kills itself
+    (-9) once it has written new ivfpq lists, before any manifest names them."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}:{root / 'tests'}"}
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_THE_LISTS + code,
+                             *map(str, args)], cwd=root, env=env, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr

@@ -2,25 +2,19 @@
 retraining, lists on disk mapped read-only, exact similarities after re-scoring, the last
 complete state after a kill -9 in the middle of a commit."""
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from footage_helpers import FAKE_MODEL, fake_block, fake_gallery
+from footage_helpers import FAKE_MODEL, fake_block, fake_gallery, kill_after_the_lists
 from pipeline.arrays import l2_normalize
 from pipeline.footage.ranking import SearchFilter, find
 from pipeline.footage.store import MANIFEST, GalleryWriter, RunHeader, commit, open_gallery
 from pipeline.footage.store.ondisk import FOLDER
 from pipeline.runtime.faiss_index import build_index, ivfpq_factory, search_index
 
-ROOT = Path(__file__).resolve().parent.parent
 HEADER = RunHeader(FAKE_MODEL, 8, 0.5)
 
 
@@ -85,28 +79,13 @@ def test_a_commit_adds_codes_without_retraining(tmp_path):
     assert find(g, q, 1)[0].id == 450
 
 
-KILLED_COMMIT = """
-import os, sys
-import pipeline.footage.store.ondisk as ondisk
-from footage_helpers import FAKE_MODEL
-from pipeline.footage.store import RunHeader, commit
-real = ondisk.merge_blocks
-def merge_then_die(*args):
-    real(*args)                    # the new lists are written, the manifest not yet
-    os.kill(os.getpid(), 9)
-ondisk.merge_blocks = merge_then_die
-commit(sys.argv[1], RunHeader(FAKE_MODEL, 8, 0.5))
-"""
-
-
 def test_kill_9_during_a_commit_leaves_the_last_complete_state(tmp_path):
     d = fake_gallery(tmp_path / "g", _blocks(), kind="ivfpq")
     before = (d / MANIFEST).read_text()
     _add(d, _blocks(2, start=3))
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
-    killed = subprocess.run([sys.executable, "-c", KILLED_COMMIT, str(d)], cwd=ROOT, env=env,
-                            capture_output=True, text=True)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    kill_after_the_lists("from footage_helpers import FAKE_MODEL\n"
+                         "from pipeline.footage.store import RunHeader, commit\n"
+                         "commit(sys.argv[1], RunHeader(FAKE_MODEL, 8, 0.5))", d)
     assert (d / MANIFEST).read_text() == before          # the old index still answers
     g = open_gallery(d)
     assert g.num_detections == 300 and g.index().ntotal == 300

@@ -2,17 +2,13 @@
 copied with renumbered ids, nothing trained or encoded; other trainings or models are
 refused naming both; an interrupted merge leaves no gallery; a repair keeps the training the
 manifest names (and a retraining writes a new trained-N file)."""
-import os
-import signal
-import subprocess
-import sys
 from itertools import count
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from footage_helpers import FAKE_MODEL, fail_the_moves_after, fake_block, fake_gallery
+from footage_helpers import (FAKE_MODEL, fail_the_moves_after, fake_block, fake_gallery,
+                             kill_after_the_lists)
 from pipeline.footage.ranking import find
 from pipeline.footage.store import (MANIFEST, SEGMENTS, GalleryError, ModelMismatchError,
                                     RunHeader, merge_galleries, open_gallery, read_manifest,
@@ -22,7 +18,6 @@ from pipeline.footage.store.verify import repair_gallery, verify_gallery
 from pipeline.footage.track_store import make_track_table
 from pipeline.runtime.types import ModelInfo
 
-ROOT = Path(__file__).resolve().parent.parent
 HEADER = RunHeader(FAKE_MODEL, 8, 0.5)
 
 
@@ -109,25 +104,10 @@ def test_a_training_of_another_model_or_gallery_is_refused_naming_both(tmp_path)
         shared_training(tmp_path / "new", flat, HEADER)
 
 
-KILLED_MERGE = """
-import os, sys
-import pipeline.footage.store.ondisk as ondisk
-from pipeline.footage.store import merge_galleries
-real = ondisk.merge_blocks
-def merge_then_die(*args):
-    real(*args)                    # the merged lists are written, the manifest not yet
-    os.kill(os.getpid(), 9)
-ondisk.merge_blocks = merge_then_die
-merge_galleries(sys.argv[1], sys.argv[2:])
-"""
-
-
 def test_an_interrupted_merge_leaves_no_gallery(tmp_path, monkeypatch):
     a, b = _shards(tmp_path, _blocks())
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
-    killed = subprocess.run([sys.executable, "-c", KILLED_MERGE, str(tmp_path / "k"), str(a),
-                             str(b)], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    kill_after_the_lists("from pipeline.footage.store import merge_galleries\n"
+                         "merge_galleries(sys.argv[1], sys.argv[2:])", tmp_path / "k", a, b)
     assert read_manifest(tmp_path / "k") is None
     with pytest.raises(GalleryError, match="unfinished run or merge"):
         merge_galleries(tmp_path / "k", [a, b])
@@ -143,29 +123,14 @@ def test_an_interrupted_merge_leaves_no_gallery(tmp_path, monkeypatch):
     assert step > 4 and open_gallery(tmp_path / f"m{step}").index().ntotal == 400
 
 
-KILLED_REPAIR = """
-import os, sys
-import pipeline.footage.store.ondisk as ondisk
-from pipeline.footage.store.verify import repair_gallery
-real = ondisk.merge_blocks
-def merge_then_die(*args):
-    real(*args)                    # the rebuilt lists are written, the manifest not yet
-    os.kill(os.getpid(), 9)
-ondisk.merge_blocks = merge_then_die
-repair_gallery(sys.argv[1])
-"""
-
-
 def test_a_repair_killed_midway_leaves_the_training_the_manifest_names(tmp_path):
     d = fake_gallery(tmp_path / "g", _blocks(), kind="ivfpq")
     before = read_manifest(d).index.params
     trained = (d / FOLDER / before["trained"]).read_bytes()
     segment = d / SEGMENTS / read_manifest(d).segments[1].file
     segment.write_bytes(segment.read_bytes()[:1000])
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
-    killed = subprocess.run([sys.executable, "-c", KILLED_REPAIR, str(d)], cwd=ROOT, env=env,
-                            capture_output=True, text=True)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    kill_after_the_lists("from pipeline.footage.store.verify import repair_gallery\n"
+                         "repair_gallery(sys.argv[1])", d)
     assert read_manifest(d).index.params == before
     assert (d / FOLDER / before["trained"]).read_bytes() == trained
     r = repair_gallery(d)                              # finished: the training is kept
@@ -183,3 +148,13 @@ def test_a_damaged_training_is_trained_again_into_a_new_file(tmp_path):
     assert verify_gallery(d).ok
     g = open_gallery(d)
     assert find(g, g.embeddings([150])[0], 1)[0].id == 150
+
+
+def test_ivfpq_trained_with_another_index_kind_is_refused(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import cli
+    a = fake_gallery(tmp_path / "a", _blocks(1), kind="ivfpq")
+    r = CliRunner().invoke(cli, ["index", "--gallery", str(tmp_path / "g"), "--model", "m.pt",
+                                 "--ivfpq-trained", str(a), "--index", "flat", "x"])
+    assert r.exit_code != 0 and "--ivfpq-trained shares an ivfpq training" in r.output
