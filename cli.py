@@ -514,11 +514,16 @@ def _shard_option(value: str) -> tuple[int, int]:
               callback=lambda ctx, param, value: _shard_option(value),
               help="index only the K-th of every N sources (sorted): N machines index one "
                    "footage into N galleries, then `gallery merge` joins them")
+@click.option("--ivfpq-trained", "ivfpq_trained", default=None,
+              type=click.Path(file_okay=False, exists=True), metavar="GALLERY",
+              help="use the ivfpq training of GALLERY (implies --index ivfpq): shards that "
+                   "share one training merge on disk without encoding again")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @friendly_errors
 def index_cmd(gallery_dir, model, sources, camera, every, index_kind, min_score, batch_size,
-              workers, chunk, size, proposals, bf16, shard, device, no_progress):
+              workers, chunk, size, proposals, bf16, shard, ivfpq_trained, device,
+              no_progress):
     """Detect and embed every person in SOURCE... (image folders, videos, prw:ROOT,
     cuhk-sysu:ROOT) into a searchable gallery. Resumes an interrupted run; a re-run embeds
     only new frames. --size/--proposals/--bf16 are recorded: later runs and queries use the
@@ -530,7 +535,8 @@ def index_cmd(gallery_dir, model, sources, camera, every, index_kind, min_score,
                       device=device, batch_size=batch_size, workers=workers,
                       min_score=min_score, index_kind=index_kind, chunk_frames=chunk,
                       progress=not no_progress,
-                      settings=RunSettings(size, proposals, bf16), shard=shard)
+                      settings=RunSettings(size, proposals, bf16), shard=shard,
+                      ivfpq_trained=ivfpq_trained)
     for problem in r.skipped:
         click.echo(f"skipped: {problem}", err=True)
     for problem in r.partial:
@@ -658,11 +664,15 @@ def gallery_group():
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--index", "index_kind", type=click.Choice(INDEX_KINDS), default=None,
               help="the merged gallery's index (default: the first input's kind)")
+@click.option("--retrain", is_flag=True,
+              help="ivfpq: train and encode the merged gallery afresh (inputs trained apart)")
 @friendly_errors
-def gallery_merge_cmd(out, inputs, index_kind):
+def gallery_merge_cmd(out, inputs, index_kind, retrain):
     """Merge the galleries IN... (same model and settings, different footage, e.g. made with
-    `index --shard-of K/N`) into a new gallery OUT; prints OUT last."""
-    m = merge_galleries(out, inputs, index_kind=index_kind, tracks=make_track_table)
+    `index --shard-of K/N`) into a new gallery OUT; prints OUT last. ivfpq inputs that share
+    one training (`index --ivfpq-trained`) are merged on disk, nothing encoded again."""
+    m = merge_galleries(out, inputs, index_kind=index_kind, tracks=make_track_table,
+                        retrain=retrain)
     click.echo(f"merged {len(inputs)} galleries: {m.frames} frames, {m.detections} people, "
                f"{m.index.kind} index")
     click.echo(str(out))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -53,3 +54,14 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 def write_json_atomic(path: str | Path, data, indent: int = 1) -> Path:
     """JSON as the standard says it: NaN and infinity are refused (ValueError), not written."""
     return write_text_atomic(path, json.dumps(data, indent=indent, allow_nan=False) + "\n")
+
+
+def link_or_copy(src: str | Path, dst: str | Path) -> Path:
+    """``dst`` as a hard link to the immutable file ``src`` when both are on one file system,
+    else as an atomic copy of it."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+    return Path(dst)

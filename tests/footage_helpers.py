@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -13,7 +16,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY_PRW
-from pipeline.footage.store import FrameBlock, GalleryWriter, RunHeader, commit
+from pipeline.footage.store import FrameBlock, GalleryWriter, RunHeader, commit, shared_training
 from pipeline.footage.track_store import make_track_table
 from pipeline.runtime.types import Detections, ModelInfo
 
@@ -65,13 +68,17 @@ def fake_block(sources, frames, *, times=None, cameras=None, per_frame=2, dim=8,
                               g.standard_normal((t, dim)).astype(np.float32)))
 
 
-def fake_gallery(directory: Path, blocks, *, kind="flat", dim=8, model=FAKE_MODEL) -> Path:
-    """A committed gallery of the given FrameBlocks, with its tracks."""
+def fake_gallery(directory: Path, blocks, *, kind="flat", dim=8, model=FAKE_MODEL,
+                 ivfpq_trained: Path | None = None) -> Path:
+    """A committed gallery of the given FrameBlocks, with its tracks (``ivfpq_trained``: the
+    ivfpq gallery whose training it shares, as ``index --ivfpq-trained``)."""
     w = GalleryWriter(directory, RunHeader(model, dim, 0.5))
     for b in blocks:
         w.add(b)
     w.close()
-    commit(directory, RunHeader(model, dim, 0.5), index_kind=kind, tracks=make_track_table)
+    header = RunHeader(model, dim, 0.5)
+    training = shared_training(directory, ivfpq_trained, header) if ivfpq_trained else None
+    commit(directory, header, index_kind=kind, tracks=make_track_table, training=training)
     return directory
 
 
@@ -152,3 +159,24 @@ def encode_video(path, frames, fps, *, codec: str = "libx264", gop: int = 3, opt
         container.mux(packet)
     container.close()
     return path
+
+
+KILLED_AFTER_THE_LISTS = """
+import os, sys
+import pipeline.footage.store.ondisk as ondisk
+real = ondisk.merge_blocks
+def merge_then_die(*args):
+    real(*args)                    # the new ivfpq lists are written, the manifest not yet
+    os.kill(os.getpid(), 9)
+ondisk.merge_blocks = merge_then_die
+"""
+
+
+def kill_after_the_lists(code: str, *args) -> None:
+    """Run the Python ``code`` (``sys.argv[1:]`` = ``args``) in a process that kills itself
+    (-9) once it has written new ivfpq lists, before any manifest names them."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}:{root / 'tests'}"}
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_THE_LISTS + code,
+                             *map(str, args)], cwd=root, env=env, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr

@@ -2,25 +2,19 @@
 retraining, lists on disk mapped read-only, exact similarities after re-scoring, the last
 complete state after a kill -9 in the middle of a commit."""
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from footage_helpers import FAKE_MODEL, fake_block, fake_gallery
+from footage_helpers import FAKE_MODEL, fake_block, fake_gallery, kill_after_the_lists
 from pipeline.arrays import l2_normalize
 from pipeline.footage.ranking import SearchFilter, find
 from pipeline.footage.store import MANIFEST, GalleryWriter, RunHeader, commit, open_gallery
-from pipeline.footage.store.ondisk import FOLDER, TRAINED
+from pipeline.footage.store.ondisk import FOLDER
 from pipeline.runtime.faiss_index import build_index, ivfpq_factory, search_index
 
-ROOT = Path(__file__).resolve().parent.parent
 HEADER = RunHeader(FAKE_MODEL, 8, 0.5)
 
 
@@ -68,43 +62,30 @@ def test_build_searches_with_exact_similarities_on_mapped_lists(tmp_path):
 def test_a_commit_adds_codes_without_retraining(tmp_path):
     d = fake_gallery(tmp_path / "g", _blocks(), kind="ivfpq")
     first = open_gallery(d).manifest.index
-    trained = (d / FOLDER / TRAINED).read_bytes()
+    assert first.params["trained"] == "trained-1.faiss"
+    trained = (d / FOLDER / "trained-1.faiss").read_bytes()
     _add(d, _blocks(2, start=3))
     commit(d, HEADER)                                    # keeps the gallery's kind
     g = open_gallery(d)
     entry = g.manifest.index
     assert entry.kind == "ivfpq" and g.num_detections == 500 == g.index().ntotal
-    assert (d / FOLDER / TRAINED).read_bytes() == trained      # trained once
+    assert entry.params["trained"] == "trained-1.faiss"
+    assert (d / FOLDER / "trained-1.faiss").read_bytes() == trained      # trained once
     assert entry.params["trained_on"] == first.params["trained_on"] == 300
     assert entry.params["blocks"] == first.params["blocks"] + ["codes-2.faiss"]
     assert sorted(p.name for p in (d / FOLDER).iterdir()) == sorted(
-        [TRAINED, "codes-1.faiss", "codes-2.faiss", "lists-2.faiss", "lists-2.ivfdata"])
+        ["trained-1.faiss", "codes-1.faiss", "codes-2.faiss", "lists-2.faiss", "lists-2.ivfdata"])
     q = g.embeddings([450])[0]                           # a row of the second commit
     assert find(g, q, 1)[0].id == 450
-
-
-KILLED_COMMIT = """
-import os, sys
-import pipeline.footage.store.ondisk as ondisk
-from footage_helpers import FAKE_MODEL
-from pipeline.footage.store import RunHeader, commit
-real = ondisk.merge_blocks
-def merge_then_die(*args):
-    real(*args)                    # the new lists are written, the manifest not yet
-    os.kill(os.getpid(), 9)
-ondisk.merge_blocks = merge_then_die
-commit(sys.argv[1], RunHeader(FAKE_MODEL, 8, 0.5))
-"""
 
 
 def test_kill_9_during_a_commit_leaves_the_last_complete_state(tmp_path):
     d = fake_gallery(tmp_path / "g", _blocks(), kind="ivfpq")
     before = (d / MANIFEST).read_text()
     _add(d, _blocks(2, start=3))
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
-    killed = subprocess.run([sys.executable, "-c", KILLED_COMMIT, str(d)], cwd=ROOT, env=env,
-                            capture_output=True, text=True)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    kill_after_the_lists("from footage_helpers import FAKE_MODEL\n"
+                         "from pipeline.footage.store import RunHeader, commit\n"
+                         "commit(sys.argv[1], RunHeader(FAKE_MODEL, 8, 0.5))", d)
     assert (d / MANIFEST).read_text() == before          # the old index still answers
     g = open_gallery(d)
     assert g.num_detections == 300 and g.index().ntotal == 300
@@ -142,7 +123,7 @@ def test_shards_merge_into_one_gallery_as_one_run_makes_it(tmp_path):
     blocks = _blocks(4)
     whole = open_gallery(fake_gallery(tmp_path / "whole", blocks, kind="ivfpq"))
     a = fake_gallery(tmp_path / "a", blocks[1::2], kind="ivfpq")   # shard 2/2 first
-    b = fake_gallery(tmp_path / "b", blocks[0::2], kind="ivfpq")
+    b = fake_gallery(tmp_path / "b", blocks[0::2], kind="ivfpq", ivfpq_trained=a)
     r = _cli("gallery", "merge", tmp_path / "m", a, b)
     assert r.exit_code == 0, r.output
     assert r.output.splitlines()[-1] == str(tmp_path / "m")
@@ -153,7 +134,8 @@ def test_shards_merge_into_one_gallery_as_one_run_makes_it(tmp_path):
     assert g.index_kind == "ivfpq" and g.index().ntotal == 400
     q = g.embeddings([123])[0]
     assert find(g, q, 1)[0].id == 123
-    overlap = fake_gallery(tmp_path / "c", blocks[:1], kind="ivfpq")  # frames b holds too
+    overlap = fake_gallery(tmp_path / "c", blocks[:1], kind="ivfpq",  # frames b holds too
+                           ivfpq_trained=a)
     again = _cli("gallery", "merge", tmp_path / "m2", b, overlap)
     assert again.exit_code != 0 and "in both" in again.output
 

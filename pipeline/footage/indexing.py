@@ -16,7 +16,8 @@ keeps every frame that decodes; the report lists both (``skipped``: nothing of i
 raises :class:`NothingIndexedError` and leaves no gallery behind if it was to create one.
 
 Under ``torchrun`` (WORLD_SIZE > 1) process r indexes sources r::world into its own pending
-segments; after a barrier process 0 commits everything into one gallery and one index.
+segments; after a barrier process 0 commits everything into one gallery and one index (an
+``ivfpq`` one is trained once there, or taken from ``--ivfpq-trained``, never per process).
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ from pipeline.data.footage import (DEFAULT_EVERY, VIDEO_GROUP, FootageFrames, Fr
 from pipeline.data.records import DatasetError
 from pipeline.errors import UserError
 from pipeline.engine import distributed as dist_utils
-from pipeline.footage.store import FrameBlock, GalleryWriter, RunHeader, commit
+from pipeline.footage.store import FrameBlock, GalleryWriter, GalleryError, RunHeader, commit, \
+    shared_training
 from pipeline.footage.track_store import make_track_table
 from pipeline.models.precision import autocast
 from pipeline.runtime.loading import load_model
@@ -195,13 +197,21 @@ def index_footage(gallery_dir, model, sources, *, camera: str | None = None,
                   chunk_frames: int = DEFAULT_CHUNK, progress: bool = True,
                   after_chunk: Callable[[int], None] | None = None,
                   settings: RunSettings = RunSettings(),
-                  shard: tuple[int, int] = (1, 1)) -> IndexReport:
+                  shard: tuple[int, int] = (1, 1),
+                  ivfpq_trained: str | Path | None = None) -> IndexReport:
     """Build or extend the gallery at ``gallery_dir`` (see the module docstring). ``settings``:
     input size, proposals and bf16 when not as trained; the gallery records them and every
     later run and query must use the same. ``index_kind`` None keeps the gallery's.
     ``shard`` (K, N): only the K-th of every N sources (sorted), so that N machines index
-    one footage into N galleries that ``gallery merge`` joins."""
+    one footage into N galleries that ``gallery merge`` joins. ``ivfpq_trained``: an ivfpq
+    gallery whose training this one's ivfpq index uses (checked before any frame is read),
+    so that the shards merge without encoding again."""
     start = time.perf_counter()
+    if ivfpq_trained is not None:
+        if index_kind not in (None, "ivfpq"):
+            raise GalleryError(f"--ivfpq-trained shares an ivfpq training; the run asks for "
+                               f"--index {index_kind}")
+        index_kind = "ivfpq"
     dev, _ = dist_utils.init_distributed(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {dev} requested but CUDA is not available here")
@@ -210,6 +220,7 @@ def index_footage(gallery_dir, model, sources, *, camera: str | None = None,
     searcher, info = load_model(model, dev)
     apply_settings(searcher, settings)
     header = RunHeader(replace(info, settings=settings), searcher.embedding_dim, min_score)
+    training = shared_training(gallery_dir, ivfpq_trained, header) if ivfpq_trained else None
     existed = Path(gallery_dir).exists()
     writer = GalleryWriter(gallery_dir, header, rank=rank)
     try:
@@ -229,7 +240,8 @@ def index_footage(gallery_dir, model, sources, *, camera: str | None = None,
     if frames_new == 0 and wanted == planned:   # none of it is in the gallery, before or now
         _nothing_indexed(Path(gallery_dir), existed, report, rank)
     if rank == 0:
-        manifest = commit(gallery_dir, header, index_kind=index_kind, tracks=make_track_table)
+        manifest = commit(gallery_dir, header, index_kind=index_kind, tracks=make_track_table,
+                          training=training)
         report.gallery_frames, report.gallery_detections = manifest.frames, manifest.detections
         report.index_kind, report.approximate = manifest.index.kind, manifest.index.approximate
     dist_utils.barrier()

@@ -11,7 +11,8 @@ Kinds (:data:`INDEX_KINDS`):
   under a coarse quantizer of at most :data:`IVFPQ_MAX_LISTS` lists, chosen by
   ``bench/bench_gallery_search.py``) is for galleries that do not fit in RAM. It is trained
   once (:func:`train_ivfpq`, on a sample), codes are added block by block
-  (:func:`encode_block`, one immutable file each) and the blocks are merged into inverted lists
+  (:func:`encode_block`, one immutable file each; :func:`renumber_block` gives a copy other
+  ids without encoding again, for a merge of shards) and the blocks are merged into inverted lists
   on disk with ``faiss.contrib.ondisk.merge_ondisk`` (:func:`merge_blocks`); a search maps them
   read-only (:func:`read_ondisk`), so it needs little RAM whatever the gallery's size, and
   re-scores the best :data:`RESCORE_FACTOR` x k candidates with the float embeddings
@@ -33,6 +34,7 @@ import ctypes
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import faiss
 import numpy as np
@@ -147,6 +149,22 @@ def encode_block(trained_path: Path, chunks, out: Path) -> int:
         for start in range(0, len(embeddings), ENCODE_BATCH):
             x = np.ascontiguousarray(embeddings[start:start + ENCODE_BATCH], np.float32)
             index.add_with_ids(x, np.arange(first_id + start, first_id + start + len(x)))
+    write_index(index, out)
+    return int(index.ntotal)
+
+
+def renumber_block(block_path: Path, new_ids: Callable[[np.ndarray], np.ndarray],
+                   out: Path) -> int:
+    """A copy at ``out`` of the code file ``block_path`` (:func:`encode_block`) whose ids are
+    ``new_ids(old ids)``: its codes are copied as they are, not encoded again. Returns the
+    number of rows."""
+    index = read_index(block_path)
+    lists = faiss.extract_index_ivf(index).invlists
+    for k in range(lists.nlist):
+        n = lists.list_size(k)
+        if n:
+            ids = faiss.rev_swig_ptr(lists.get_ids(k), n)   # the list's own memory
+            ids[:] = new_ids(ids.copy())
     write_index(index, out)
     return int(index.ntotal)
 

@@ -7,9 +7,10 @@ from .manifest import (MANIFEST, PENDING, SCHEMA, SCHEMA_VERSION, SEGMENTS, Gall
 from .damage import DamagedGalleryError
 from .reader import Gallery, gallery_summary, open_gallery, read_gallery
 from .tracks_file import TrackMaker, TrackTable, read_track_index, read_track_table
+from .ondisk import Training, shared_training
 from .writer import FrameBlock, GalleryWriter, commit, merge_galleries
 
 __all__ = ["MANIFEST", "PENDING", "SCHEMA", "SCHEMA_VERSION", "SEGMENTS", "DamagedGalleryError", "FrameBlock", "Gallery",
            "GalleryError", "GalleryWriter", "Manifest", "MissingItemError", "ModelMismatchError", "RunHeader",
-           "TrackMaker", "TrackTable", "check_same_model", "commit", "gallery_summary", "merge_galleries",
-           "open_gallery", "read_gallery", "read_manifest", "read_track_index", "read_track_table"]
+           "TrackMaker", "TrackTable", "Training", "check_same_model", "commit", "gallery_summary", "merge_galleries",
+           "open_gallery", "read_gallery", "read_manifest", "read_track_index", "read_track_table", "shared_training"]

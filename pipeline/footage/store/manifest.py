@@ -18,10 +18,12 @@ Layout of a gallery folder (schema ``person-search-gallery``, version :data:`SCH
 
 - ``index-N.faiss``: the FAISS index over every embedding in manifest order
   (:mod:`pipeline.runtime.faiss_index`); for the ``ivfpq`` kind the folder ``ivfpq/`` instead
-  (:mod:`.ondisk`): ``trained.faiss`` (trained once; the manifest's index ``params`` record
-  the factory string and the training sample's size), one ``codes-N.faiss`` per commit (the
-  codes of the rows it added) and ``lists-N.faiss`` + ``lists-N.ivfdata``, every code merged
-  into inverted lists on disk that a search maps read-only.
+  (:mod:`.ondisk`): ``trained-N.faiss`` (trained once, or another gallery's training; the
+  manifest's index ``params`` name it and record its sha256, the factory string and the
+  training sample's size; ``trained.faiss`` in galleries made before), one ``codes-N.faiss``
+  per commit (the codes of the rows it added; ``codes-N-K.faiss``: a merged shard's) and
+  ``lists-N.faiss`` + ``lists-N.ivfdata``, every code merged into inverted lists on disk that
+  a search maps read-only.
 - ``tracks-N.h5`` + ``tracks-N.faiss`` (:mod:`.tracks_file`, the manifest's ``tracks``
   entry): each detection's track (one person's visit to one camera), a table of the tracks
   with one pooled embedding each, and a FAISS index over those embeddings.

@@ -1,66 +1,209 @@
 """The ``ivfpq`` index of a gallery: trained once, codes added per commit, lists on disk.
 
-Folder ``ivfpq/`` of the gallery: ``trained.faiss`` (the empty index trained at the first
-``ivfpq`` commit on a sample of the embeddings, :func:`pipeline.runtime.faiss_index.ivfpq_factory`),
+Folder ``ivfpq/`` of the gallery: ``trained-N.faiss`` (the empty index trained at commit N,
+the first ``ivfpq`` one, on a sample of the embeddings,
+:func:`pipeline.runtime.faiss_index.ivfpq_factory`, or another gallery's training linked in:
+``index --ivfpq-trained``; galleries made before these names read ``trained.faiss``, the
+manifest's index params name the file and record its sha256, :data:`FINGERPRINT`),
 ``codes-N.faiss`` (the codes of the rows commit N added; immutable, like segments) and
 ``lists-N.faiss`` + ``lists-N.ivfdata`` (every code file merged with
 ``faiss.contrib.ondisk.merge_ondisk`` into inverted lists on disk). A commit encodes only its
 new rows and merges the code files again (a copy of 40 bytes per detection, not a retraining);
 the manifest names the new files last, so a run killed at any point leaves the last complete
-index, and the next commit's tidy-up drops what no manifest names.
+index, and the next commit's tidy-up drops what no manifest names. Galleries that share one
+training merge without encoding (:func:`merge_ivfpq_shards`): their code files are copied with
+the ids renumbered (``codes-N-K.faiss``) and merged on disk.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from pipeline.arrays import l2_normalize
+from pipeline.files import link_or_copy
 from pipeline.runtime.faiss_index import (IVFPQ_MAX_LISTS, IVFPQ_TRAIN_PER_LIST, RESCORE_FACTOR,
                                           encode_block, ivfpq_factory, merge_blocks,
-                                          ondisk_data_bytes, train_ivfpq, write_index)
+                                          ondisk_data_bytes, read_index, renumber_block,
+                                          train_ivfpq, write_index)
 
 from .damage import reading_segment
-from .manifest import SEGMENTS, IndexEntry, SegmentEntry
+from .manifest import (MANIFEST, SEGMENTS, GalleryError, IndexEntry, Manifest, RunHeader,
+                       SegmentEntry, read_manifest)
 
 FOLDER = "ivfpq"
-TRAINED = "trained.faiss"
+FINGERPRINT = "trained_sha256"    # the index params' record of which training it is
+TRAINING_KEYS = ("factory", "trained_on", "nprobe", "rescore_factor", FINGERPRINT)
 TRAIN_SEED = 0
 OPEN_SEGMENTS = 512               # segment files kept open for re-scoring
 
 
+@dataclass(frozen=True)
+class Training:
+    """A trained empty ivfpq index: its file, the gallery it belongs to (named in messages)
+    and what a manifest's index params record of it (:data:`TRAINING_KEYS`)."""
+
+    gallery: Path
+    path: Path
+    params: dict
+
+    @property
+    def fingerprint(self) -> str:
+        return self.params[FINGERPRINT]
+
+
+def training_of(directory: Path, entry: IndexEntry | None) -> Training | None:
+    """The training of ``entry``, the index of the gallery at ``directory``, while its file
+    reads and matches the recorded sha256; None when ``entry`` is no ivfpq index or its
+    trained file is missing or damaged (a new training is needed)."""
+    if entry is None or entry.kind != "ivfpq":
+        return None
+    path = Path(directory) / FOLDER / entry.params["trained"]
+    try:
+        read_index(path)
+    except (OSError, RuntimeError):   # missing, or not a FAISS file
+        return None
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    if entry.params.get(FINGERPRINT, sha) != sha:
+        return None
+    params = {**{k: entry.params[k] for k in TRAINING_KEYS[:-1]}, FINGERPRINT: sha}
+    return Training(Path(directory), path, params)
+
+
+def gallery_training(directory, manifest: Manifest | None = None) -> Training:
+    """The training of the ivfpq gallery at ``directory`` (``index --ivfpq-trained``, a
+    merge); GalleryError naming the gallery when it has none that reads."""
+    m = manifest or read_manifest(directory)
+    if m is None:
+        raise GalleryError(f"{directory} is not a gallery: no {MANIFEST}")
+    if m.index.kind != "ivfpq":
+        raise GalleryError(f"gallery {directory} has a {m.index.kind} index, not an ivfpq one: "
+                           "its training cannot be shared")
+    training = training_of(directory, m.index)
+    if training is None:
+        raise GalleryError(f"gallery {directory}: its trained ivfpq file "
+                           f"{FOLDER}/{m.index.params['trained']} is missing or damaged; "
+                           f"run `gallery verify {directory}`")
+    return training
+
+
+def shared_training(directory, shared, header: RunHeader) -> Training:
+    """The training of the ivfpq gallery ``shared`` for a run of ``header`` into the gallery
+    at ``directory`` (``index --ivfpq-trained``); GalleryError naming both when ``shared``
+    holds another model's embeddings or ``directory`` already has another training."""
+    shared = Path(shared)
+    m = read_manifest(shared) if shared.is_dir() else None
+    training = gallery_training(shared, m)
+    m.header.check_compatible(shared, header)
+    existing = read_manifest(directory) if Path(directory).is_dir() else None
+    check_same_training(Path(directory), training_of(directory, existing and existing.index),
+                        training)
+    return training
+
+
+def check_same_training(directory: Path, kept: Training | None, wanted: Training | None) -> None:
+    """GalleryError naming both galleries when ``kept`` and ``wanted`` are other trainings."""
+    if kept is not None and wanted is not None and kept.fingerprint != wanted.fingerprint:
+        raise GalleryError(
+            f"gallery {directory}'s ivfpq index was trained apart from {wanted.gallery}'s "
+            f"(sha256 {kept.fingerprint[:12]} vs {wanted.fingerprint[:12]}): a gallery keeps "
+            f"its training; index into a new folder with --ivfpq-trained {wanted.gallery}")
+
+
 def update_ivfpq(directory: Path, entry: IndexEntry | None, segments: list[SegmentEntry],
-                 generation: int) -> IndexEntry:
-    """The ivfpq entry after adding the rows beyond ``entry`` (all rows when ``entry`` is not
-    an ivfpq one: the index is trained first)."""
+                 generation: int, *, fresh: bool = False,
+                 training: Training | None = None) -> IndexEntry:
+    """The ivfpq entry after adding the rows beyond ``entry`` (all rows when ``fresh`` or when
+    ``entry`` is no ivfpq index). The codes are encoded against the gallery's own training
+    while it is intact, else against ``training`` (another gallery's, shared), else against
+    one trained now on a sample, into ``trained-N.faiss``: a run killed meanwhile leaves the
+    file the last manifest names as it was."""
     folder = Path(directory) / FOLDER
     folder.mkdir(exist_ok=True)
     total = sum(s.detections for s in segments)
-    grows = entry is not None and entry.kind == "ivfpq" and (folder / TRAINED).is_file()
-    params = dict(entry.params) if grows else _train(directory, folder, segments, total)
-    start = entry.detections if grows else 0
+    kept = training_of(directory, entry)
+    check_same_training(directory, kept, training)
+    grows = kept is not None and not fresh
+    if kept is None:
+        kept = (_install(folder, training, generation) if training else
+                _train(directory, folder, segments, total, generation))
     codes = f"codes-{generation}.faiss"
-    encode_block(folder / TRAINED, _rows_from(directory, segments, start), folder / codes)
-    blocks = params.get("blocks", []) + [codes]
+    start = entry.detections if grows else 0
+    encode_block(kept.path, _rows_from(directory, segments, start), folder / codes)
+    blocks = (list(entry.params["blocks"]) if grows else []) + [codes]
+    return _lists_entry(folder, kept, blocks, total, generation)
+
+
+def merge_ivfpq_shards(directory: Path, segments: list[SegmentEntry],
+                       shards: list[tuple[Path, Manifest]], training: Training,
+                       generation: int) -> IndexEntry:
+    """The ivfpq entry of ``segments`` (every segment of the galleries ``shards``, in the
+    merged order), made of the shards' code files, all encoded against ``training``: each
+    copied with its ids renumbered to the merged rows, then merged into lists on disk.
+    Nothing is trained or encoded."""
+    folder = Path(directory) / FOLDER
+    folder.mkdir(exist_ok=True)
+    merged_start = dict(zip((s.file for s in segments), _starts(segments)))
+    installed = _install(folder, training, generation)
+    blocks: list[str] = []
+    for path, m in shards:
+        to_merged = _merged_rows(m.segments, merged_start)
+        for block in m.index.params["blocks"]:
+            name = f"codes-{generation}-{len(blocks) + 1}.faiss"
+            renumber_block(path / FOLDER / block, to_merged, folder / name)
+            blocks.append(name)
+    return _lists_entry(folder, installed, blocks, sum(s.detections for s in segments),
+                        generation)
+
+
+def _merged_rows(shard_segments: tuple[SegmentEntry, ...], merged_start: dict[str, int]):
+    """shard row ids -> merged row ids: each segment's rows move together to where the merged
+    order puts its first one."""
+    starts = _starts(shard_segments)
+    shift = np.array([merged_start[s.file] for s in shard_segments], np.int64) - starts
+    return lambda ids: ids + shift[np.searchsorted(starts, ids, "right") - 1]
+
+
+def _starts(segments) -> np.ndarray:
+    """The first row of each segment (rows are numbered in manifest order)."""
+    return np.r_[0, np.cumsum([s.detections for s in segments])][:-1].astype(np.int64)
+
+
+def _lists_entry(folder: Path, training: Training, blocks: list[str], total: int,
+                 generation: int) -> IndexEntry:
+    """Merge the code files ``blocks`` into ``lists-N``: the new index entry."""
     lists = f"lists-{generation}"
-    merge_blocks(folder / TRAINED, [folder / b for b in blocks], folder / f"{lists}.faiss",
+    merge_blocks(training.path, [folder / b for b in blocks], folder / f"{lists}.faiss",
                  folder / f"{lists}.ivfdata")
-    params.update(blocks=blocks, data=f"{lists}.ivfdata")
+    params = {**training.params, "trained": training.path.name, "blocks": blocks,
+              "data": f"{lists}.ivfdata"}
     return IndexEntry(f"{FOLDER}/{lists}.faiss", "ivfpq", True, total, generation, params)
 
 
-def _train(directory: Path, folder: Path, segments: list[SegmentEntry], total: int) -> dict:
-    """Train the empty index on a sample of the committed embeddings; its parameters."""
+def _install(folder: Path, training: Training, generation: int) -> Training:
+    """Another gallery's training as this gallery's ``trained-N.faiss`` (a hard link)."""
+    path = link_or_copy(training.path, folder / f"trained-{generation}.faiss")
+    return Training(folder.parent, path, training.params)
+
+
+def _train(directory: Path, folder: Path, segments: list[SegmentEntry], total: int,
+           generation: int) -> Training:
+    """Train the empty index on a sample of the committed embeddings."""
     size = min(total, IVFPQ_MAX_LISTS * IVFPQ_TRAIN_PER_LIST)
     rows = np.sort(np.random.default_rng(TRAIN_SEED).choice(total, size, replace=False))
     sample = read_rows(directory, segments, rows)
     factory = ivfpq_factory(sample.shape[1], size)
     index = train_ivfpq(sample, factory)
-    write_index(index, folder / TRAINED)
-    return {"factory": factory, "trained_on": int(size), "trained": TRAINED,
-            "nprobe": int(index.nprobe), "rescore_factor": RESCORE_FACTOR, "blocks": []}
+    path = folder / f"trained-{generation}.faiss"
+    write_index(index, path)
+    return Training(Path(directory), path, {
+        "factory": factory, "trained_on": int(size), "nprobe": int(index.nprobe),
+        "rescore_factor": RESCORE_FACTOR,
+        FINGERPRINT: hashlib.sha256(path.read_bytes()).hexdigest()})
 
 
 def _rows_from(directory: Path, segments: list[SegmentEntry], start: int):

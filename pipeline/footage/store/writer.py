@@ -12,8 +12,6 @@ added.
 from __future__ import annotations
 
 import fcntl
-import os
-import shutil
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,7 +21,7 @@ import numpy as np
 
 from cache.hdf5 import TEXT, read_text, text_column
 from pipeline.arrays import l2_normalize
-from pipeline.files import TEMP_GLOB, atomic_path, write_json_atomic
+from pipeline.files import TEMP_GLOB, atomic_path, link_or_copy, write_json_atomic
 from pipeline.runtime.faiss_index import INDEX_KINDS, build_index, extend_index, read_index, \
     write_index
 from pipeline.runtime.types import Detections
@@ -33,7 +31,7 @@ from .manifest import (LOCK, MANIFEST, PENDING, SCHEMA, SCHEMA_VERSION, SEGMENTS
                        IndexEntry, Manifest, PendingList, RunHeader, SegmentEntry, TracksEntry,
                        now, pending_files, read_manifest, read_pending)
 from .ondisk import FOLDER as ONDISK
-from .ondisk import ivfpq_files, update_ivfpq
+from .ondisk import Training, gallery_training, ivfpq_files, merge_ivfpq_shards, update_ivfpq
 from .reader import read_gallery
 from .tracks_file import (TrackMaker, read_track_table, track_files, track_index_kind,
                           write_track_table)
@@ -189,13 +187,18 @@ def committed_segment_names(directory: Path) -> set[str]:
 
 def commit(directory, header: RunHeader, *, index_kind: str | None = None,
            tracks: TrackMaker | None = None,
-           rebuild_without: frozenset[str] | None = None) -> Manifest:
+           rebuild_without: frozenset[str] | None = None,
+           training: Training | None = None,
+           shards: tuple[tuple[Path, Manifest], ...] = ()) -> Manifest:
     """End an index run: move every pending segment into the manifest (sorted by their first
     frame, so an interrupted and an uninterrupted run commit the same order), bring the FAISS
     index and, with a ``tracks`` maker, the tracks up to date, replace the manifest, then tidy
     up. ``index_kind`` None keeps the gallery's kind (flat for a new gallery).
     ``rebuild_without`` (`gallery repair`): build the index afresh, leaving out these committed
-    segment files. Returns the new manifest."""
+    segment files. ``training``: an ``ivfpq`` index's shared training (``index
+    --ivfpq-trained``); with ``shards`` (the galleries a merge takes the segments of, all
+    encoded against ``training``) their code files are merged instead of encoding any row.
+    Returns the new manifest."""
     directory = Path(directory)
     if index_kind is not None and index_kind not in INDEX_KINDS:
         raise GalleryError(f"index kind must be one of {INDEX_KINDS}, got {index_kind!r}")
@@ -211,8 +214,12 @@ def commit(directory, header: RunHeader, *, index_kind: str | None = None,
         new = sorted((s for p in pending_files(directory) for s in read_pending(p).segments
                       if s.file not in known), key=lambda s: s.first)
         segments += new
-        index = _update_index(directory, old.index if old else None, segments, kind,
-                              fresh=rebuild_without is not None)
+        if shards:
+            index = merge_ivfpq_shards(directory, segments, list(shards), training,
+                                       old.index.generation + 1 if old else 1)
+        else:
+            index = _update_index(directory, old.index if old else None, segments, kind,
+                                  fresh=rebuild_without is not None, training=training)
         manifest = Manifest(header, tuple(segments), index, old.created if old else now(), now())
         kept = None if rebuild_without is not None else old   # a repair links every track afresh
         manifest = replace(manifest, tracks=_update_tracks(directory, manifest, kept, tracks))
@@ -224,11 +231,15 @@ def commit(directory, header: RunHeader, *, index_kind: str | None = None,
 
 
 def _update_index(directory: Path, entry: IndexEntry | None, segments: list[SegmentEntry],
-                  kind: str, *, fresh: bool = False) -> IndexEntry:
+                  kind: str, *, fresh: bool = False,
+                  training: Training | None = None) -> IndexEntry:
     """The index entry for ``segments``: the old file when nothing changed, else the old
     index plus the new rows (every kind: IVF lists and ivfpq codes are trained once), or a
     fresh build when the kind changes or ``fresh`` asks for one."""
     total = sum(s.detections for s in segments)
+    if training is not None and kind != "ivfpq":
+        raise GalleryError(f"gallery {directory}: a shared ivfpq training (--ivfpq-trained) "
+                           f"needs the ivfpq index, not {kind}")
     if entry and entry.kind == kind and entry.detections == total and not fresh:
         return entry
     generation = entry.generation + 1 if entry else 1
@@ -236,7 +247,8 @@ def _update_index(directory: Path, entry: IndexEntry | None, segments: list[Segm
         if total == 0:
             raise GalleryError(f"gallery {directory} holds no detections to train an ivfpq "
                                "index on: index footage with people first")
-        return update_ivfpq(directory, None if fresh else entry, segments, generation)
+        return update_ivfpq(directory, entry, segments, generation, fresh=fresh,
+                            training=training)
     name = f"index-{generation}.faiss"
     # an empty index is built again (made without any embedding, its dimension is a guess)
     if entry and entry.kind == kind and not fresh and entry.detections and \
@@ -322,15 +334,18 @@ def _tidy(directory: Path, manifest: Manifest) -> None:
 
 
 def merge_galleries(out, inputs, *, index_kind: str | None = None,
-                    tracks: TrackMaker | None = None) -> Manifest:
+                    tracks: TrackMaker | None = None, retrain: bool = False) -> Manifest:
     """A new gallery at ``out`` holding every segment of the galleries ``inputs`` (made by the
     same model and settings, holding different frames: e.g. ``index --shard-of K/N`` parts),
     committed into one index (``index_kind`` None: the first input's kind) and, with a
     ``tracks`` maker, linked into tracks. Segments are hard-linked when on the same file
-    system, else copied."""
+    system, else copied. ``ivfpq`` inputs must share one training (``index --ivfpq-trained``):
+    their codes are merged on disk, nothing encoded again; ``retrain`` trains and encodes the
+    merged gallery afresh instead."""
     out, inputs = Path(out), [Path(p) for p in inputs]
     if read_manifest(out) is not None or pending_files(out):
-        raise GalleryError(f"{out} already holds a gallery: merge into a new folder")
+        raise GalleryError(f"{out} already holds a gallery (or an unfinished run or merge): "
+                           "merge into a new folder")
     manifests = [_input_manifest(p) for p in inputs]
     for path, m in zip(inputs[1:], manifests[1:]):
         try:
@@ -338,17 +353,41 @@ def merge_galleries(out, inputs, *, index_kind: str | None = None,
         except GalleryError as e:
             raise type(e)(f"cannot merge {path} with {inputs[0]}: {e}") from None
     _check_disjoint(inputs, manifests)
+    kind = index_kind or manifests[0].index.kind
+    shards = tuple(zip(inputs, manifests))
+    on_disk = kind == "ivfpq" and not retrain and any(m.index.kind == kind for m in manifests)
+    training = _one_training(shards) if on_disk else None
     header = manifests[0].header
     writer = GalleryWriter(out, header)
     try:
-        for path, m in zip(inputs, manifests):
+        for path, m in shards:
             for s in m.segments:
-                _link_or_copy(path / SEGMENTS / s.file, out / SEGMENTS / s.file)
+                link_or_copy(path / SEGMENTS / s.file, out / SEGMENTS / s.file)
                 writer.pending.segments.append(s)
         write_json_atomic(writer.pending_path, writer.pending.to_dict())
     finally:
         writer.close()
-    return commit(out, header, index_kind=index_kind or manifests[0].index.kind, tracks=tracks)
+    return commit(out, header, index_kind=kind, tracks=tracks, training=training,
+                  shards=shards if on_disk else ())
+
+
+def _one_training(shards: tuple[tuple[Path, Manifest], ...]) -> Training:
+    """The training every ivfpq input was encoded against; GalleryError naming two inputs
+    that differ (merging them would encode every detection again)."""
+    try:
+        trainings = [gallery_training(path, m) for path, m in shards]
+    except GalleryError as e:
+        raise GalleryError(f"cannot merge on disk: {e}; merge with --retrain to train and "
+                           "encode the merged gallery afresh") from None
+    first = trainings[0]
+    for (path, _), other in zip(shards[1:], trainings[1:]):
+        if other.fingerprint != first.fingerprint:
+            raise GalleryError(
+                f"cannot merge {path} with {first.gallery} without encoding every detection "
+                f"again: their ivfpq indexes were trained apart (sha256 "
+                f"{other.fingerprint[:12]} vs {first.fingerprint[:12]}); index the shards with "
+                f"`index --ivfpq-trained {first.gallery}`, or merge with --retrain")
+    return first
 
 
 def _input_manifest(path: Path) -> Manifest:
@@ -372,11 +411,3 @@ def _check_disjoint(inputs: list[Path], manifests: list[Manifest]) -> None:
                     raise GalleryError(f"frame {key[1]} of {key[0]} is in both {seen[key]} and "
                                        f"{path}: merge galleries of different footage")
                 seen[key] = path
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        with atomic_path(dst) as tmp:
-            shutil.copyfile(src, tmp)
