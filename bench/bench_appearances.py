@@ -36,9 +36,9 @@ from pipeline.footage.appearances import (DEFAULT_POOLING, POOLINGS, RANKINGS,  
                                           build_appearances, ranking_scores)
 from pipeline.footage.scoring import score_appearances, score_footage, track_metrics  # noqa: E402
 from pipeline.footage.store import open_gallery  # noqa: E402
-from pipeline.footage.tracks import (drop_short_tracks, motion_track_ids,  # noqa: E402
-                                     motion_tracks, number_tracks, split_by_appearance,
-                                     stitch_fragments)
+from pipeline.footage.tracks import (adopt_unconfirmed, drop_short_tracks,  # noqa: E402
+                                     motion_track_ids, motion_tracks, number_tracks,
+                                     split_by_appearance, stitch_fragments)
 
 CLI = [sys.executable, str(ROOT / "cli.py")]
 STUDENT = ROOT / "work/runs/student-synthetic-r18-distilled/checkpoint_last.pt"
@@ -59,10 +59,10 @@ def gallery_of(seed: int, every: float, out: Path = OUT) -> tuple[Path, Path]:
 
 
 def linkings(gallery, embeddings: np.ndarray) -> dict[str, np.ndarray]:
-    """Track ids by each linking step: ByteTrack's motion alone, split by appearance, split and
-    stitched, then short tracks dropped (what :func:`~pipeline.footage.tracks.link_tracks`
-    does)."""
-    motion = motion_tracks(gallery)
+    """Track ids by each linking step: ByteTrack's motion alone, its unconfirmed detections
+    added and split by appearance, split and stitched, then short tracks dropped (what
+    :func:`~pipeline.footage.tracks.link_tracks` does)."""
+    motion = adopt_unconfirmed(motion_tracks(gallery), gallery.scores)
     split = split_by_appearance(motion, embeddings, gallery.scores)
     stitched = stitch_fragments(split, motion, embeddings, gallery.scores,
                                 gallery.detection_frame)

@@ -134,6 +134,17 @@ def test_low_scoring_and_lone_boxes_are_in_no_track(tmp_path):
     assert set(tracks[walker].tolist()) == {0}
 
 
+def test_a_walker_too_fast_for_box_motion_is_linked_by_embedding(tmp_path):
+    """Boxes 20 px wide moving 40 px between indexed frames never overlap, so ByteTrack
+    confirms neither walker; their confident detections are stitched by look, one track each."""
+    frames = [[(10 + 40 * f, 20, 0), (290 - 40 * f, 150, 1)] for f in range(6)]
+    gallery = open_gallery(fake_gallery(tmp_path / "g", [_scripted_block("/v/c.mp4", "cam1",
+                                                                          frames)], dim=DIM))
+    assert (motion_track_ids(gallery) == NO_TRACK).all()
+    tracks = link_tracks(gallery)
+    assert set(tracks[0::2].tolist()) == {0} and set(tracks[1::2].tolist()) == {1}
+
+
 def test_appearances_pool_their_tracks(tmp_path):
     gallery = _two_walker_gallery(tmp_path)
     emb = gallery.embeddings(np.arange(gallery.num_detections))
