@@ -57,8 +57,10 @@ def write_json_atomic(path: str | Path, data, indent: int = 1) -> Path:
 
 
 def link_or_copy(src: str | Path, dst: str | Path) -> Path:
-    """``dst`` as a hard link to the immutable file ``src`` when both are on one file system,
-    else as an atomic copy of it."""
+    """``dst`` (replaced when it exists) as a hard link to the file ``src`` when both are on
+    one file system, else as an atomic copy of it. Safe with writers that replace ``src`` by an
+    atomic rename later (checkpoints): that gives ``src`` a new inode and leaves ``dst`` as it was."""
+    Path(dst).unlink(missing_ok=True)
     try:
         os.link(src, dst)
     except OSError:

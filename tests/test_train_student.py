@@ -1,7 +1,6 @@
 """`train-student` end to end on a tiny synthetic world and a tiny teacher cache: the cache
 contract (refusals), cached boxes under flips, exact resume, the shipped configs."""
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -272,7 +271,8 @@ def test_cli_refuses_a_mismatched_cache_with_a_clear_message(world, tmp_path):
 
 @pytest.mark.parametrize("balance", [None, "uncertainty"])
 def test_student_resume_gives_the_same_weights(small_world, tmp_path, balance):
-    from pipeline.models.checkpoint import link_or_copy, read_checkpoint
+    from pipeline.files import link_or_copy
+    from pipeline.models.checkpoint import read_checkpoint
     root, data, cache = small_world
     bs = max(1, len(data.train) // 2 + len(data.train) % 2)  # 2 steps per epoch
     full = write_config(tmp_path, root, cache=cache, epochs=2, batch_size=bs, run="full",

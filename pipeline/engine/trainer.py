@@ -32,7 +32,8 @@ from torch.utils.data.distributed import DistributedSampler
 from pipeline.engine import distributed as dist_utils
 from pipeline.engine import hooks as H
 from pipeline.errors import UserError
-from pipeline.models.checkpoint import link_or_copy, load_checkpoint, save_checkpoint
+from pipeline.files import link_or_copy
+from pipeline.models.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.models.precision import autocast
 
 StepFn = Callable[[nn.Module, object, torch.device], dict]

@@ -19,9 +19,7 @@ that names the model that wrote it and the first keys that do not fit.
 """
 from __future__ import annotations
 
-import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -110,21 +108,6 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, optimizer=None, sched
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
-
-
-def link_or_copy(src: str | Path, dst: str | Path) -> None:
-    """``dst`` becomes the same content as ``src`` (a hard link where possible: no extra disk).
-
-    Safe with :func:`save_checkpoint`'s atomic rename: replacing ``src`` later gives it a new
-    inode and leaves ``dst`` untouched.
-    """
-    src, dst = Path(src), Path(dst)
-    if dst.exists():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
