@@ -198,3 +198,24 @@ def test_embeddings_are_stored_as_float16_and_float32_segments_still_read(tmp_pa
 def test_shard_of_must_be_k_of_n():
     r = _cli("index", "--gallery", "g", "--model", "m.pt", "--shard-of", "3/2", "x")
     assert r.exit_code != 0 and "1 <= K <= N" in r.output
+
+
+def test_a_gallery_from_before_named_trainings_still_searches_and_grows(tmp_path):
+    """An ivfpq gallery whose manifest names no trained file (made before ``trained-N``) reads
+    its ``trained.faiss``: it searches, verifies and takes a commit without retraining."""
+    from pipeline.footage.store.verify import verify_gallery
+    d = fake_gallery(tmp_path / "g", _blocks(), kind="ivfpq")
+    (d / FOLDER / "trained-1.faiss").rename(d / FOLDER / "trained.faiss")
+    manifest = json.loads((d / MANIFEST).read_text())
+    del manifest["index"]["params"]["trained"]
+    (d / MANIFEST).write_text(json.dumps(manifest))
+    trained = (d / FOLDER / "trained.faiss").read_bytes()
+    g = open_gallery(d)
+    assert find(g, g.embeddings([7])[0], 1)[0].id == 7
+    assert verify_gallery(d).ok
+    _add(d, _blocks(1, start=3))
+    commit(d, HEADER)
+    g = open_gallery(d)
+    assert g.num_detections == 400 and g.manifest.index.params["trained"] == "trained.faiss"
+    assert (d / FOLDER / "trained.faiss").read_bytes() == trained        # not retrained
+    assert find(g, g.embeddings([350])[0], 1)[0].id == 350

@@ -83,6 +83,9 @@ class SegmentEntry:
                    (str(d["first"][0]), int(d["first"][1])))
 
 
+LEGACY_IVFPQ_TRAINED = "trained.faiss"   # the one trained file of older ivfpq galleries
+
+
 @dataclass(frozen=True)
 class IndexEntry:
     """The FAISS index file over every committed embedding."""
@@ -99,8 +102,11 @@ class IndexEntry:
 
     @classmethod
     def from_dict(cls, d: dict) -> "IndexEntry":
+        params = dict(d.get("params", {}))
+        if d["kind"] == "ivfpq":       # galleries made before trained files were named per training
+            params.setdefault("trained", LEGACY_IVFPQ_TRAINED)
         return cls(str(d["file"]), str(d["kind"]), bool(d["approximate"]), int(d["detections"]),
-                   int(d["generation"]), dict(d.get("params", {})))
+                   int(d["generation"]), params)
 
 
 @dataclass(frozen=True)
