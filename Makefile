@@ -5,6 +5,9 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 DEVICE     ?= cpu
 CONFIG     ?= configs/synthetic/teacher.yaml
+# The suite's worker processes (pytest-xdist), each with its share of the cores
+# (tests/conftest.py); TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 2
 
 .PHONY: setup test demo screenshots teacher-cache clean-work
 
@@ -16,7 +19,7 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 demo: $(STAMP)
 	$(PY) cli.py demo --device $(DEVICE)

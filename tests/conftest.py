@@ -1,9 +1,39 @@
 """Shared session fixtures: tiny synthetic worlds in the real PRW and CUHK-SYSU formats, and
-footage of the tiny PRW world's people."""
+footage of the tiny PRW world's people; under pytest-xdist (`make test`: two workers), each
+worker's share of the cores and the slowest files first."""
+import os
+
 import pytest
+
+# Started first, on separate workers, so that neither is left running alone at the end: the
+# suite's wall time is then about the sum of the rest split over the workers (the order of the
+# other files is pytest's own).
+SLOW_FILES_FIRST = ("test_fullsize.py", "test_browser.py", "test_ablation.py", "test_index.py")
 
 TINY_PRW = dict(identities=12, images=40, size=(160, 120), cameras=3, seed=0)
 TINY_CUHK = dict(identities=12, images=104, size=(96, 72), cameras=3, seed=0)  # pool of 52
+
+
+def pytest_configure(config):
+    """An xdist worker gets its share of the cores (torch's threads, and OMP_NUM_THREADS for
+    the commands the tests start), so that two workers do not oversubscribe two cores."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        from pipeline.cores import thread_share
+        threads = thread_share(int(workers))
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The files of SLOW_FILES_FIRST first, in that order (xdist hands files out in this
+    order with --no-loadscope-reorder); the rest keep pytest's order."""
+    def rank(item):
+        name = item.path.name
+        return SLOW_FILES_FIRST.index(name) if name in SLOW_FILES_FIRST else len(SLOW_FILES_FIRST)
+    items.sort(key=rank)    # stable: each file's tests keep their order
 
 
 @pytest.fixture(scope="session")

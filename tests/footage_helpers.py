@@ -121,8 +121,13 @@ def trained_teacher(base: Path) -> Path:
     tree["out_dir"] = str(base / "teachers")
     cfg = from_dict(TeacherConfig, tree)
     torch.manual_seed(0)
-    train_detector(cfg, progress=False)
-    train_reid(cfg, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # the same teacher whether the suite runs in one process or two
+    try:
+        train_detector(cfg, progress=False)
+        train_reid(cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     path = base / "teacher.yaml"
     path.write_text(yaml.safe_dump(to_dict(cfg)))
     return path

@@ -22,6 +22,7 @@ from PIL import Image
 from cli import cli
 from pipeline.data.synthetic.video import read_footage_truth
 from pipeline.footage.scoring import best_views
+from pipeline.footage.search import query_from_hit, run_query
 from pipeline.footage.store import open_gallery
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,12 +95,19 @@ def app_url(teacher_gallery):
 
 
 def walker_queries(gallery_dir, footage_root):
-    """(detection id, frame id, walker pid) of the detection that frames each walker best,
-    the best framed first: the people a person would click on."""
+    """(detection id, frame id, walker pid) of the detection that frames each walker best: the
+    people a person would click on. Those whose search (the library's, not the page's) puts
+    the same walker on top come first, the best framed first within each group: what the page
+    shows is then checked against what the small teacher can do, on any machine's arithmetic."""
     g = open_gallery(gallery_dir)
     truth = read_footage_truth(footage_root)
     views = sorted(best_views(g, truth).items(), key=lambda v: -v[1][1])
-    return [(det, int(g.detection_frame[det]), pid) for pid, (det, _) in views], truth
+    queries = [(det, int(g.detection_frame[det]), pid) for pid, (det, _) in views]
+
+    def found_again(query) -> bool:
+        top = run_query(g, query_from_hit(g, query[0]), top=1)
+        return bool(top) and truth.identity(top[0].source, top[0].frame, top[0].box) == query[2]
+    return sorted(queries, key=lambda q: not found_again(q)), truth
 
 
 def identity_of(truth, element):

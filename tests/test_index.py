@@ -235,7 +235,8 @@ def test_torchrun_shards_merge_into_the_same_gallery(reference, synthetic_footag
     assert_same_tracks(gallery, reference, atol=5e-4)   # float16 rows, as above
 
 
-def test_run_settings_are_recorded_used_and_kept(synthetic_footage, student, tmp_path):
+def test_run_settings_are_recorded_used_and_kept(synthetic_footage, student, reference,
+                                                 tmp_path):
     """--size/--proposals/--bf16 change what is embedded, are recorded with the model, hold
     for every later run (a run at other settings is refused, naming both) and for queries."""
     fast = tmp_path / "fast"
@@ -244,9 +245,9 @@ def test_run_settings_are_recorded_used_and_kept(synthetic_footage, student, tmp
     g = open_gallery(fast)
     assert g.model.settings == RunSettings(size=48, proposals=5, bf16=True)
     assert np.diff(g.frame_offsets).max() <= 5
-    plain = tmp_path / "plain"
-    run_cli(index_args(plain, student, synthetic_footage))
-    assert open_gallery(plain).num_detections > g.num_detections       # as trained: more
+    plain = open_gallery(reference)          # the same footage and model, as trained
+    assert plain.model.settings == RunSettings()
+    assert plain.num_detections > g.num_detections       # as trained: more
     r = CliRunner().invoke(cli, index_args(fast, student, synthetic_footage))
     assert r.exit_code != 0 and "size=48 proposals=5 bf16" in r.output, r.output
     again = CliRunner().invoke(cli, index_args(fast, student, synthetic_footage)
