@@ -76,8 +76,9 @@ def test_tracks_are_the_same_whatever_the_segments(tmp_path):
 
 
 def _scripted_block(source, camera, people_per_frame, dt=0.25, dim=DIM, seed=0):
-    """One video whose frame f shows ``people_per_frame[f]``: (x, y, look) boxes 20x40 px,
-    embeddings one direction per look plus a little noise (a frame may show nobody)."""
+    """One video whose frame f shows ``people_per_frame[f]``: (x, y, look[, score]) boxes
+    20x40 px scoring 0.9 unless given, embeddings one direction per look plus a little noise
+    (a frame may show nobody)."""
     g = np.random.default_rng(seed)
     looks = np.eye(dim, dtype=np.float32)
     n = len(people_per_frame)
@@ -86,9 +87,9 @@ def _scripted_block(source, camera, people_per_frame, dt=0.25, dim=DIM, seed=0):
                        per_frame=1, dim=dim, size=(320, 240))
     block.detections = Detections(
         np.cumsum([0] + [len(p) for p in people_per_frame]).astype(np.int64),
-        np.asarray([[x, y, x + 20, y + 40] for x, y, _ in flat], np.float32).reshape(-1, 4),
-        np.full(len(flat), 0.9, np.float32),
-        np.asarray([looks[k] + 0.05 * g.standard_normal(dim) for _, _, k in flat],
+        np.asarray([[x, y, x + 20, y + 40] for x, y, *_ in flat], np.float32).reshape(-1, 4),
+        np.asarray([(person + (0.9,))[3] for person in flat], np.float32),
+        np.asarray([looks[k] + 0.05 * g.standard_normal(dim) for _, _, k, *_ in flat],
                    np.float32).reshape(-1, dim))
     return block
 
@@ -118,6 +119,30 @@ def test_a_lost_walker_is_stitched_back_but_not_to_someone_else(tmp_path):
     tracks = link_tracks(gallery)
     assert len(set(tracks[person0].tolist())) == 1
     assert set(tracks[[5, 7, 9, 11]].tolist()) == {tracks[5]} and tracks[5] != tracks[0]
+
+
+def test_low_scoring_and_lone_boxes_are_in_no_track(tmp_path):
+    """A static box scoring below MIN_TRACK_SCORE in every frame (the student's clutter) is
+    tracked by nobody; a walker's one frame that looks like someone else (half a box) is split
+    off alone and dropped, the walker's other frames stay one track."""
+    frames = [[(10 + 8 * f, 20, 3 if f == 3 else 0), (250, 150, 2, 0.65)] for f in range(8)]
+    gallery = open_gallery(fake_gallery(tmp_path / "g", [_scripted_block("/v/c.mp4", "cam1",
+                                                                          frames)], dim=DIM))
+    tracks = link_tracks(gallery)
+    walker, clutter, odd = np.array([0, 2, 4, 8, 10, 12, 14]), np.arange(1, 16, 2), 6
+    assert (tracks[clutter] == NO_TRACK).all() and tracks[odd] == NO_TRACK
+    assert set(tracks[walker].tolist()) == {0}
+
+
+def test_a_walker_too_fast_for_box_motion_is_linked_by_embedding(tmp_path):
+    """Boxes 20 px wide moving 40 px between indexed frames never overlap, so ByteTrack
+    confirms neither walker; their confident detections are stitched by look, one track each."""
+    frames = [[(10 + 40 * f, 20, 0), (290 - 40 * f, 150, 1)] for f in range(6)]
+    gallery = open_gallery(fake_gallery(tmp_path / "g", [_scripted_block("/v/c.mp4", "cam1",
+                                                                          frames)], dim=DIM))
+    assert (motion_track_ids(gallery) == NO_TRACK).all()
+    tracks = link_tracks(gallery)
+    assert set(tracks[0::2].tolist()) == {0} and set(tracks[1::2].tolist()) == {1}
 
 
 def test_appearances_pool_their_tracks(tmp_path):
