@@ -62,7 +62,7 @@ def linkings(gallery, embeddings: np.ndarray) -> dict[str, np.ndarray]:
     """Track ids by each linking step: ByteTrack's motion alone, its unconfirmed detections
     added and split by appearance, split and stitched, then short tracks dropped (what
     :func:`~pipeline.footage.tracks.link_tracks` does)."""
-    motion = adopt_unconfirmed(motion_tracks(gallery), gallery.scores)
+    motion = adopt_unconfirmed(motion_tracks(gallery))
     split = split_by_appearance(motion, embeddings, gallery.scores)
     stitched = stitch_fragments(split, motion, embeddings, gallery.scores,
                                 gallery.detection_frame)

@@ -55,17 +55,26 @@ NO_TRACK = -1
 LOST_TRACK_SECONDS = 1.5       # a track missed this long ends (a person walked out)
 NOMINAL_FPS = 30.0             # the tracker's frame-rate reference (budgets in 30 fps frames)
 MIN_IOU = 0.1                  # box overlap needed to continue a track (sparse sampling moves boxes far)
-MIN_TRACK_SCORE = 0.8          # a detection scoring lower is in no track (mostly clutter, see below)
+TRACK_SCORE_RATIO = 0.84       # a detection scoring under this share of its group's top is in no track
 MIN_TRACK_DETECTIONS = 2       # a linked track with fewer detections is no appearance
 SAME_PERSON = 0.5              # cosine to a fragment's pool: below it, another person (split/stitch)
 STITCH_GAP_SECONDS = 5.0       # a lost walker's fragments this far apart may still be one track
 
 
 def new_tracker() -> ByteTrackTracker:
+    """ByteTrack for the detections :func:`tracked` keeps: every one of them may start or
+    continue a track (its own score thresholds are absolute, so they are not used)."""
     return ByteTrackTracker(lost_track_buffer=int(round(LOST_TRACK_SECONDS * NOMINAL_FPS)),
-                            frame_rate=NOMINAL_FPS, track_activation_threshold=MIN_TRACK_SCORE,
+                            frame_rate=NOMINAL_FPS, track_activation_threshold=0.0,
                             minimum_consecutive_frames=2, minimum_iou_threshold=MIN_IOU,
-                            high_conf_det_threshold=MIN_TRACK_SCORE)
+                            high_conf_det_threshold=0.0)
+
+
+def tracked(scores: np.ndarray, ratio: float = TRACK_SCORE_RATIO) -> np.ndarray:
+    """(n,) bool: which of one group's (n,) detection scores are tracked, those at least
+    ``ratio`` times the group's top score (relative, so a model's score scale does not matter)."""
+    scores = np.asarray(scores, np.float64)
+    return scores >= ratio * scores.max(initial=0.0)
 
 
 class _Linker:
@@ -114,29 +123,34 @@ def track_groups(frame_source, frame_index, frame_time, frame_camera) -> list[li
 class MotionTracks:
     """ByteTrack's output: ``local`` (T,) each detection's tracker id within its group (-1:
     none), ``group_of`` (T,) its group, ``order`` the detection rows in tracking order (group
-    by group, each in time order), ``clock`` (T,) seconds on its group's time axis."""
+    by group, each in time order), ``clock`` (T,) seconds on its group's time axis, ``tracked``
+    (T,) whether it passed its group's score gate (:func:`tracked`)."""
 
     local: np.ndarray
     group_of: np.ndarray
     order: list[int] = field(default_factory=list)
     clock: np.ndarray | None = None
+    tracked: np.ndarray | None = None
 
 
-def motion_tracks(gallery) -> MotionTracks:
-    """Each group's detections linked by ByteTrack on box motion alone."""
+def motion_tracks(gallery, gate=tracked) -> MotionTracks:
+    """Each group's detections that pass its score ``gate`` linked by ByteTrack on box motion
+    alone."""
     n = gallery.num_detections
     out = MotionTracks(np.full(n, NO_TRACK, np.int64), np.full(n, -1, np.int64),
-                       clock=np.zeros(n, np.float64))
+                       clock=np.zeros(n, np.float64), tracked=np.zeros(n, bool))
     for g, frames in enumerate(track_groups(gallery.frame_source, gallery.frame_index,
                                             gallery.frame_time, gallery.frame_camera)):
+        rows_of = [gallery.detections_of(f) for f in frames]
+        mine = np.concatenate(rows_of + [np.zeros(0, np.int64)])
+        out.tracked[mine] = gate(gallery.scores[mine])
         linker = _Linker()
-        for step, f in enumerate(frames):
-            rows = gallery.detections_of(f)
+        for step, (f, rows) in enumerate(zip(frames, rows_of)):
             time = gallery.frame_time_or_none(f)
             out.group_of[rows] = g
             out.clock[rows] = step / NOMINAL_FPS if time is None else time
             out.order.extend(int(r) for r in rows)
-            rows = rows[gallery.scores[rows] >= MIN_TRACK_SCORE]
+            rows = rows[out.tracked[rows]]
             linker.update(rows, gallery.boxes[rows], gallery.scores[rows], time, out.local)
     return out
 
@@ -145,7 +159,7 @@ def link_tracks(gallery, embeddings: np.ndarray | None = None) -> np.ndarray:
     """(T,) int64: each detection's track id (0.., numbered by first detection), or -1:
     ByteTrack's motion tracks split and stitched by the detections' (T, D) ``embeddings``
     (read from the gallery when not given; module docstring)."""
-    motion = adopt_unconfirmed(motion_tracks(gallery), gallery.scores)
+    motion = adopt_unconfirmed(motion_tracks(gallery))
     if embeddings is None:
         embeddings = gallery.embeddings(np.arange(gallery.num_detections))
     fragments = split_by_appearance(motion, embeddings, gallery.scores)
@@ -160,13 +174,13 @@ def motion_track_ids(gallery) -> np.ndarray:
     return number_tracks(motion.local, motion.group_of)
 
 
-def adopt_unconfirmed(motion: MotionTracks, scores: np.ndarray) -> MotionTracks:
-    """``motion`` with each tracked-score detection ByteTrack never confirmed as a motion track
-    of its own (a new id in its group), so that stitching may join it by embedding."""
-    lone = np.flatnonzero((motion.local == NO_TRACK) & (scores >= MIN_TRACK_SCORE))
+def adopt_unconfirmed(motion: MotionTracks) -> MotionTracks:
+    """``motion`` with each tracked detection ByteTrack never confirmed as a motion track of
+    its own (a new id in its group), so that stitching may join it by embedding."""
+    lone = np.flatnonzero((motion.local == NO_TRACK) & motion.tracked)
     local = motion.local.copy()
     local[lone] = local.max(initial=NO_TRACK) + 1 + np.arange(len(lone))
-    return MotionTracks(local, motion.group_of, motion.order, motion.clock)
+    return MotionTracks(local, motion.group_of, motion.order, motion.clock, motion.tracked)
 
 
 def split_by_appearance(motion: MotionTracks, embeddings: np.ndarray, scores: np.ndarray,
