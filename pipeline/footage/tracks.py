@@ -43,8 +43,8 @@ tracker that takes embeddings):
    it).
 
 Tracks are a function of each group's stored detections alone (its score gate included), so a
-resumed or extended index run (the same detections) gives the same tracks. Track ids are numbered in the order of their first
-detection row.
+resumed or extended index run (the same detections) gives the same tracks. Track ids are
+numbered in the order of their first detection row.
 """
 from __future__ import annotations
 
