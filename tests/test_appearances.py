@@ -123,8 +123,9 @@ def test_a_lost_walker_is_stitched_back_but_not_to_someone_else(tmp_path):
 
 def test_low_scoring_and_lone_boxes_are_in_no_track(tmp_path):
     """A static box scoring well below the walker in every frame (the student's clutter: under
-    TRACK_SCORE_RATIO of the video's top score) is tracked by nobody; a walker's one frame that looks like someone else (half a box) is split
-    off alone and dropped, the walker's other frames stay one track."""
+    TRACK_SCORE_RATIO of the video's top score) is tracked by nobody; a walker's one frame that
+    looks like someone else (half a box) is split off alone and dropped, the walker's other
+    frames stay one track."""
     frames = [[(10 + 8 * f, 20, 3 if f == 3 else 0), (250, 150, 2, 0.65)] for f in range(8)]
     gallery = open_gallery(fake_gallery(tmp_path / "g", [_scripted_block("/v/c.mp4", "cam1",
                                                                           frames)], dim=DIM))
