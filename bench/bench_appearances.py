@@ -11,7 +11,8 @@ another camera; only other cameras may answer; :mod:`pipeline.footage.scoring`):
 - appearance rows, for each linking (ByteTrack's motion tracks alone; split where the
   embeddings disagree; split and stitched; then tracks of one detection dropped, the default):
   pooling choices, query by the detection or by its track's pooled embedding, with and
-  without query expansion and k-reciprocal re-ranking; py-motmetrics' IDF1 / ID switches / MOTA per camera and overall.
+  without query expansion and k-reciprocal re-ranking; py-motmetrics' IDF1 / ID switches /
+  MOTA per camera and overall.
 
     .venv/bin/python bench/bench_appearances.py [--seeds 0,1,2] [--every 1] [--out DIR]
 
