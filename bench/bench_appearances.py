@@ -9,14 +9,15 @@ another camera; only other cameras may answer; :mod:`pipeline.footage.scoring`):
 
 - detection: today's search (the top detection on another camera is the walker's);
 - appearance rows, for each linking (ByteTrack's motion tracks alone; split where the
-  embeddings disagree; split and stitched, the default): pooling choices, query by the
-  detection or by its track's pooled embedding, with and without query expansion and
-  k-reciprocal re-ranking; py-motmetrics' IDF1 / ID switches / MOTA per camera and overall.
+  embeddings disagree; split and stitched; then tracks of one detection dropped, the default):
+  pooling choices, query by the detection or by its track's pooled embedding, with and
+  without query expansion and k-reciprocal re-ranking; py-motmetrics' IDF1 / ID switches /
+  MOTA per camera and overall.
 
-    .venv/bin/python bench/bench_appearances.py [--seeds 0,1,2] [--every 1]
+    .venv/bin/python bench/bench_appearances.py [--seeds 0,1,2] [--every 1] [--out DIR]
 
 Needs the demo's student (``make demo`` / ``python cli.py demo``: work/runs/...). Footage and
-galleries land under work/bench-appearances/ and are reused by a second run.
+galleries land under ``--out`` (work/bench-appearances/) and are reused by a second run.
 """
 from __future__ import annotations
 
@@ -36,17 +37,18 @@ from pipeline.footage.appearances import (DEFAULT_POOLING, POOLINGS, RANKINGS,  
                                           build_appearances, ranking_scores)
 from pipeline.footage.scoring import score_appearances, score_footage, track_metrics  # noqa: E402
 from pipeline.footage.store import open_gallery  # noqa: E402
-from pipeline.footage.tracks import (motion_track_ids, motion_tracks,  # noqa: E402
-                                     number_tracks, split_by_appearance, stitch_fragments)
+from pipeline.footage.tracks import (adopt_unconfirmed, drop_short_tracks,  # noqa: E402
+                                     motion_track_ids, motion_tracks, number_tracks,
+                                     split_by_appearance, stitch_fragments)
 
 CLI = [sys.executable, str(ROOT / "cli.py")]
 STUDENT = ROOT / "work/runs/student-synthetic-r18-distilled/checkpoint_last.pt"
 OUT = ROOT / "work/bench-appearances"
-DEFAULT_LINKING = "split+stitch"   # what link_tracks does
+DEFAULT_LINKING = "split+stitch+drop"   # what link_tracks does
 
 
-def gallery_of(seed: int, every: float) -> tuple[Path, Path]:
-    footage, gallery = OUT / f"footage-{seed}", OUT / f"gallery-{seed}-every{every:g}"
+def gallery_of(seed: int, every: float, out: Path = OUT) -> tuple[Path, Path]:
+    footage, gallery = out / f"footage-{seed}", out / f"gallery-{seed}-every{every:g}"
     if not (footage / ANNOTATIONS).is_file():
         subprocess.run([*CLI, "make-synthetic", "--format", "video", "--out", str(footage),
                         "--seed", str(seed)], check=True, stdout=subprocess.DEVNULL)
@@ -58,19 +60,21 @@ def gallery_of(seed: int, every: float) -> tuple[Path, Path]:
 
 
 def linkings(gallery, embeddings: np.ndarray) -> dict[str, np.ndarray]:
-    """Track ids by each linking step: ByteTrack's motion alone, split by appearance, split and
-    stitched (what :func:`~pipeline.footage.tracks.link_tracks` does)."""
-    motion = motion_tracks(gallery)
+    """Track ids by each linking step: ByteTrack's motion alone, its unconfirmed detections
+    added and split by appearance, split and stitched, then short tracks dropped (what
+    :func:`~pipeline.footage.tracks.link_tracks` does)."""
+    motion = adopt_unconfirmed(motion_tracks(gallery))
     split = split_by_appearance(motion, embeddings, gallery.scores)
     stitched = stitch_fragments(split, motion, embeddings, gallery.scores,
                                 gallery.detection_frame)
     return {"motion": motion_track_ids(gallery),
             "split": number_tracks(split, motion.group_of),
-            "split+stitch": number_tracks(stitched, motion.group_of)}
+            "split+stitch": number_tracks(stitched, motion.group_of),
+            DEFAULT_LINKING: number_tracks(drop_short_tracks(stitched), motion.group_of)}
 
 
-def measure(seed: int, every: float) -> dict[str, float]:
-    footage, gallery_dir = gallery_of(seed, every)
+def measure(seed: int, every: float, out: Path = OUT) -> dict[str, float]:
+    footage, gallery_dir = gallery_of(seed, every, out)
     gallery, truth = open_gallery(gallery_dir), read_footage_truth(footage)
     embeddings = gallery.embeddings(np.arange(gallery.num_detections))
     row = {"detection": 100 * score_footage(gallery, truth).cross_camera_top1}
@@ -112,10 +116,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--every", type=float, default=1.0,
                         help="seconds between indexed frames (the demo's: 1)")
+    parser.add_argument("--out", type=Path, default=OUT,
+                        help=f"where footage and galleries are made and reused (default {OUT})")
     args = parser.parse_args()
     warnings.simplefilter("ignore")        # motmetrics' pandas deprecation warnings
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = {s: measure(s, args.every) for s in seeds}
+    rows = {s: measure(s, args.every, args.out) for s in seeds}
     keys = list(rows[seeds[0]])
     print(f"cross-camera search on the demo's footage, --every {args.every:g} s "
           f"(percent; top-1 / mAP per seed and mean)")

@@ -2,7 +2,9 @@
 """Does the "likely the same person" line hold on footage it never saw, and does multi-query help?
 
 Indexes the demo's footage world (``make-synthetic --format video --seed S``) with a
-calibrated model (``cli.py calibrate`` wrote ``<model>.calibration.json``), then, for every
+calibrated model (``cli.py calibrate`` wrote ``<model>.calibration.json``), links its tracks
+from the stored detections with today's :func:`~pipeline.footage.tracks.link_tracks` (so a
+gallery indexed by an older version measures today's tracks), then, for every
 detection of a walker seen on another camera (the queries of
 :func:`pipeline.footage.scoring.score_appearances`), ranks the appearances of the other
 cameras by the detection's embedding and reports:
@@ -28,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.data.synthetic.video import ANNOTATIONS, read_footage_truth  # noqa: E402
-from pipeline.footage.appearances import gallery_appearances  # noqa: E402
+from pipeline.footage.appearances import build_appearances  # noqa: E402
 from pipeline.footage.rerank import multi_query  # noqa: E402
 from pipeline.footage.scoring import appearance_labels, walker_detections  # noqa: E402
 from pipeline.footage.store import open_gallery  # noqa: E402
@@ -56,7 +58,7 @@ def measure(out: Path, model: str, seed: int, every: float) -> dict[str, float]:
     calibration, note = read_calibration(gallery.model)
     if calibration is None:
         raise SystemExit(note)
-    apps = gallery_appearances(gallery)
+    apps = build_appearances(gallery, gallery.embeddings(np.arange(gallery.num_detections)))
     labels = walker_detections(gallery, truth)
     app_pid = appearance_labels(gallery, apps, labels)
     counts = {"above": 0, "above_right": 0, "right": 0}

@@ -76,8 +76,9 @@ def test_tracks_are_the_same_whatever_the_segments(tmp_path):
 
 
 def _scripted_block(source, camera, people_per_frame, dt=0.25, dim=DIM, seed=0):
-    """One video whose frame f shows ``people_per_frame[f]``: (x, y, look) boxes 20x40 px,
-    embeddings one direction per look plus a little noise (a frame may show nobody)."""
+    """One video whose frame f shows ``people_per_frame[f]``: (x, y, look[, score]) boxes
+    20x40 px scoring 0.9 unless given, embeddings one direction per look plus a little noise
+    (a frame may show nobody)."""
     g = np.random.default_rng(seed)
     looks = np.eye(dim, dtype=np.float32)
     n = len(people_per_frame)
@@ -86,9 +87,9 @@ def _scripted_block(source, camera, people_per_frame, dt=0.25, dim=DIM, seed=0):
                        per_frame=1, dim=dim, size=(320, 240))
     block.detections = Detections(
         np.cumsum([0] + [len(p) for p in people_per_frame]).astype(np.int64),
-        np.asarray([[x, y, x + 20, y + 40] for x, y, _ in flat], np.float32).reshape(-1, 4),
-        np.full(len(flat), 0.9, np.float32),
-        np.asarray([looks[k] + 0.05 * g.standard_normal(dim) for _, _, k in flat],
+        np.asarray([[x, y, x + 20, y + 40] for x, y, *_ in flat], np.float32).reshape(-1, 4),
+        np.asarray([(person + (0.9,))[3] for person in flat], np.float32),
+        np.asarray([looks[k] + 0.05 * g.standard_normal(dim) for _, _, k, *_ in flat],
                    np.float32).reshape(-1, dim))
     return block
 
@@ -118,6 +119,65 @@ def test_a_lost_walker_is_stitched_back_but_not_to_someone_else(tmp_path):
     tracks = link_tracks(gallery)
     assert len(set(tracks[person0].tolist())) == 1
     assert set(tracks[[5, 7, 9, 11]].tolist()) == {tracks[5]} and tracks[5] != tracks[0]
+
+
+def test_low_scoring_and_lone_boxes_are_in_no_track(tmp_path):
+    """A static box scoring well below the walker in every frame (the student's clutter: under
+    TRACK_SCORE_RATIO of the video's top score) is tracked by nobody; a walker's one frame that
+    looks like someone else (half a box) is split off alone and dropped, the walker's other
+    frames stay one track."""
+    frames = [[(10 + 8 * f, 20, 3 if f == 3 else 0), (250, 150, 2, 0.65)] for f in range(8)]
+    gallery = open_gallery(fake_gallery(tmp_path / "g", [_scripted_block("/v/c.mp4", "cam1",
+                                                                          frames)], dim=DIM))
+    tracks = link_tracks(gallery)
+    walker, clutter, odd = np.array([0, 2, 4, 8, 10, 12, 14]), np.arange(1, 16, 2), 6
+    assert (tracks[clutter] == NO_TRACK).all() and tracks[odd] == NO_TRACK
+    assert set(tracks[walker].tolist()) == {0}
+
+
+def _scaled(block, factor):
+    """``block`` as a model with another score scale would detect it: every score x factor."""
+    d = block.detections
+    block.detections = Detections(d.offsets, d.boxes, d.scores * np.float32(factor), d.embeddings)
+    return block
+
+
+def test_the_score_gate_follows_the_models_scale(tmp_path):
+    """A model whose scores are all 0.3 times another's (no box of it scores 0.8) gets the
+    same tracks: the gate is a share of the video's top score, not a fixed score."""
+    frames = [[(10 + 8 * f, 20, 0), (250, 150, 2, 0.65)] for f in range(8)]
+    tracks = [link_tracks(open_gallery(fake_gallery(
+        tmp_path / f"g{factor}", [_scaled(_scripted_block("/v/c.mp4", "cam1", frames), factor)],
+        dim=DIM))) for factor in (1.0, 0.3)]
+    assert (tracks[0][0::2] == 0).all() and (tracks[0][1::2] == NO_TRACK).all()
+    np.testing.assert_array_equal(tracks[1], tracks[0])
+
+
+def test_the_score_gate_is_each_videos_own(tmp_path):
+    """A camera's tracks do not depend on another camera's scores (so an index run that adds
+    a camera keeps the tracks it stored): a walker scoring 0.4 where the other video's walker
+    scores 0.95 is still tracked."""
+    walk = [[(10 + 8 * f, 20, 0, 0.4)] for f in range(6)]
+    alone = link_tracks(open_gallery(fake_gallery(
+        tmp_path / "alone", [_scripted_block("/v/a.mp4", "cam1", walk)], dim=DIM)))
+    both = link_tracks(open_gallery(fake_gallery(
+        tmp_path / "both", [_scripted_block("/v/a.mp4", "cam1", walk),
+                            _scripted_block("/v/b.mp4", "cam2",
+                                            [[(10 + 8 * f, 20, 1, 0.95)] for f in range(6)])],
+        dim=DIM)))
+    assert (alone == 0).all()
+    np.testing.assert_array_equal(both[:6], alone)
+
+
+def test_a_walker_too_fast_for_box_motion_is_linked_by_embedding(tmp_path):
+    """Boxes 20 px wide moving 40 px between indexed frames never overlap, so ByteTrack
+    confirms neither walker; their confident detections are stitched by look, one track each."""
+    frames = [[(10 + 40 * f, 20, 0), (290 - 40 * f, 150, 1)] for f in range(6)]
+    gallery = open_gallery(fake_gallery(tmp_path / "g", [_scripted_block("/v/c.mp4", "cam1",
+                                                                          frames)], dim=DIM))
+    assert (motion_track_ids(gallery) == NO_TRACK).all()
+    tracks = link_tracks(gallery)
+    assert set(tracks[0::2].tolist()) == {0} and set(tracks[1::2].tolist()) == {1}
 
 
 def test_appearances_pool_their_tracks(tmp_path):

@@ -10,24 +10,41 @@ ByteTrack reports a new track's first detection as untracked (``tracker_id == -1
 is only confirmed by a second match). That first detection is still the track's: right after
 an update a new tracklet's state is the box it was spawned from, so :class:`_Linker` notes the
 detection with exactly that box and hands it the track id once the tracker confirms it.
-Detections never confirmed stay in no track (id -1).
+ByteTrack never confirms a walker whose box moves past its own width between indexed frames
+(``index --every 1``); :func:`link_tracks` hands each such detection to the stitching below as
+a fragment of its own, so the embeddings link what box motion cannot.
+
+Only detections scoring at least :data:`TRACK_SCORE_RATIO` times their group's top score are
+tracked (:func:`tracked`). On the demo's footage the student's lower-scoring boxes mostly frame
+static clutter or half a person, and a track that adopts them becomes a row that outranks the
+walkers (``bench/bench_appearances.py``: median score 0.58-0.77 for boxes framing nobody against
+0.87-0.90 for boxes framing a walker, on worlds 3-5). The gate is a share of the group's own top
+score, not a fixed score, so a model with another score scale (a less confident teacher, a
+random student indexed at ``--min-score 0``) keeps its tracks; and it is each group's own, so
+tracks stay a function of that group's detections (an index run that adds a camera leaves the
+other cameras' tracks as they were). The student's top score per video is 0.92-0.98 on worlds
+0-11, so 0.86 of it sits near 0.8 there (chosen on worlds 3-20). Untracked detections stay
+searchable (``search --by detection``).
 
 Box motion alone links different people when sampling is sparse (``index --every 1``: walkers
 move most of a box width between indexed frames), so :func:`link_tracks` then uses the
 detections' embeddings (measured in ``bench/bench_appearances.py``; ``trackers`` 2.6.1 has no
 tracker that takes embeddings):
 
-1. *split*: walking a motion track in time order, a detection whose cosine similarity to the
-   score-weighted pool of the fragment so far is below :data:`SAME_PERSON` starts a new
-   fragment (the box moved onto someone else);
+1. *split*: walking a motion track (or a lone tracked detection) in time order, a detection
+   whose cosine similarity to the score-weighted pool of the fragment so far is below
+   :data:`SAME_PERSON` starts a new fragment (the box moved onto someone else);
 2. *stitch*: in time order, each fragment joins the earlier track of its group whose pool it is
    most similar to (at least :data:`SAME_PERSON`), when they share no frame and the gap between
    them is at most :data:`STITCH_GAP_SECONDS` (a walker the tracker lost and restarted);
-   otherwise it starts a track.
+   otherwise it starts a track;
+3. a track of fewer than :data:`MIN_TRACK_DETECTIONS` detections is dropped (a lone box is
+   more often half a person or clutter than a visit, and a one-box row has no pool to steady
+   it).
 
-Tracks are a function of the stored detections alone, so a resumed or extended index run (the
-same detections) gives the same tracks. Track ids are numbered in the order of their first
-detection row.
+Tracks are a function of each group's stored detections alone (its score gate included), so a
+resumed or extended index run (the same detections) gives the same tracks. Track ids are
+numbered in the order of their first detection row.
 """
 from __future__ import annotations
 
@@ -43,17 +60,26 @@ NO_TRACK = -1
 LOST_TRACK_SECONDS = 1.5       # a track missed this long ends (a person walked out)
 NOMINAL_FPS = 30.0             # the tracker's frame-rate reference (budgets in 30 fps frames)
 MIN_IOU = 0.1                  # box overlap needed to continue a track (sparse sampling moves boxes far)
-HIGH_SCORE = 0.6               # ByteTrack's first association stage; lower scores only continue
-START_SCORE = 0.6              # a detection this confident may start a track
+TRACK_SCORE_RATIO = 0.86       # under this share of its group's top score: in no track
+MIN_TRACK_DETECTIONS = 2       # a linked track with fewer detections is no appearance
 SAME_PERSON = 0.5              # cosine to a fragment's pool: below it, another person (split/stitch)
 STITCH_GAP_SECONDS = 5.0       # a lost walker's fragments this far apart may still be one track
 
 
 def new_tracker() -> ByteTrackTracker:
+    """ByteTrack for the detections :func:`tracked` keeps: every one of them may start or
+    continue a track (its own score thresholds are absolute, so they are not used)."""
     return ByteTrackTracker(lost_track_buffer=int(round(LOST_TRACK_SECONDS * NOMINAL_FPS)),
-                            frame_rate=NOMINAL_FPS, track_activation_threshold=START_SCORE,
+                            frame_rate=NOMINAL_FPS, track_activation_threshold=0.0,
                             minimum_consecutive_frames=2, minimum_iou_threshold=MIN_IOU,
-                            high_conf_det_threshold=HIGH_SCORE)
+                            high_conf_det_threshold=0.0)
+
+
+def tracked(scores: np.ndarray, ratio: float = TRACK_SCORE_RATIO) -> np.ndarray:
+    """(n,) bool: which of one group's (n,) detection scores are tracked, those at least
+    ``ratio`` times the group's top score (relative, so a model's score scale does not matter)."""
+    scores = np.asarray(scores, np.float64)
+    return scores >= ratio * scores.max(initial=0.0)
 
 
 class _Linker:
@@ -102,28 +128,34 @@ def track_groups(frame_source, frame_index, frame_time, frame_camera) -> list[li
 class MotionTracks:
     """ByteTrack's output: ``local`` (T,) each detection's tracker id within its group (-1:
     none), ``group_of`` (T,) its group, ``order`` the detection rows in tracking order (group
-    by group, each in time order), ``clock`` (T,) seconds on its group's time axis."""
+    by group, each in time order), ``clock`` (T,) seconds on its group's time axis, ``tracked``
+    (T,) whether it passed its group's score gate (:func:`tracked`)."""
 
     local: np.ndarray
     group_of: np.ndarray
     order: list[int] = field(default_factory=list)
     clock: np.ndarray | None = None
+    tracked: np.ndarray | None = None
 
 
-def motion_tracks(gallery) -> MotionTracks:
-    """Each group's detections linked by ByteTrack on box motion alone."""
+def motion_tracks(gallery, gate=tracked) -> MotionTracks:
+    """Each group's detections that pass its score ``gate`` linked by ByteTrack on box motion
+    alone."""
     n = gallery.num_detections
     out = MotionTracks(np.full(n, NO_TRACK, np.int64), np.full(n, -1, np.int64),
-                       clock=np.zeros(n, np.float64))
+                       clock=np.zeros(n, np.float64), tracked=np.zeros(n, bool))
     for g, frames in enumerate(track_groups(gallery.frame_source, gallery.frame_index,
                                             gallery.frame_time, gallery.frame_camera)):
+        rows_of = [gallery.detections_of(f) for f in frames]
+        mine = np.concatenate(rows_of + [np.zeros(0, np.int64)])
+        out.tracked[mine] = gate(gallery.scores[mine])
         linker = _Linker()
-        for step, f in enumerate(frames):
-            rows = gallery.detections_of(f)
+        for step, (f, rows) in enumerate(zip(frames, rows_of)):
             time = gallery.frame_time_or_none(f)
             out.group_of[rows] = g
             out.clock[rows] = step / NOMINAL_FPS if time is None else time
             out.order.extend(int(r) for r in rows)
+            rows = rows[out.tracked[rows]]
             linker.update(rows, gallery.boxes[rows], gallery.scores[rows], time, out.local)
     return out
 
@@ -132,19 +164,28 @@ def link_tracks(gallery, embeddings: np.ndarray | None = None) -> np.ndarray:
     """(T,) int64: each detection's track id (0.., numbered by first detection), or -1:
     ByteTrack's motion tracks split and stitched by the detections' (T, D) ``embeddings``
     (read from the gallery when not given; module docstring)."""
-    motion = motion_tracks(gallery)
+    motion = adopt_unconfirmed(motion_tracks(gallery))
     if embeddings is None:
         embeddings = gallery.embeddings(np.arange(gallery.num_detections))
     fragments = split_by_appearance(motion, embeddings, gallery.scores)
     stitched = stitch_fragments(fragments, motion, embeddings, gallery.scores,
                                 gallery.detection_frame)
-    return number_tracks(stitched, motion.group_of)
+    return number_tracks(drop_short_tracks(stitched), motion.group_of)
 
 
 def motion_track_ids(gallery) -> np.ndarray:
     """(T,) ByteTrack's tracks alone, numbered as :func:`link_tracks` numbers its own."""
     motion = motion_tracks(gallery)
     return number_tracks(motion.local, motion.group_of)
+
+
+def adopt_unconfirmed(motion: MotionTracks) -> MotionTracks:
+    """``motion`` with each tracked detection ByteTrack never confirmed as a motion track of
+    its own (a new id in its group), so that stitching may join it by embedding."""
+    lone = np.flatnonzero((motion.local == NO_TRACK) & motion.tracked)
+    local = motion.local.copy()
+    local[lone] = local.max(initial=NO_TRACK) + 1 + np.arange(len(lone))
+    return MotionTracks(local, motion.group_of, motion.order, motion.clock, motion.tracked)
 
 
 def split_by_appearance(motion: MotionTracks, embeddings: np.ndarray, scores: np.ndarray,
@@ -213,6 +254,14 @@ def stitch_fragments(fragment_of: np.ndarray, motion: MotionTracks, embeddings: 
 def _cosine(total: np.ndarray, embedding: np.ndarray) -> float:
     """Cosine similarity of a pooled (unnormalised) sum with a unit-norm embedding."""
     return float(total @ embedding / max(float(np.linalg.norm(total)), 1e-12))
+
+
+def drop_short_tracks(track_of: np.ndarray, min_detections: int = MIN_TRACK_DETECTIONS
+                      ) -> np.ndarray:
+    """``track_of`` with the tracks of fewer than ``min_detections`` detections unlinked."""
+    linked = track_of != NO_TRACK
+    ids, counts = np.unique(track_of[linked], return_counts=True)
+    return np.where(np.isin(track_of, ids[counts < min_detections]), NO_TRACK, track_of)
 
 
 def number_tracks(local: np.ndarray, group_of: np.ndarray) -> np.ndarray:
