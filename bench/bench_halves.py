@@ -76,11 +76,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--teacher-config", required=True, help="the world's teacher YAML")
     ap.add_argument("students", nargs="+", type=named_checkpoint, help="NAME=CHECKPOINT")
+    ap.add_argument("--proposals", type=int, default=None,
+                    help="RPN proposals each student scores per image (default: its config's)")
     args = ap.parse_args()
     cfg = load_config(args.teacher_config, TeacherConfig)
     data = read_dataset(cfg.data.dataset, str(cfg.data.root), train=False)
     teacher = load_searcher(args.teacher_config, "teacher")
     students = {name: load_searcher(path, "student") for name, path in args.students}
+    for student in students.values() if args.proposals else ():
+        student.set_proposals(args.proposals)
     print("| detector | Re-ID | search mAP | top-1 | det AP | det recall |\n|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for det_name, reid_name, s in rows(teacher, students, data, Path(tmp)):
