@@ -34,8 +34,10 @@ TERMS = ("lut", "feature", "relation", "detector", "jitter")
 NO_DISTILL = [f"distill.{t}.enabled=false" for t in TERMS]
 #: --modes: none (no term), cache (the config's terms, targets from the cache), cache-extra (the
 #: same with the cached boxes added to a full RoI batch), online (teachers run every step),
-#: only-TERM (that one term, from the cache: what each term costs)
+#: only-TERM (that one term, from the cache: what each term costs), cache-uncertainty (the
+#: config's terms under the learned loss balance, distill.balance=uncertainty)
 MODE_OVERRIDES = {"none": NO_DISTILL, "cache-extra": ["distill.roi_share=null"],
+                  "cache-uncertainty": ["distill.balance=uncertainty"],
                   **{f"only-{t}": [o for o in NO_DISTILL if f".{t}." not in o] +
                      [f"distill.{t}.enabled=true"] for t in TERMS}}
 
@@ -250,6 +252,8 @@ def main(argv=None) -> None:
               "cache": "all terms, targets from the cache (cached boxes share the RoI batch)",
               "cache-extra": "all terms from the cache, cached boxes on top of the RoI batch "
                              "(`distill.roi_share=null`)",
+              "cache-uncertainty": "the config's terms from the cache, learned loss balance "
+                                   "(`distill.balance=uncertainty`)",
               "online": "all terms, teacher run online every step",
               **{f"only-{t}": f"only the {t} term, from the cache" for t in TERMS}}
     table = ["| mode | images/s | s/step |", "|---|---|---|"]

@@ -82,15 +82,17 @@ def teacher_path(world: World) -> Path:
     return world.folder / "teacher.yaml"
 
 
-def commands(world: World, student_seeds: str) -> dict[str, list[str]]:
-    """The cli.py arguments of each step, by the name of its log file."""
+def commands(world: World, student_seeds: str, arms: list[str] = ()) -> dict[str, list[str]]:
+    """The cli.py arguments of each step, by the name of its log file; ``arms`` ("NAME:KEY=VALUE",
+    as `ablate --arm` takes them) are trained and scored beside the two students."""
     teacher = str(teacher_path(world))
     steps = {f"teacher-{part}": ["train-teacher", "--part", part, "--config", teacher,
                                  "--no-progress"] for part in ("detector", "reid")}
     steps["cache"] = ["build-cache", "--config", teacher, "--no-progress"]
     steps["ablation"] = ["ablate", "--config", str(world.folder / "student.yaml"), "--out",
                          str(world.folder / "ablation"), "--variants", "none,all", "--seeds",
-                         student_seeds, "--jobs", "2", "--teacher", teacher]
+                         student_seeds, "--jobs", "2", "--teacher", teacher,
+                         *(a for arm in arms for a in ("--arm", arm))]
     return steps
 
 
@@ -118,38 +120,58 @@ def ablate(world: World, steps: dict[str, list[str]]) -> dict:
     return json.loads((world.folder / "ablation" / "ablation.json").read_text())
 
 
-def scores(result: dict) -> dict:
-    """Teacher and both students (percent, mean over student seeds) and the gaps closed."""
+def arm_names(arms: list[str]) -> list[str]:
+    """The names of ``arms`` ("NAME:KEY=VALUE"), as ablate labels their runs."""
+    return [arm.partition(":")[0].strip() for arm in arms]
+
+
+def scores(result: dict, arms: list[str] = ()) -> dict:
+    """Teacher, both students and each arm (``arms``: their names) in percent, mean over
+    student seeds, and "gaps": variant ("all" = the distilled student, or an arm) -> the share
+    of the teacher-undistilled gap it closes."""
     out = {"teacher": {k: result["teacher"][k] for k in METRICS}}   # ablate gives it in percent
-    for variant in ("none", "all"):
+    for variant in ("none", "all", *arms):
         runs = [r for r in result["runs"] if r["variant"] == variant]
         out[variant] = {k: 100 * sum(r["search"][k] for r in runs) / len(runs) for k in METRICS}
-    out["gap"] = {k: (out["all"][k] - out["none"][k]) / (out["teacher"][k] - out["none"][k])
-                  for k in METRICS}
+    out["gaps"] = {v: {k: (out[v][k] - out["none"][k]) / (out["teacher"][k] - out["none"][k])
+                       for k in METRICS} for v in ("all", *arms)}
     return out
 
 
-def world_row(world: World, s: dict) -> str:
+def table_head(arms: list[str]) -> str:
+    """The per-world table's header: the distilled student's columns, then each arm's."""
+    cells = ["world", "teacher mAP / det AP", "R18 none", "R18 distilled", "mAP gap closed",
+             "det AP gap closed"]
+    cells += [c for arm in arms for c in (f"R18 {arm}", f"{arm}: mAP gap", f"{arm}: det AP gap")]
+    return "| " + " | ".join(cells) + " |\n" + "|---" * len(cells) + "|"
+
+
+def world_row(world: World, s: dict, arms: list[str] = ()) -> str:
     pair = lambda d: f"{d['mAP']:.2f} / {d['det_ap']:.2f}"  # noqa: E731
-    return (f"| {world.name} | {pair(s['teacher'])} | {pair(s['none'])} | {pair(s['all'])} | "
-            f"{100 * s['gap']['mAP']:.0f}% | {100 * s['gap']['det_ap']:.0f}% |")
+    gaps = lambda g: f"{100 * g['mAP']:.0f}% | {100 * g['det_ap']:.0f}%"  # noqa: E731
+    cells = [world.name, pair(s["teacher"]), *(f"{pair(s[v])}" for v in ("none", "all")),
+             gaps(s["gaps"]["all"])]
+    cells += [f"{pair(s[arm])} | {gaps(s['gaps'][arm])}" for arm in arms]
+    return "| " + " | ".join(cells) + " |"
 
 
-def summary(results: dict[World, dict]) -> str:
-    """Per (style, layout, size): the gaps closed, mean over world seeds; then the worst
-    world and the worst seed mean, by the search-mAP gap."""
+def summary(results: dict[World, dict], variant: str = "all") -> str:
+    """Per (style, layout, size): the gaps ``variant`` closes (the distilled student "all", or
+    an arm), mean over world seeds; then the worst world and the worst seed mean, by the
+    search-mAP gap."""
     groups: dict[tuple, list[dict]] = {}
     for world, s in results.items():
-        groups.setdefault((world.style, world.layout, world.size), []).append(s["gap"])
+        groups.setdefault((world.style, world.layout, world.size), []).append(s["gaps"][variant])
     means = {g: {k: sum(v[k] for v in gaps) / len(gaps) for k in METRICS}
              for g, gaps in groups.items()}
     rows = [f"| {style} | {layout} | {size} | {len(groups[(style, layout, size)])} | "
             f"{100 * m['mAP']:.0f}% | {100 * m['det_ap']:.0f}% |"
             for (style, layout, size), m in means.items()]
-    worst_world = min(results, key=lambda w: results[w]["gap"]["mAP"])
+    worst_world = min(results, key=lambda w: results[w]["gaps"][variant]["mAP"])
     worst_group = min(means, key=lambda g: means[g]["mAP"])
-    gap = results[worst_world]["gap"]
+    gap = results[worst_world]["gaps"][variant]
     return "\n".join([
+        f"R18 {'distilled' if variant == 'all' else variant}:", "",
         "| style | layout | size | world seeds | mAP gap closed (mean) "
         "| det AP gap closed (mean) |",
         "|---|---|---|---|---|---|", *rows, "",
@@ -179,6 +201,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--size", default=DEMO_SIZE, help="image WIDTHxHEIGHT of every world")
     ap.add_argument("--student-seeds", default="0", type=lambda t: comma_list(t, kind=int),
                     help="student seeds (train.seed) per world, comma-separated")
+    ap.add_argument("--arm", action="append", default=[], metavar="NAME:KEY=VALUE[;...]",
+                    help="also train and score this arm on every world (as `cli.py ablate "
+                         "--arm`), e.g. uncertainty:distill.balance=uncertainty; repeatable")
     ap.add_argument("--dry-run", action="store_true",
                     help="print the worlds and the commands; make and train nothing")
     ap.add_argument("--record", action="store_true", help="append the tables to BENCHMARKS.md")
@@ -208,22 +233,22 @@ def main() -> None:
         for world in worlds:
             print(f"# {world.name}: style {world.style}, seed {world.seed}, {world.layout}, "
                   f"{world.size} -> {world.folder}")
-            for step in commands(world, student_seeds).values():
+            for step in commands(world, student_seeds, args.arm).values():
                 print("  " + shlex.join(["python", "cli.py", *step]))
         print(f"{len(worlds)} worlds")
         return
-    results = {}
+    results, arms = {}, arm_names(args.arm)
     for world in worlds:
         start = time.time()
         write_configs(world)
-        steps = commands(world, student_seeds)
+        steps = commands(world, student_seeds, args.arm)
         stage_one(world, steps)
-        results[world] = scores(ablate(world, steps))
-        print(world_row(world, results[world]), f"({(time.time() - start) / 60:.1f} min)",
-              flush=True)
-    table = "\n".join(["| world | teacher mAP / det AP | R18 none | R18 distilled | "
-                       "mAP gap closed | det AP gap closed |", "|---|---|---|---|---|---|",
-                       *(world_row(w, s) for w, s in results.items()), "", summary(results)])
+        results[world] = scores(ablate(world, steps), arms)
+        print(world_row(world, results[world], arms),
+              f"({(time.time() - start) / 60:.1f} min)", flush=True)
+    table = "\n".join([table_head(arms), *(world_row(w, s, arms) for w, s in results.items()),
+                       *(part for variant in ("all", *arms)
+                         for part in ("", summary(results, variant)))])
     print(table)
     if args.record:
         record(table, student_seeds)

@@ -106,6 +106,25 @@ def test_summary_means_and_sample_std_and_gap_closed():
     assert "23.00 ± 4.24" in lines[4] and "| 2 |" in lines[4] and "60%" in lines[4]
 
 
+def test_bench_worlds_scores_every_arm_against_the_same_floor(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import bench_worlds
+    result = {"teacher": {"mAP": 31.0, "det_ap": 61.0},   # ablate's teacher row is in percent
+              "runs": [record("none", 0, 0.11, 0.21), record("all", 0, 0.21, 0.41),
+                       record("uncertainty", 0, 0.26, 0.51), record("uncertainty", 1, 0.28, 0.51)]}
+    arms = bench_worlds.arm_names(["uncertainty:distill.balance=uncertainty"])
+    assert arms == ["uncertainty"]
+    s = bench_worlds.scores(result, arms)
+    assert s["uncertainty"]["mAP"] == pytest.approx(27.0)          # mean over student seeds
+    assert s["gaps"]["all"]["mAP"] == pytest.approx(0.5)           # (21 - 11) / (31 - 11)
+    assert s["gaps"]["uncertainty"]["mAP"] == pytest.approx(0.8)   # (27 - 11) / (31 - 11)
+    assert s["gaps"]["uncertainty"]["det_ap"] == pytest.approx(0.75)
+    world = bench_worlds.World("crowded-street", 0, "prw")
+    assert "| 27.00 / 51.00 | 80% | 75% |" in bench_worlds.world_row(world, s, arms)
+    assert "Worst world: crowded-street-seed0-prw (80%" in \
+        bench_worlds.summary({world: s}, "uncertainty")
+
+
 def test_a_single_seed_prints_no_std():
     rows = summarise([record("all", 0, 0.2, 0.4)], [("r18", "all")])
     assert "±" not in markdown_table(rows, None).splitlines()[-1]
