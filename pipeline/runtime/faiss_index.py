@@ -60,7 +60,7 @@ IVFPQ_BITS = 8
 IVFPQ_NPROBE = 64
 IVFPQ_TRAIN_PER_LIST = 64         # training sample: lists x this many embeddings
 IVFPQ_KMEANS_ITERATIONS = 10
-RESCORE_FACTOR = 10
+RESCORE_FACTOR = 5
 ENCODE_BATCH = 65_536             # rows encoded at a time: bounds the memory of a commit
 
 
