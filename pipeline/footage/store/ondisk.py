@@ -16,7 +16,7 @@ the ids renumbered (``codes-N-K.faiss``) and merged on disk.
 
 ``rescore-N.f16`` (the manifest's index params ``rescore``: file, rows, bytes): every
 detection's embedding in gallery row order, float16 rows as the segments store them, so a
-query maps one file and reads only the few hundred rows it re-scores (not a few rows of each
+query reads only the few hundred rows it re-scores from one file (not a few rows of each
 of a hundred segment files). A commit appends its new rows in place (no rewrite); the manifest
 records the rows and bytes, so bytes past them (a commit killed mid-append) are ignored and
 cut off by the next commit. A fresh index (a repair, a merge, a gallery made before the file)
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -335,26 +334,29 @@ def rescore_size_problem(path: Path, record: dict) -> str | None:
 
 
 @functools.lru_cache(maxsize=4)
-def _mapped(path: Path, rows: int, row_bytes: int) -> np.ndarray:
-    """(rows, D) float16 view of the re-scoring file, mapped read-only. No read-ahead: a query
-    reads a few hundred scattered rows, and the kernel's default would read ~128 KiB around
-    each."""
-    with open(path, "rb") as f:
-        view = mmap.mmap(f.fileno(), rows * row_bytes, prot=mmap.PROT_READ)
-    view.madvise(mmap.MADV_RANDOM)
-    return np.frombuffer(view, RESCORE_DTYPE).reshape(rows, row_bytes // RESCORE_DTYPE.itemsize)
+def _rescore_fd(path: Path, inode: int) -> int:
+    """A descriptor of the re-scoring file ``path`` (``inode``: a file written anew under the
+    same name gets its own), kept open, without read-ahead: a query reads a few hundred
+    scattered rows, and the kernel's default would read ~128 KiB around each."""
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    return fd
 
 
 def read_rescore_rows(directory: Path, record: dict, rows: np.ndarray) -> np.ndarray:
     """(len(rows), D) float32 unit-norm embeddings of detection ids ``rows`` (any order) from
-    the re-scoring file of ``record``; DamagedGalleryError naming it when it is too short."""
+    the re-scoring file of ``record``, one ``pread`` per row (a mapping would count every page
+    the kernel maps around each row in the search's RSS: 3.4 GB at 10M); DamagedGalleryError
+    naming the file when it is too short."""
     path = Path(directory) / FOLDER / record["file"]
     problem = rescore_size_problem(path, record)
-    if problem:          # checked each time: a file cut short under a mapping faults (SIGBUS)
+    if problem:
         raise damaged(directory, path, problem, INDEX_FIX)
-    table = _mapped(path, record["rows"], record["bytes"] // record["rows"])
+    fd, row_bytes = _rescore_fd(path, path.stat().st_ino), record["bytes"] // record["rows"]
     unique, back = np.unique(np.asarray(rows, np.int64), return_inverse=True)
-    return l2_normalize(table[unique].astype(np.float32))[back]   # normalised as read_rows does
+    data = b"".join(os.pread(fd, row_bytes, int(r) * row_bytes) for r in unique)
+    table = np.frombuffer(data, RESCORE_DTYPE).reshape(len(unique), -1)
+    return l2_normalize(table.astype(np.float32))[back]   # normalised as read_rows does
 
 
 def rescore_problem(directory: Path, m: Manifest) -> tuple[Path, str] | None:
@@ -370,7 +372,7 @@ def rescore_problem(directory: Path, m: Manifest) -> tuple[Path, str] | None:
                 f"its re-scoring file holds {record['rows']} rows, the gallery {m.detections}"))
     if problem:
         return path, problem
-    table = _mapped(path, record["rows"], record["bytes"] // record["rows"])
+    row_bytes = record["bytes"] // record["rows"]
     for segment, first in zip(m.segments, _starts(m.segments)):
         if not segment.detections:
             continue
@@ -378,7 +380,8 @@ def rescore_problem(directory: Path, m: Manifest) -> tuple[Path, str] | None:
             (_, rows), = _rows_from(directory, [segment], 0)
         except DamagedGalleryError:     # named as the segment's own problem
             continue
-        if not np.array_equal(table[first:first + len(rows)], np.asarray(rows, RESCORE_DTYPE)):
+        stored = np.fromfile(path, RESCORE_DTYPE, rows.size, offset=int(first) * row_bytes)
+        if not np.array_equal(stored.reshape(rows.shape), np.asarray(rows, RESCORE_DTYPE)):
             return path, (f"its re-scoring file's rows {first}..{first + len(rows) - 1} are "
                           f"not the embeddings of segment {segment.file}")
     return None
