@@ -39,7 +39,9 @@ from pipeline.runtime.types import RunSettings
 from pipeline.runtime.onnx.runtime import RUNTIMES
 from pipeline.footage.appearances import DEFAULT_RANKING, RANKINGS
 from pipeline.footage.search import SEARCH_BY, search_command
-from pipeline.footage.store import gallery_summary, merge_galleries, open_gallery
+from pipeline.footage.store import gallery_summary, merge_galleries, open_gallery, read_manifest
+from pipeline.footage.store.ondisk import FOLDER as IVFPQ_FOLDER
+from pipeline.footage.store.ondisk import RESCORE
 from pipeline.footage.track_store import make_track_table, upgrade_gallery
 from pipeline.footage.store.verify import repair_gallery, verify_gallery
 
@@ -683,10 +685,17 @@ def gallery_merge_cmd(out, inputs, index_kind, retrain):
 @friendly_errors
 def gallery_upgrade_cmd(directory):
     """Bring the gallery at DIRECTORY to this version: a gallery made before galleries stored
-    tracks gets them, linked from its stored detections (no model runs)."""
+    tracks gets them, linked from its stored detections (no model runs); an ivfpq gallery made
+    before re-scoring files gets one, written from its segments."""
+    before = read_manifest(directory)        # None: upgrade_gallery says what is missing
+    had = before.index.params if before else {}
     m, changed = upgrade_gallery(directory)
     click.echo(f"{directory}: {'linked' if changed else 'already has'} {m.tracks.tracks} tracks "
                f"of {m.detections} people")
+    if RESCORE in m.index.params and RESCORE not in had:
+        record = m.index.params[RESCORE]
+        click.echo(f"{directory}: added its re-scoring file {IVFPQ_FOLDER}/{record['file']} "
+                   f"({record['bytes']:,} bytes)")
 
 
 @gallery_group.command("verify")

@@ -15,7 +15,8 @@ the search's own. The last kind also times one commit of 10,000 new detections.
     python bench/bench_gallery_search.py --detections 1000000 --kinds flat,ivfpq --json OUT
 
 ``OUT``: ``{"rows": [{"kind", "detections", "build_s", "open_s", "query_median_ms",
-"query_p90_ms", "filtered_ms", "recall_at_50", "peak_rss_gb", "index_bytes",
+"query_p90_ms", "filtered_ms", "recall_at_50", "cold_ms" (ivfpq: the re-scoring
+file's pages dropped before each query), "peak_rss_gb", "index_bytes",
 "commit_new_s" (last row), "cli_s" (flat)}]}``.
 """
 from __future__ import annotations
@@ -42,6 +43,8 @@ from pipeline.runtime.faiss_index import search_index  # noqa: E402
 from pipeline.footage.store import (FrameBlock, GalleryWriter, RunHeader,  # noqa: E402
                                     commit, open_gallery)
 from pipeline.footage.store.manifest import SEGMENTS  # noqa: E402
+from pipeline.footage.store.ondisk import FOLDER as IVFPQ_FOLDER  # noqa: E402
+from pipeline.footage.store.ondisk import rescore_record  # noqa: E402
 from pipeline.footage.store.reader import disk_usage  # noqa: E402
 from pipeline.runtime.types import Detections, ModelInfo  # noqa: E402
 from pipeline.arrays import l2_normalize  # noqa: E402
@@ -167,10 +170,30 @@ def measure(directory: Path, queries: int) -> dict:
     window = SearchFilter(("cam2",), 0.25 * span, 0.5 * span)
     k = iter(range(queries))
     filtered = timed(lambda: find(gallery, qs[next(k)], TOP, window), queries)
-    return {"open": opened, "median": float(np.median(plain)), "sweep": sweep(gallery, qs),
+    return {"open": opened, "median": float(np.median(plain)), "cold": cold(gallery, qs),
+            "sweep": sweep(gallery, qs),
             "p90": float(np.percentile(plain, 90)), "filtered": float(np.median(filtered)),
             "answers": answers, "peak_rss_gb": peak_rss_gb(),
             "index_bytes": disk_usage(directory, gallery.manifest)["index"]}
+
+
+def cold(gallery, qs: np.ndarray) -> float | None:
+    """ivfpq: median seconds of a query whose re-scoring rows are not in the page cache (the
+    re-scoring file's cached pages dropped before each: POSIX_FADV_DONTNEED, that file only);
+    None without a re-scoring file."""
+    record = rescore_record(gallery.manifest)
+    if record is None:
+        return None
+    path = gallery.directory / IVFPQ_FOLDER / record["file"]
+
+    def drop_then_find(q):
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+        start = time.perf_counter()
+        find(gallery, q, TOP)
+        return time.perf_counter() - start
+    return float(np.median([drop_then_find(q) for q in qs]))
 
 
 def sweep(gallery, qs: np.ndarray) -> list[dict]:
@@ -263,9 +286,13 @@ def run_kind(directory: Path, kind: str, detections: int, queries: int, exact) -
     m = measure_in_child(directory, queries)
     if m["sweep"]:
         print(sweep_table(m["sweep"], exact), flush=True)
+    if m["cold"] is not None:
+        print(f"query median with the re-scoring rows out of the page cache: "
+              f"{1000 * m['cold']:.0f} ms", flush=True)
     return {"kind": kind, "detections": detections, "build_s": built, "open_s": m["open"],
             "query_median_ms": 1000 * m["median"], "query_p90_ms": 1000 * m["p90"],
             "filtered_ms": 1000 * m["filtered"], "recall_at_50": recall(m["answers"], exact),
+            "cold_ms": None if m["cold"] is None else 1000 * m["cold"],
             "peak_rss_gb": m["peak_rss_gb"], "index_bytes": m["index_bytes"],
             "sweep": [dict(p, answers=None, recall_at_50=recall(p["answers"], exact))
                       for p in m["sweep"]]}
@@ -298,7 +325,7 @@ DIM = 256
 NEW_DETECTIONS = 10_000       # one commit into the full gallery, for the last kind
 FLAT_MAX_BYTES = 4e9          # flat holds every float32 embedding in RAM
 SWEEP_NPROBE = (16, 32, 64, 128)
-SWEEP_FACTORS = (10, 20, 40)
+SWEEP_FACTORS = (2, 3, 5, 10, 20)
 
 
 def main(argv=None):
@@ -313,6 +340,9 @@ def main(argv=None):
     ap.add_argument("--group-size", type=int, default=GROUP_SIZE,
                     help="persons per look-alike group (1 = no groups)")
     ap.add_argument("--dir", default=None, help="gallery folder (default: a temporary one)")
+    ap.add_argument("--written", action="store_true",
+                    help="DIR/gallery already holds the uncommitted segments of an earlier "
+                         "run's write (the same --detections, --dim and sizes): skip writing")
     ap.add_argument("--json", dest="json_out", default=None, help="write the rows to this file")
     ap.add_argument("--record", action="store_true", help="append to BENCHMARKS.md")
     ap.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # the child's side
@@ -323,10 +353,13 @@ def main(argv=None):
         return
     directory = Path(args.dir or tempfile.mkdtemp(prefix="bench-gallery-")) / "gallery"
     start = time.perf_counter()
-    write_gallery(directory, args.detections, DIM, per_identity=args.identity_size,
-                  group_size=args.group_size)
-    print(f"wrote {args.detections:,} detections in {time.perf_counter() - start:.1f} s",
-          flush=True)
+    if args.written:
+        print(f"{directory}: written before, its pending segments are committed", flush=True)
+    else:
+        write_gallery(directory, args.detections, DIM, per_identity=args.identity_size,
+                      group_size=args.group_size)
+        print(f"wrote {args.detections:,} detections in {time.perf_counter() - start:.1f} s",
+              flush=True)
     rows, exact = [], []
     for kind in args.kinds.split(","):
         if kind == "flat" and args.detections * DIM * 4 > FLAT_MAX_BYTES:

@@ -180,8 +180,13 @@ ondisk.merge_blocks = merge_then_die
 def kill_after_the_lists(code: str, *args) -> None:
     """Run the Python ``code`` (``sys.argv[1:]`` = ``args``) in a process that kills itself
     (-9) once it has written new ivfpq lists, before any manifest names them."""
+    run_killed(KILLED_AFTER_THE_LISTS + code, *args)
+
+
+def run_killed(code: str, *args) -> None:
+    """Run the Python ``code`` (``sys.argv[1:]`` = ``args``), which must kill itself (-9)."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": f"{root}:{root / 'tests'}"}
-    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_THE_LISTS + code,
-                             *map(str, args)], cwd=root, env=env, capture_output=True, text=True)
+    killed = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=root, env=env,
+                            capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr

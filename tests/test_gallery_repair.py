@@ -157,6 +157,25 @@ def test_a_truncated_ivfpq_lists_file_is_named_and_rebuilt(tmp_path):
     assert verify_gallery(gallery).ok and open_gallery(gallery).index().ntotal == 180
 
 
+def test_a_truncated_rescore_file_is_named_and_rebuilt(tmp_path):
+    gallery = _ivfpq_gallery(tmp_path / "g")
+    record = open_gallery(gallery).manifest.index.params["rescore"]
+    path = gallery / "ivfpq" / record["file"]
+    _truncate(path, record["bytes"] - 16)
+    report = verify_gallery(gallery)
+    assert not report.ok and len(report.lines()) == 1
+    assert path.name in report.lines()[0] and "gallery repair" in report.lines()[0]
+    g = open_gallery(gallery)
+    with pytest.raises(DamagedGalleryError, match=path.name):
+        g.embeddings([0])                       # one line, not a fault past the file's end
+    r = repair_gallery(gallery)
+    assert r.dropped == () and verify_gallery(gallery).ok
+    record = r.manifest.index.params["rescore"]
+    assert record["file"] == "rescore-2.f16" and record["rows"] == 180
+    g = open_gallery(gallery)
+    assert g.embeddings([5]).shape == (1, 8)
+
+
 def test_verify_reads_every_dataset_and_repair_waits_for_an_index_run(tmp_path):
     gallery = fake_gallery(tmp_path / "g", [fake_block(["/v/a.mp4"] * 4, range(4)),
                                             fake_block(["/v/b.mp4"] * 4, range(4), seed=1)])

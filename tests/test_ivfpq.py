@@ -8,11 +8,12 @@ import h5py
 import numpy as np
 import pytest
 
-from footage_helpers import FAKE_MODEL, fake_block, fake_gallery, kill_after_the_lists
+from footage_helpers import FAKE_MODEL, fake_block, fake_gallery, kill_after_the_lists, run_killed
 from pipeline.arrays import l2_normalize
 from pipeline.footage.ranking import SearchFilter, find
 from pipeline.footage.store import MANIFEST, GalleryWriter, RunHeader, commit, open_gallery
-from pipeline.footage.store.ondisk import FOLDER
+from pipeline.footage.store.ondisk import FOLDER, read_rows
+from pipeline.footage.store.verify import verify_gallery
 from pipeline.runtime.faiss_index import build_index, ivfpq_factory, search_index
 
 HEADER = RunHeader(FAKE_MODEL, 8, 0.5)
@@ -74,7 +75,8 @@ def test_a_commit_adds_codes_without_retraining(tmp_path):
     assert entry.params["trained_on"] == first.params["trained_on"] == 300
     assert entry.params["blocks"] == first.params["blocks"] + ["codes-2.faiss"]
     assert sorted(p.name for p in (d / FOLDER).iterdir()) == sorted(
-        ["trained-1.faiss", "codes-1.faiss", "codes-2.faiss", "lists-2.faiss", "lists-2.ivfdata"])
+        ["trained-1.faiss", "codes-1.faiss", "codes-2.faiss", "lists-2.faiss", "lists-2.ivfdata",
+             "rescore-1.f16"])
     q = g.embeddings([450])[0]                           # a row of the second commit
     assert find(g, q, 1)[0].id == 450
 
@@ -161,7 +163,10 @@ def test_gallery_info_json_names_kind_parameters_and_bytes(tmp_path):
     assert info["index"]["kind"] == "ivfpq" and info["index"]["approximate"]
     assert info["index"]["factory"] == open_gallery(d).manifest.index.params["factory"]
     assert info["model"]["name"] == "fake.pt"
-    assert info["bytes"]["index"] == sum(p.stat().st_size for p in (d / FOLDER).iterdir())
+    rescore = d / FOLDER / "rescore-1.f16"               # embeddings, not codes: apart
+    assert info["bytes"]["rescore"] == rescore.stat().st_size == 300 * 8 * 2
+    assert info["bytes"]["index"] == sum(p.stat().st_size for p in (d / FOLDER).iterdir()
+                                         if p != rescore)
     assert info["bytes"]["segments"] > 0
 
 
@@ -219,3 +224,88 @@ def test_a_gallery_from_before_named_trainings_still_searches_and_grows(tmp_path
     assert g.num_detections == 400 and g.manifest.index.params["trained"] == "trained.faiss"
     assert (d / FOLDER / "trained.faiss").read_bytes() == trained        # not retrained
     assert find(g, g.embeddings([350])[0], 1)[0].id == 350
+
+
+def segment_rows(d):
+    """Every row of the gallery at ``d`` as its segments hold them (float16), in row order."""
+    m = open_gallery(d).manifest
+    out = []
+    for s in m.segments:
+        with h5py.File(d / "segments" / s.file, "r") as f:
+            out.append(f["detections/embeddings"][()])
+    return np.concatenate(out)
+
+
+def rescore_file_rows(d):
+    record = open_gallery(d).manifest.index.params["rescore"]
+    rows = np.fromfile(d / FOLDER / record["file"], np.float16)
+    return rows[:record["bytes"] // 2].reshape(record["rows"], -1)
+
+
+def test_search_rescores_from_one_file_of_the_segments_rows_appended_per_commit(
+        tmp_path, monkeypatch):
+    d = fake_gallery(tmp_path / "g", _blocks(), kind="ivfpq")
+    _add(d, _blocks(2, start=3))
+    commit(d, HEADER)
+    g = open_gallery(d)
+    record = g.manifest.index.params["rescore"]
+    assert record == {"file": "rescore-1.f16", "rows": 500, "bytes": 500 * 8 * 2}  # appended
+    np.testing.assert_array_equal(rescore_file_rows(d), segment_rows(d))        # row order
+    every = read_rows(d, g.manifest.segments, np.arange(500))     # exact, from the segments
+    monkeypatch.setattr("pipeline.footage.store.reader.read_rows", None)   # no segment read
+    for row in (3, 250, 450):
+        hits = find(g, every[row], 10)
+        exact = every @ every[row]
+        assert hits[0].id == row
+        np.testing.assert_allclose([h.similarity for h in hits], exact[[h.id for h in hits]],
+                                   atol=1e-6)
+        assert [h.similarity for h in hits] == sorted((h.similarity for h in hits), reverse=True)
+
+
+KILL_IN_THE_RESCORE_APPEND = """
+import os, sys
+import pipeline.footage.store.ondisk as ondisk
+from footage_helpers import FAKE_MODEL
+from pipeline.footage.store import RunHeader, commit
+def write_some_then_die(f, *args):
+    f.write(b"\\x01" * 100)       # part of a row, then the kill
+    f.flush()
+    os.kill(os.getpid(), 9)
+ondisk._write_rescore_rows = write_some_then_die
+commit(sys.argv[1], RunHeader(FAKE_MODEL, 8, 0.5))
+"""
+
+
+def test_kill_9_in_the_rescore_append_leaves_the_last_complete_state(tmp_path):
+    d = fake_gallery(tmp_path / "g", _blocks(), kind="ivfpq")
+    before = (d / MANIFEST).read_text()
+    path = d / FOLDER / "rescore-1.f16"
+    _add(d, _blocks(2, start=3))
+    run_killed(KILL_IN_THE_RESCORE_APPEND, d)
+    assert (d / MANIFEST).read_text() == before and path.stat().st_size == 300 * 16 + 100
+    assert verify_gallery(d).ok                          # bytes past the record: ignored
+    g = open_gallery(d)
+    assert find(g, g.embeddings([250])[0], 1)[0].id == 250
+    commit(d, HEADER)                                    # cuts the tail off, then appends
+    assert path.stat().st_size == 500 * 16
+    np.testing.assert_array_equal(rescore_file_rows(d), segment_rows(d))
+    assert verify_gallery(d).ok
+
+
+def test_a_gallery_from_before_rescoring_files_searches_and_upgrade_adds_one(tmp_path):
+    d = fake_gallery(tmp_path / "g", _blocks(), kind="ivfpq")
+    manifest = json.loads((d / MANIFEST).read_text())
+    (d / FOLDER / manifest["index"]["params"].pop("rescore")["file"]).unlink()
+    (d / MANIFEST).write_text(json.dumps(manifest))
+    g = open_gallery(d)                                  # reads its rows from the segments
+    every = read_rows(d, g.manifest.segments, np.arange(300))
+    hits = find(g, every[7], 5)
+    assert hits[0].id == 7
+    np.testing.assert_allclose([h.similarity for h in hits], every[[h.id for h in hits]] @ every[7],
+                               atol=1e-6)
+    assert verify_gallery(d).ok
+    r = _cli("gallery", "upgrade", d)
+    assert r.exit_code == 0 and "added its re-scoring file" in r.output, r.output
+    assert open_gallery(d).manifest.index.params["rescore"]["rows"] == 300
+    np.testing.assert_array_equal(rescore_file_rows(d), segment_rows(d))
+    assert verify_gallery(d).ok and open_gallery(d).manifest.index.generation == 1

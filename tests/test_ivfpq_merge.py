@@ -13,10 +13,11 @@ from pipeline.footage.ranking import find
 from pipeline.footage.store import (MANIFEST, SEGMENTS, GalleryError, ModelMismatchError,
                                     RunHeader, merge_galleries, open_gallery, read_manifest,
                                     shared_training)
-from pipeline.footage.store.ondisk import FOLDER
+from pipeline.footage.store.ondisk import FOLDER, read_rows
 from pipeline.footage.store.verify import repair_gallery, verify_gallery
 from pipeline.footage.track_store import make_track_table
 from pipeline.runtime.types import ModelInfo
+from test_ivfpq import rescore_file_rows, segment_rows
 
 HEADER = RunHeader(FAKE_MODEL, 8, 0.5)
 
@@ -69,6 +70,27 @@ def test_shards_of_one_training_merge_into_the_gallery_one_run_makes(tmp_path, m
     rows = [0, 57, 123, 250, 399]                       # rows of every segment
     assert _results(m, rows) == _results(whole, rows)   # the same ids, the same similarities
     assert {p: p.read_bytes() for p in inputs} == inputs   # the inputs' files untouched
+
+
+def test_a_merge_rescores_from_one_file_in_the_merged_row_order(tmp_path):
+    a, b = _shards(tmp_path, _blocks())
+    merge_galleries(tmp_path / "m", [b, a])
+    d = tmp_path / "m"
+    m = open_gallery(d)
+    np.testing.assert_array_equal(rescore_file_rows(d), segment_rows(d))   # a, b, a, b
+    every = read_rows(d, m.manifest.segments, np.arange(400))    # exact, from the segments
+    for row in (0, 57, 123, 250, 399):                           # rows of every segment
+        hits = find(m, every[row], 10)
+        assert hits[0].id == row
+        np.testing.assert_allclose([h.similarity for h in hits],
+                                   every[[h.id for h in hits]] @ every[row], atol=1e-6)
+    assert verify_gallery(d).ok
+    path = d / FOLDER / m.manifest.index.params["rescore"]["file"]
+    rows = rescore_file_rows(d)
+    with open(path, "r+b") as f:                 # the first two segments' rows swapped
+        f.write(np.concatenate([rows[100:200], rows[:100], rows[200:]]).tobytes())
+    report = verify_gallery(d)
+    assert not report.ok and "not the embeddings of segment" in report.lines()[0]
 
 
 def test_trainings_apart_are_refused_naming_both_and_retrain_merges(tmp_path):

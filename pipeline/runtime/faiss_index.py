@@ -51,16 +51,17 @@ HNSW_EF_SEARCH = 128
 EVAL_IVF_K = 2048                 # evaluator, ivf: detections beyond its best 2048 rank last
 # ivfpq (bench/bench_gallery_search.py, BENCHMARKS.md "Recall after re-scoring"): the coarse
 # k-means over at most 4096 lists trains in minutes on 2 cores; 32 sub-quantizers of 8 bits
-# make 32-byte codes (1/32 of 256 float32s); 64 probed lists and 10 x k re-scored candidates
-# find the whole exact top 50 of Re-ID-like embeddings at 2M (16 probes already do: 64 is
-# the margin; more re-scored candidates only cost reads).
+# make 32-byte codes (1/32 of 256 float32s); 64 probed lists and 5 x k re-scored candidates
+# find the exact top 50 of Re-ID-like embeddings (recall@50 as with 10 x at 200k and 10M;
+# 2-3 x lose some; 16 probes already do: 64 is the margin; more re-scored candidates only
+# cost reads).
 IVFPQ_MAX_LISTS = 4096
 IVFPQ_SUBQUANTIZERS = 32
 IVFPQ_BITS = 8
 IVFPQ_NPROBE = 64
 IVFPQ_TRAIN_PER_LIST = 64         # training sample: lists x this many embeddings
 IVFPQ_KMEANS_ITERATIONS = 10
-RESCORE_FACTOR = 10
+RESCORE_FACTOR = 5
 ENCODE_BATCH = 65_536             # rows encoded at a time: bounds the memory of a commit
 
 

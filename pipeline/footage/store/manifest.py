@@ -23,7 +23,9 @@ Layout of a gallery folder (schema ``person-search-gallery``, version :data:`SCH
   training sample's size; ``trained.faiss`` in galleries made before), one ``codes-N.faiss``
   per commit (the codes of the rows it added; ``codes-N-K.faiss``: a merged shard's) and
   ``lists-N.faiss`` + ``lists-N.ivfdata``, every code merged into inverted lists on disk that
-  a search maps read-only.
+  a search maps read-only, and ``rescore-N.f16``, every embedding (float16, row order) for
+  re-scoring, appended per commit (the index params' ``rescore``: file, rows, bytes; absent in
+  galleries made before it, which re-score from the segments).
 - ``tracks-N.h5`` + ``tracks-N.faiss`` (:mod:`.tracks_file`, the manifest's ``tracks``
   entry): each detection's track (one person's visit to one camera), a table of the tracks
   with one pooled embedding each, and a FAISS index over those embeddings.

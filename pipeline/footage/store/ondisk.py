@@ -13,11 +13,20 @@ the manifest names the new files last, so a run killed at any point leaves the l
 index, and the next commit's tidy-up drops what no manifest names. Galleries that share one
 training merge without encoding (:func:`merge_ivfpq_shards`): their code files are copied with
 the ids renumbered (``codes-N-K.faiss``) and merged on disk.
+
+``rescore-N.f16`` (the manifest's index params ``rescore``: file, rows, bytes): every
+detection's embedding in gallery row order, float16 rows as the segments store them, so a
+query reads only the few hundred rows it re-scores from one file (not a few rows of each
+of a hundred segment files). A commit appends its new rows in place (no rewrite); the manifest
+records the rows and bytes, so bytes past them (a commit killed mid-append) are ignored and
+cut off by the next commit. A fresh index (a repair, a merge, a gallery made before the file)
+writes a new one whole. Galleries without it read their rows from the segments.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +34,13 @@ import h5py
 import numpy as np
 
 from pipeline.arrays import l2_normalize
-from pipeline.files import link_or_copy
+from pipeline.files import atomic_path, link_or_copy
 from pipeline.runtime.faiss_index import (IVFPQ_MAX_LISTS, IVFPQ_TRAIN_PER_LIST, RESCORE_FACTOR,
                                           encode_block, ivfpq_factory, merge_blocks,
                                           ondisk_data_bytes, read_index, renumber_block,
                                           train_ivfpq, write_index)
 
-from .damage import reading_segment
+from .damage import INDEX_FIX, DamagedGalleryError, damaged, reading_segment
 from .manifest import (MANIFEST, SEGMENTS, GalleryError, IndexEntry, Manifest, RunHeader,
                        SegmentEntry, read_manifest)
 
@@ -40,6 +49,9 @@ FINGERPRINT = "trained_sha256"    # the index params' record of which training i
 TRAINING_KEYS = ("factory", "trained_on", "nprobe", "rescore_factor", FINGERPRINT)
 TRAIN_SEED = 0
 OPEN_SEGMENTS = 512               # segment files kept open for re-scoring
+RESCORE = "rescore"               # the index params' record of the re-scoring file
+# the segments' own dtype (writer.STORED_EMBEDDING_DTYPE): the file holds the very same values
+RESCORE_DTYPE = np.dtype(np.float16)
 
 
 @dataclass(frozen=True)
@@ -135,7 +147,9 @@ def update_ivfpq(directory: Path, entry: IndexEntry | None, segments: list[Segme
     start = entry.detections if grows else 0
     encode_block(kept.path, _rows_from(directory, segments, start), folder / codes)
     blocks = (list(entry.params["blocks"]) if grows else []) + [codes]
-    return _lists_entry(folder, kept, blocks, total, generation)
+    rescore = update_rescore(directory, entry.params.get(RESCORE) if grows else None, segments,
+                             generation)
+    return _lists_entry(folder, kept, blocks, total, generation, rescore)
 
 
 def merge_ivfpq_shards(directory: Path, segments: list[SegmentEntry],
@@ -157,7 +171,7 @@ def merge_ivfpq_shards(directory: Path, segments: list[SegmentEntry],
             renumber_block(path / FOLDER / block, to_merged, folder / name)
             blocks.append(name)
     return _lists_entry(folder, installed, blocks, sum(s.detections for s in segments),
-                        generation)
+                        generation, update_rescore(directory, None, segments, generation))
 
 
 def _merged_rows(shard_segments: tuple[SegmentEntry, ...], merged_start: dict[str, int]):
@@ -174,13 +188,14 @@ def _starts(segments) -> np.ndarray:
 
 
 def _lists_entry(folder: Path, training: Training, blocks: list[str], total: int,
-                 generation: int) -> IndexEntry:
-    """Merge the code files ``blocks`` into ``lists-N``: the new index entry."""
+                 generation: int, rescore: dict) -> IndexEntry:
+    """Merge the code files ``blocks`` into ``lists-N``: the new index entry (``rescore``:
+    the record of its re-scoring file)."""
     lists = f"lists-{generation}"
     merge_blocks(training.path, [folder / b for b in blocks], folder / f"{lists}.faiss",
                  folder / f"{lists}.ivfdata")
     params = {**training.params, "trained": training.path.name, "blocks": blocks,
-              "data": f"{lists}.ivfdata"}
+              "data": f"{lists}.ivfdata", RESCORE: rescore}
     return IndexEntry(f"{FOLDER}/{lists}.faiss", "ivfpq", True, total, generation, params)
 
 
@@ -260,7 +275,8 @@ def ivfpq_files(entry: IndexEntry) -> set[str]:
     if entry.kind != "ivfpq":
         return set()
     p = entry.params
-    return {p["trained"], p["data"], Path(entry.file).name, *p["blocks"]}
+    return {p["trained"], p["data"], Path(entry.file).name, *p["blocks"],
+            *([p[RESCORE]["file"]] if RESCORE in p else [])}
 
 
 def lists_data_problem(lists_path: Path, index) -> str | None:
@@ -269,4 +285,105 @@ def lists_data_problem(lists_path: Path, index) -> str | None:
     need, data = ondisk_data_bytes(index), Path(lists_path).with_suffix(".ivfdata")
     if not data.is_file() or data.stat().st_size < need:
         return f"its lists file {data.name} is missing or shorter than {need} bytes"
+    return None
+
+
+def update_rescore(directory: Path, record: dict | None, segments: list[SegmentEntry],
+                   generation: int) -> dict:
+    """The record of the re-scoring file of ``segments``: ``record``'s file (the last
+    commit's) with the rows beyond it appended, bytes past its end first cut off (a commit
+    killed mid-append); a new ``rescore-N.f16`` written whole when there is none to append
+    to (``record`` None, or its file missing or shorter than it says)."""
+    folder = Path(directory) / FOLDER
+    total = sum(s.detections for s in segments)
+    path = folder / record["file"] if record else None
+    if path is not None and path.is_file() and path.stat().st_size >= record["bytes"]:
+        with open(path, "r+b") as f:
+            f.truncate(record["bytes"])
+            f.seek(record["bytes"])
+            size = _write_rescore_rows(f, directory, segments, record["rows"])
+        return {"file": path.name, "rows": total, "bytes": size}
+    path = folder / f"rescore-{generation}.f16"
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        size = _write_rescore_rows(f, directory, segments, 0)
+    return {"file": path.name, "rows": total, "bytes": size}
+
+
+def _write_rescore_rows(f, directory: Path, segments: list[SegmentEntry], start: int) -> int:
+    """Write the rows from ``start`` on at ``f``'s position, synced; the file's size after."""
+    for _, rows in _rows_from(directory, segments, start):
+        f.write(np.ascontiguousarray(rows, RESCORE_DTYPE).tobytes())
+    f.flush()
+    os.fsync(f.fileno())
+    return f.tell()
+
+
+def rescore_record(m: Manifest) -> dict | None:
+    """The record of the re-scoring file that holds every row of ``m``'s segments, or None
+    (another index kind, a gallery made before the file, a part of a manifest)."""
+    record = m.index.params.get(RESCORE) if m.index.kind == "ivfpq" else None
+    return record if record and record["rows"] == m.detections else None
+
+
+def rescore_size_problem(path: Path, record: dict) -> str | None:
+    """What is wrong with the size of the re-scoring file ``path``, or None (bytes past the
+    record's are a commit killed mid-append: ignored)."""
+    if not path.is_file() or path.stat().st_size < record["bytes"]:
+        return f"its re-scoring file {path.name} is missing or shorter than {record['bytes']} bytes"
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _rescore_fd(path: Path, inode: int) -> int:
+    """A descriptor of the re-scoring file ``path`` (``inode``: a file written anew under the
+    same name gets its own), kept open, without read-ahead: a query reads a few hundred
+    scattered rows, and the kernel's default would read ~128 KiB around each."""
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    return fd
+
+
+def read_rescore_rows(directory: Path, record: dict, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), D) float32 unit-norm embeddings of detection ids ``rows`` (any order) from
+    the re-scoring file of ``record``, one ``pread`` per row (a mapping would count every page
+    the kernel maps around each row in the search's RSS: 3.4 GB at 10M); DamagedGalleryError
+    naming the file when it is too short."""
+    path = Path(directory) / FOLDER / record["file"]
+    problem = rescore_size_problem(path, record)
+    if problem:
+        raise damaged(directory, path, problem, INDEX_FIX)
+    fd, row_bytes = _rescore_fd(path, path.stat().st_ino), record["bytes"] // record["rows"]
+    unique, back = np.unique(np.asarray(rows, np.int64), return_inverse=True)
+    for r in unique:     # every row's read queued at once: 250 cold rows 6 ms, not 20 one by one
+        os.posix_fadvise(fd, int(r) * row_bytes, row_bytes, os.POSIX_FADV_WILLNEED)
+    data = b"".join(os.pread(fd, row_bytes, int(r) * row_bytes) for r in unique)
+    table = np.frombuffer(data, RESCORE_DTYPE).reshape(len(unique), -1)
+    return l2_normalize(table.astype(np.float32))[back]   # normalised as read_rows does
+
+
+def rescore_problem(directory: Path, m: Manifest) -> tuple[Path, str] | None:
+    """(file, problem) when the re-scoring file ``m`` names is too short or its rows are not
+    the segments' embeddings in gallery row order (`gallery verify`); None when it is right
+    or ``m`` names none."""
+    record = m.index.params.get(RESCORE) if m.index.kind == "ivfpq" else None
+    if record is None:
+        return None
+    path = Path(directory) / FOLDER / record["file"]
+    problem = (rescore_size_problem(path, record) or
+               (record["rows"] != m.detections and
+                f"its re-scoring file holds {record['rows']} rows, the gallery {m.detections}"))
+    if problem:
+        return path, problem
+    row_bytes = record["bytes"] // record["rows"]
+    for segment, first in zip(m.segments, _starts(m.segments)):
+        if not segment.detections:
+            continue
+        try:
+            (_, rows), = _rows_from(directory, [segment], 0)
+        except DamagedGalleryError:     # named as the segment's own problem
+            continue
+        stored = np.fromfile(path, RESCORE_DTYPE, rows.size, offset=int(first) * row_bytes)
+        if not np.array_equal(stored.reshape(rows.shape), np.asarray(rows, RESCORE_DTYPE)):
+            return path, (f"its re-scoring file's rows {first}..{first + len(rows) - 1} are "
+                          f"not the embeddings of segment {segment.file}")
     return None

@@ -16,7 +16,8 @@ from pipeline.runtime.types import ModelInfo
 from .damage import INDEX_FIX, SEGMENT_FIX, damaged, reading_index, reading_segment
 from .manifest import (MANIFEST, SEGMENTS, GalleryError, Manifest, MissingItemError,
                        SegmentEntry, pending_files, read_manifest)
-from .ondisk import FOLDER, ivfpq_files, lists_data_problem, read_rows
+from .ondisk import (FOLDER, RESCORE, ivfpq_files, lists_data_problem, read_rescore_rows,
+                     read_rows, rescore_record)
 from .tracks_file import track_files
 
 
@@ -107,6 +108,9 @@ class Gallery:
             raise MissingItemError(f"gallery {self.directory} has no detection {bad[0]}")
         if len(rows) == 0:
             return np.zeros((0, self.embedding_dim), np.float32)
+        record = rescore_record(self.manifest)
+        if record is not None:       # one mapped file, the rows of the segments in row order
+            return read_rescore_rows(self.directory, record, rows)
         return read_rows(self.directory, self.manifest.segments, rows)
 
     @property
@@ -135,13 +139,16 @@ def _bytes(paths) -> int:
 
 
 def disk_usage(directory: Path, manifest: Manifest) -> dict:
-    """Bytes on disk per part of a committed gallery: manifest, segments, index, tracks."""
+    """Bytes on disk per part of a committed gallery: manifest, segments, index, the ivfpq
+    index's re-scoring file (apart from the index: embeddings, not codes), tracks."""
     index = manifest.index
+    rescore = index.params.get(RESCORE, {}).get("file") if index.kind == "ivfpq" else None
     index_files = ([directory / index.file] if index.kind != "ivfpq" else
-                   [directory / FOLDER / name for name in ivfpq_files(index)])
+                   [directory / FOLDER / name for name in ivfpq_files(index) - {rescore}])
     return {"manifest": _bytes([directory / MANIFEST]),
             "segments": _bytes(directory / SEGMENTS / s.file for s in manifest.segments),
             "index": _bytes(index_files),
+            "rescore": _bytes([directory / FOLDER / rescore] if rescore else []),
             "tracks": _bytes(directory / name for name in track_files(manifest.tracks))}
 
 

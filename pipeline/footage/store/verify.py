@@ -3,7 +3,8 @@
 :func:`verify_gallery` reads everything the manifest names: each committed segment whole
 (every dataset present, with the row counts of its manifest entry), each index file (it
 reads with FAISS and holds one vector per detection; for the ``ivfpq`` kind the trained index,
-the code blocks and the on-disk lists too) and the tracks files (``tracks-N.h5`` read whole and
+the code blocks, the on-disk lists and the re-scoring file too: its size, and its rows equal to
+the segments' embeddings in row order) and the tracks files (``tracks-N.h5`` read whole and
 its index, their counts those of the manifest's tracks entry); then the segments an unfinished
 ``index`` run has listed as pending, the same way. It returns a :class:`VerifyReport`, one
 :class:`Problem` per damaged file.
@@ -33,7 +34,7 @@ from .damage import (INDEX_FIX, READ_ERRORS, SEGMENT_FIX, TRACKS_FIX, DamagedGal
 from .manifest import (MANIFEST, SEGMENTS, GalleryError, Manifest, SegmentEntry, pending_files,
                        read_manifest, read_pending)
 from .ondisk import FOLDER as ONDISK
-from .ondisk import lists_data_problem
+from .ondisk import lists_data_problem, rescore_problem
 from .tracks_file import TrackMaker, read_track_index, read_track_table
 from .writer import GalleryWriter, commit
 
@@ -204,8 +205,10 @@ def index_problems(directory: Path, m: Manifest) -> list[tuple[Path, str]]:
         checks = [(folder / entry.params["trained"], read_index, 0),
                   *((folder / b, read_index, None) for b in entry.params["blocks"]),
                   (directory / entry.file, read_ondisk, total)]
-    return [(path, what) for path, reader, expected in checks
-            if (what := _read_problem(path, reader, expected))]
+    problems = [(path, what) for path, reader, expected in checks
+                if (what := _read_problem(path, reader, expected))]
+    rescore = rescore_problem(directory, m)
+    return problems + ([rescore] if rescore else [])
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ from .manifest import (LOCK, MANIFEST, PENDING, SCHEMA, SCHEMA_VERSION, SEGMENTS
                        IndexEntry, Manifest, PendingList, RunHeader, SegmentEntry, TracksEntry,
                        now, pending_files, read_manifest, read_pending)
 from .ondisk import FOLDER as ONDISK
-from .ondisk import Training, gallery_training, ivfpq_files, merge_ivfpq_shards, update_ivfpq
+from .ondisk import (RESCORE, Training, gallery_training, ivfpq_files, merge_ivfpq_shards,
+                     update_ivfpq, update_rescore)
 from .reader import read_gallery
 from .tracks_file import (TrackMaker, read_track_table, track_files, track_index_kind,
                           write_track_table)
@@ -233,14 +234,18 @@ def commit(directory, header: RunHeader, *, index_kind: str | None = None,
 def _update_index(directory: Path, entry: IndexEntry | None, segments: list[SegmentEntry],
                   kind: str, *, fresh: bool = False,
                   training: Training | None = None) -> IndexEntry:
-    """The index entry for ``segments``: the old file when nothing changed, else the old
-    index plus the new rows (every kind: IVF lists and ivfpq codes are trained once), or a
-    fresh build when the kind changes or ``fresh`` asks for one."""
+    """The index entry for ``segments``: the old file when nothing changed (an ivfpq index
+    made before re-scoring files gets one), else the old index plus the new rows (every kind:
+    IVF lists and ivfpq codes are trained once), or a fresh build when the kind changes or
+    ``fresh`` asks for one."""
     total = sum(s.detections for s in segments)
     if training is not None and kind != "ivfpq":
         raise GalleryError(f"gallery {directory}: a shared ivfpq training (--ivfpq-trained) "
                            f"needs the ivfpq index, not {kind}")
     if entry and entry.kind == kind and entry.detections == total and not fresh:
+        if kind == "ivfpq" and RESCORE not in entry.params:    # made before the file was
+            return replace(entry, params={**entry.params, RESCORE: update_rescore(
+                directory, None, segments, entry.generation)})
         return entry
     generation = entry.generation + 1 if entry else 1
     if kind == "ivfpq":
