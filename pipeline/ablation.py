@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from pipeline.config import load_config, to_dict
 from pipeline.config.distill import DistillConfig
@@ -283,6 +282,7 @@ def markdown_table(rows: list[Row], teacher: dict | None) -> str:
 def plot(rows: list[Row], teacher: dict | None, path: Path) -> None:
     """Three panels (search mAP, mAP with GT boxes, det AP), one bar per row, std error bars,
     the teacher as a dashed line."""
+    from matplotlib.figure import Figure   # here: matplotlib costs every command 1 s to import
     panels = ["mAP", "gt_mAP", "det_ap"]
     fig = Figure(figsize=(13, 0.45 * len(rows) + 1.6))
     axes = fig.subplots(1, 3, sharey=True)

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from pipeline.data.image_files import load_rgb
 from pipeline.data.records import DatasetError
@@ -24,6 +22,8 @@ def _image(path):
 def plot_query(out_path, query_image_path, query_box, hits: list[dict]) -> Path:
     """hits: [{"path", "box" (4,), "score", "correct"}] best first (at most 10 drawn)."""
     hits = hits[:TOP_HITS]
+    from matplotlib.figure import Figure   # here: matplotlib costs every command 1 s to import
+    from matplotlib.patches import Rectangle
     fig = Figure(figsize=(2.2 * (len(hits) + 1), 3))  # no pyplot: no global figure state
     axes = fig.subplots(1, len(hits) + 1, squeeze=False)
     x1, y1, x2, y2 = np.round(np.asarray(query_box)).astype(int)
@@ -44,6 +44,7 @@ def plot_query(out_path, query_image_path, query_box, hits: list[dict]) -> Path:
 
 def plot_cmc(out_path, cmc: np.ndarray) -> Path:
     """cmc (K,): fraction of queries with a correct hit within the top k, k = 1..K."""
+    from matplotlib.figure import Figure
     fig = Figure(figsize=(5, 4))
     ax = fig.subplots()
     ax.plot(np.arange(1, len(cmc) + 1), np.asarray(cmc) * 100, marker=".")

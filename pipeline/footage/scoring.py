@@ -26,7 +26,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
-import motmetrics
 import numpy as np
 
 from pipeline.data.records import UNLABELED
@@ -106,6 +105,7 @@ def _seen_on(labels: dict[int, int], gallery: Gallery, pid: int, cameras) -> boo
 
 def track_metrics(gallery: Gallery, track_of: np.ndarray, truth, min_iou: float = MIN_IOU):
     """py-motmetrics' IDF1, ID switches and MOTA per camera and overall (a DataFrame)."""
+    import motmetrics   # here: with pandas and scipy it costs every command 1 s to import
     accumulators, names = [], []
     for camera in gallery.cameras:
         acc = motmetrics.MOTAccumulator(auto_id=True)

@@ -51,8 +51,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import supervision as sv
-from trackers import ByteTrackTracker
 
 from pipeline.arrays import l2_normalize
 
@@ -66,9 +64,11 @@ SAME_PERSON = 0.5              # cosine to a fragment's pool: below it, another 
 STITCH_GAP_SECONDS = 5.0       # a lost walker's fragments this far apart may still be one track
 
 
-def new_tracker() -> ByteTrackTracker:
+def new_tracker():
     """ByteTrack for the detections :func:`tracked` keeps: every one of them may start or
     continue a track (its own score thresholds are absolute, so they are not used)."""
+    # imported here: ``trackers`` pulls in supervision (1.4 s), which no other command needs
+    from trackers import ByteTrackTracker
     return ByteTrackTracker(lost_track_buffer=int(round(LOST_TRACK_SECONDS * NOMINAL_FPS)),
                             frame_rate=NOMINAL_FPS, track_activation_threshold=0.0,
                             minimum_consecutive_frames=2, minimum_iou_threshold=MIN_IOU,
@@ -92,6 +92,7 @@ class _Linker:
     def update(self, rows: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
                time: float | None, out: np.ndarray) -> None:
         """Track one frame's detections (``rows`` of the gallery); write ids into ``out``."""
+        import supervision as sv   # loaded with ``trackers`` by new_tracker
         dets = sv.Detections(xyxy=np.asarray(boxes, np.float32).reshape(-1, 4),
                              confidence=np.asarray(scores, np.float32),
                              data={"row": np.asarray(rows, np.int64)})
