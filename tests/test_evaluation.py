@@ -636,7 +636,10 @@ class GroundTruthSearcher:
 
     def __init__(self, data, pids):
         self.records = list(data.gallery)                # detect() is called in gallery order
-        self.query_pids = [q.pid for q in data.queries]  # embed_boxes() in query order
+        # embed_boxes() sees each query image once, with its queries in query order; the
+        # images in the order of their first query
+        self.query_order = query_image_order(data.queries)
+        self.query_pids = [data.queries[i].pid for i in self.query_order]
         self.axis = {p: i for i, p in enumerate(pids)}
         self.dim = self.embedding_dim = len(pids) + 1
         self.embedded = []
@@ -659,7 +662,19 @@ class GroundTruthSearcher:
 
     def embed_boxes(self, images, boxes):
         self.embedded += [b.numpy() for b in boxes]
-        return [self._embed([self.query_pids.pop(0)] * len(b)) for b in boxes]
+        out = []
+        for b in boxes:
+            out.append(self._embed(self.query_pids[:len(b)]))
+            del self.query_pids[:len(b)]
+        return out
+
+
+def query_image_order(queries) -> list[int]:
+    """Query indices grouped by image (images by their first query), query order within."""
+    first = {}
+    for i, q in enumerate(queries):
+        first.setdefault(q.image, i)
+    return sorted(range(len(queries)), key=lambda i: first[queries[i].image])
 
 
 def test_run_searcher_writes_a_valid_results_file(synthetic_prw, tmp_path):
@@ -680,7 +695,9 @@ def test_run_searcher_writes_a_valid_results_file(synthetic_prw, tmp_path):
     assert ev.metrics["mAP"] == 1.0 and ev.metrics["det_recall"] == 1.0
     # query boxes were embedded in whole pixels; each query's context is its image's detections
     np.testing.assert_array_equal(np.concatenate(searcher.embedded).reshape(-1, 4),
-                                  [q.box - 0.5 for q in data.queries])
+                                  [data.queries[i].box - 0.5 for i in searcher.query_order])
+    # one embedding pass per query image, however many queries it holds
+    assert len(searcher.embedded) == len({q.image for q in data.queries})
     names = [r.name for r in data.gallery]
     for i, q in enumerate(data.queries):
         np.testing.assert_array_equal(res.context.boxes[res.context.group(i)],

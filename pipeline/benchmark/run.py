@@ -94,15 +94,25 @@ def run_searcher(searcher: Searcher, data: PersonSearchData, out_path, *, device
 
 def _embed_queries(searcher: Searcher, data: PersonSearchData, records: dict, device,
                    batch_size: int, progress: bool, boxes: str) -> np.ndarray:
-    """(Q, D) embeddings of every query box (in the ``boxes`` convention), in query order."""
-    out, queries = [], data.queries
-    for s in tqdm(range(0, len(queries), batch_size), desc="queries", disable=not progress):
-        batch = queries[s:s + batch_size]
-        images = [_load_image(records[q.image].path, device) for q in batch]
-        qb = [torch.as_tensor(choose(q.box, q.published_box, data.dataset, boxes),
-                              dtype=torch.float32, device=device) for q in batch]
-        out += [to_numpy(e, searcher.embedding_dim) for e in searcher.embed_boxes(images, qb)]
-    return np.concatenate(out) if out else np.zeros((0, searcher.embedding_dim), np.float32)
+    """(Q, D) embeddings of every query box (in the ``boxes`` convention), in query order.
+    Queries of one image are embedded in one pass over it (``batch_size`` images a pass)."""
+    queries, dim = data.queries, searcher.embedding_dim
+    by_image: dict[str, list[int]] = {}
+    for i, q in enumerate(queries):
+        by_image.setdefault(q.image, []).append(i)
+    names = list(by_image)
+    out = np.zeros((len(queries), dim), np.float32)
+    for s in tqdm(range(0, len(names), batch_size), desc="query images",
+                  disable=not progress or not names):
+        batch = names[s:s + batch_size]
+        images = [_load_image(records[n].path, device) for n in batch]
+        qb = [torch.as_tensor(np.array([choose(queries[i].box, queries[i].published_box,
+                                               data.dataset, boxes) for i in by_image[n]],
+                                       np.float32).reshape(-1, 4), device=device)
+              for n in batch]
+        for n, e in zip(batch, searcher.embed_boxes(images, qb)):
+            out[by_image[n]] = to_numpy(e, dim)
+    return out
 
 
 def _detect_all(searcher, records: list, device, batch_size: int, progress: bool, desc: str,
