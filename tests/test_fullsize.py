@@ -3,7 +3,7 @@ with every distillation term, evaluation -- each for one or two steps on full-si
 frames, with only the overrides of bench/bench_fullsize.py (one epoch, no ImageNet download,
 device, the batch sizes a 2-frame training split allows).
 
-The slowest test of the suite (about 2 minutes of two CPU cores; BENCHMARKS.md has the time and
+The slowest test of the suite (about 6.5 minutes of one core under `make test`; BENCHMARKS.md has the time and
 the peak memory of each step): ``pytest -m "not fullsize"`` leaves it out of a quick local run.
 On a machine with CUDA it runs there, bf16 autocast included.
 """
